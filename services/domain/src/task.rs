@@ -1,0 +1,148 @@
+//! A task and its identifier.
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::TaskStatus;
+
+/// A task's identity: a random UUID, shown in canonical lowercase text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    /// A fresh, random id.
+    pub fn new() -> Self {
+        TaskId(Uuid::new_v4())
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for TaskId {
+    fn from(uuid: Uuid) -> Self {
+        TaskId(uuid)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hyphenated lowercase is the canonical form clients see and send back.
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+/// Text that is not a UUID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed task id {text:?}: expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8")]
+pub struct InvalidTaskId {
+    text: String,
+}
+
+impl FromStr for TaskId {
+    type Err = InvalidTaskId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Clients may send any case and any of the UUID text forms; we answer canonically.
+        let shown: String = s.chars().take(64).collect();
+        Uuid::try_parse(s.trim())
+            .map(TaskId)
+            .map_err(|_| InvalidTaskId { text: shown })
+    }
+}
+
+/// One expression and where its evaluation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub expression: String,
+    pub status: TaskStatus,
+    /// Set when SUCCEEDED: the canonical decimal text of the value.
+    pub result: Option<String>,
+    /// Set when FAILED, EXPIRED or CANCELLED: why, for humans.
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker of the latest attempt.
+    pub worker_id: Option<String>,
+    /// How many times a worker started the task.
+    pub attempts: u32,
+    /// After this instant the task is no longer worth starting: it becomes EXPIRED.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+impl Task {
+    /// A new PENDING task for `expression`, created now.
+    pub fn new(expression: impl Into<String>, deadline: Option<DateTime<Utc>>) -> Self {
+        Task {
+            id: TaskId::new(),
+            expression: expression.into(),
+            status: TaskStatus::Pending,
+            result: None,
+            error: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            worker_id: None,
+            attempts: 0,
+            deadline,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ids_are_canonical_lowercase() {
+        let id: TaskId = "67E55044-10B1-426F-9247-BB680E5FE0C8".parse().unwrap();
+        assert_eq!(id.to_string(), "67e55044-10b1-426f-9247-bb680e5fe0c8");
+        assert_eq!(TaskId::new().to_string().len(), 36);
+    }
+
+    #[test]
+    fn malformed_ids_are_rejected_with_a_clear_message() {
+        for bad in [
+            "",
+            "42",
+            "not-a-uuid",
+            "67e55044-10b1-426f-9247-bb680e5fe0c",
+        ] {
+            let err = bad.parse::<TaskId>().unwrap_err();
+            assert!(err.to_string().contains("malformed task id"), "{err}");
+        }
+    }
+
+    #[test]
+    fn new_tasks_are_pending_with_no_attempts() {
+        let task = Task::new("1 + 1", None);
+        assert_eq!(task.status, TaskStatus::Pending);
+        assert_eq!(task.attempts, 0);
+        assert!(!task.is_terminal());
+    }
+
+    #[test]
+    fn tasks_round_trip_through_json() {
+        let task = Task::new("2 * 3", Some(Utc::now()));
+        let json = serde_json::to_string(&task).unwrap();
+        assert_eq!(serde_json::from_str::<Task>(&json).unwrap(), task);
+    }
+}

@@ -1,0 +1,75 @@
+//! The `tasks` table as a SeaORM entity, and its translation to and from [`dalc_domain::Task`].
+
+use chrono::{DateTime, Utc};
+use dalc_domain::{Task, TaskStatus};
+use sea_orm::entity::prelude::*;
+
+use crate::StorageError;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "tasks")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    #[sea_orm(column_type = "Text")]
+    pub expression: String,
+    /// One of [`TaskStatus::as_str`]: text, so the table reads well in `psql` and `sqlite3`.
+    pub status: String,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub result: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub worker_id: Option<String>,
+    pub attempts: i32,
+    pub deadline: Option<DateTime<Utc>>,
+    /// When the broker confirmed the task's publish; NULL means it may never have reached the
+    /// queue, which is what the recovery sweeper looks for.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+impl Model {
+    pub(crate) fn into_task(self) -> Result<Task, StorageError> {
+        let status: TaskStatus = self
+            .status
+            .parse()
+            .map_err(|e| StorageError::Corrupt(format!("task {}: {e}", self.id)))?;
+        Ok(Task {
+            id: self.id.into(),
+            expression: self.expression,
+            status,
+            result: self.result,
+            error: self.error,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            worker_id: self.worker_id,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            deadline: self.deadline,
+        })
+    }
+
+    pub(crate) fn from_new_task(task: &Task) -> Self {
+        Model {
+            id: task.id.as_uuid(),
+            expression: task.expression.clone(),
+            status: task.status.as_str().to_owned(),
+            result: task.result.clone(),
+            error: task.error.clone(),
+            created_at: task.created_at,
+            started_at: task.started_at,
+            finished_at: task.finished_at,
+            worker_id: task.worker_id.clone(),
+            attempts: i32::try_from(task.attempts).unwrap_or(i32::MAX),
+            deadline: task.deadline,
+            published_at: None,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The task store: the single source of truth for task state.
+//!
+//! One SeaORM entity ([`entity`]), migrations that run unchanged on PostgreSQL and SQLite
+//! ([`migration`]), and [`TaskStore`], the repository every other crate goes through. State
+//! changes are compare-and-set updates, so two workers can never both record a result.
+
+pub mod entity;
+mod error;
+pub mod migration;
+mod store;
+
+pub use error::StorageError;
+pub use store::{Outcome, StartOutcome, TaskStore};

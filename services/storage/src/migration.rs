@@ -1,0 +1,78 @@
+//! Schema migrations, written with sea-query so one definition runs on PostgreSQL and SQLite.
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+/// Applies every migration in order; tracked in the `seaql_migrations` table.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(CreateTasks)]
+    }
+}
+
+#[derive(DeriveIden)]
+enum Tasks {
+    Table,
+    Id,
+    Expression,
+    Status,
+    Result,
+    Error,
+    CreatedAt,
+    StartedAt,
+    FinishedAt,
+    WorkerId,
+    Attempts,
+    Deadline,
+    PublishedAt,
+}
+
+#[derive(Debug, DeriveMigrationName)]
+struct CreateTasks;
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateTasks {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Tasks::Table)
+                    .if_not_exists()
+                    .col(pk_uuid(Tasks::Id))
+                    .col(text(Tasks::Expression))
+                    .col(string_len(Tasks::Status, 16))
+                    .col(text_null(Tasks::Result))
+                    .col(text_null(Tasks::Error))
+                    .col(timestamp_with_time_zone(Tasks::CreatedAt))
+                    .col(timestamp_with_time_zone_null(Tasks::StartedAt))
+                    .col(timestamp_with_time_zone_null(Tasks::FinishedAt))
+                    .col(string_null(Tasks::WorkerId))
+                    .col(integer(Tasks::Attempts).default(0))
+                    .col(timestamp_with_time_zone_null(Tasks::Deadline))
+                    .col(timestamp_with_time_zone_null(Tasks::PublishedAt))
+                    .to_owned(),
+            )
+            .await?;
+        // The recovery sweeper looks for PENDING tasks whose publish was never confirmed.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tasks_status_created_at")
+                    .table(Tasks::Table)
+                    .col(Tasks::Status)
+                    .col(Tasks::CreatedAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(Tasks::Table).to_owned())
+            .await
+    }
+}

@@ -1,0 +1,56 @@
+//! Helpers shared by dalc's tests. Never a dependency of production code.
+//!
+//! Tests talk to the real services of the machine: RabbitMQ at [`amqp_url`] and PostgreSQL at
+//! [`postgres_server_url`], overridable with `DALC_TEST_AMQP_URL` and `DALC_TEST_POSTGRES_URL`.
+//! Each test isolates itself with its own database and its own queue prefix.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod process;
+
+use sea_orm::{ConnectionTrait, Database};
+use uuid::Uuid;
+
+/// The broker tests use.
+pub fn amqp_url() -> String {
+    std::env::var("DALC_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The PostgreSQL server tests use, without a database name.
+pub fn postgres_server_url() -> String {
+    std::env::var("DALC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A short random token to keep names apart between tests and runs.
+pub fn unique_token() -> String {
+    Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A queue prefix no other test uses, so tests can share one broker.
+pub fn unique_queue_prefix() -> String {
+    format!("test-{}.", unique_token())
+}
+
+/// Creates an empty PostgreSQL database for one test and returns its URL.
+///
+/// Databases are named `dalc_test_*`; the test script drops old ones before a run.
+pub async fn fresh_postgres_database() -> String {
+    let name = format!("dalc_test_{}", unique_token());
+    let admin = Database::connect(format!("{}/postgres", postgres_server_url()))
+        .await
+        .expect("PostgreSQL is reachable (see README: the test command starts it)");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    format!("{}/{name}", postgres_server_url())
+}
+
+/// A SQLite database file in a fresh temporary directory, as a URL that creates it.
+pub fn fresh_sqlite_database() -> String {
+    let dir = std::env::temp_dir().join(format!("dalc-test-{}", unique_token()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    format!("sqlite://{}?mode=rwc", dir.join("dalc.db").display())
+}

@@ -1,0 +1,1 @@
+//! Spawning dalc processes (filled in with the end-to-end tests).
