@@ -207,6 +207,18 @@ fn decimal_power(a: &Value, b: &Value) -> Result<D34, CalcError> {
             return huge_exponent(a, y);
         }
     }
+    if a.is_negative() {
+        // (-x)^n = ±x^n by the parity of the integral n. libdecNumber itself
+        // refuses negative bases with exponents beyond 999,999,999.
+        let magnitude = decimal_power(&crate::functions::abs(a.clone())?, b)?;
+        if !is_odd(b) {
+            return Ok(magnitude);
+        }
+        let mut ctx = ctx34();
+        let mut r = magnitude;
+        ctx.minus(&mut r);
+        return finish(r, ctx.status());
+    }
     let exponent = to_mid_exact(b)?;
     correctly_rounded(|ctx, p| {
         // A long integer base is rounded to p + 10 digits: the exponent of a
@@ -239,6 +251,22 @@ fn huge_exponent(a: &Value, y: &BigInt) -> Result<D34, CalcError> {
         std::cmp::Ordering::Greater if y.is_positive() => Err(CalcError::too_large()),
         std::cmp::Ordering::Less if y.is_negative() => Err(CalcError::too_large()),
         _ => Ok(D34::zero()),
+    }
+}
+
+/// Whether an integral value is odd.
+fn is_odd(v: &Value) -> bool {
+    match v {
+        Value::Integer(n) => n.is_odd(),
+        Value::Decimal(d) => {
+            let (digits, exponent) = crate::value::digits_and_exponent(&d.0);
+            // The units digit sits `-exponent` places from the right end.
+            let units = usize::try_from(-exponent)
+                .ok()
+                .and_then(|shift| digits.len().checked_sub(shift + 1))
+                .and_then(|i| digits.get(i));
+            exponent <= 0 && units.is_some_and(|d| d % 2 == 1)
+        }
     }
 }
 
