@@ -13,7 +13,8 @@ use crate::ast::BinOp;
 use crate::error::CalcError;
 use crate::precise::correctly_rounded;
 use crate::value::{
-    D34, Mid, Value, checked_integer, ctx_wide_exact, ctx_wide34, ctx34, exceeds_digits, finish, round34, to_wide,
+    D34, Mid, Value, checked_integer, ctx_wide_exact, ctx_wide34, ctx34, exceeds_digits, finish,
+    round34, to_wide,
 };
 
 const LOG10_2: f64 = std::f64::consts::LOG10_2;
@@ -58,7 +59,8 @@ fn integer_binary(op: BinOp, x: BigInt, y: BigInt, max_digits: usize) -> Result<
         BinOp::Mul => {
             // |x·y| >= 2^(bits(x)+bits(y)-2): refuse before multiplying.
             let min_bits = (x.bits() + y.bits()).saturating_sub(2);
-            if !x.is_zero() && !y.is_zero() && (min_bits as f64) * LOG10_2 > max_digits as f64 + 1.0 {
+            if !x.is_zero() && !y.is_zero() && (min_bits as f64) * LOG10_2 > max_digits as f64 + 1.0
+            {
                 return Err(CalcError::too_large());
             }
             checked_integer(x * y, max_digits)
@@ -153,7 +155,9 @@ fn integer_power(x: BigInt, y: &BigInt, max_digits: usize) -> Result<Value, Calc
         return Ok(Value::Integer(if y.is_even() { BigInt::one() } else { x }));
     }
     // |x| >= 2: the result has more than y·log10|x| digits; refuse early.
-    let exponent = y.to_u32().filter(|&e| (e as f64) * log10_lower(&x) <= max_digits as f64 + 1.0);
+    let exponent = y
+        .to_u32()
+        .filter(|&e| (e as f64) * log10_lower(&x) <= max_digits as f64 + 1.0);
     let Some(exponent) = exponent else {
         return Err(CalcError::too_large());
     };
@@ -167,11 +171,20 @@ fn integer_negative_power(x: &BigInt, y: &BigInt) -> Result<D34, CalcError> {
     }
     let mut ctx = ctx34();
     if x.magnitude().is_one() {
-        let one = if x.is_negative() && y.is_odd() { "-1" } else { "1" };
-        let d = ctx.parse(one).map_err(|_| CalcError::domain("invalid operation"))?;
+        let one = if x.is_negative() && y.is_odd() {
+            "-1"
+        } else {
+            "1"
+        };
+        let d = ctx
+            .parse(one)
+            .map_err(|_| CalcError::domain("invalid operation"))?;
         return finish(d, ctx.status());
     }
-    let m = y.magnitude().to_u32().filter(|&m| (m as f64) * log10_lower(x) <= UNDERFLOW_DIGITS);
+    let m = y
+        .magnitude()
+        .to_u32()
+        .filter(|&m| (m as f64) * log10_lower(x) <= UNDERFLOW_DIGITS);
     let Some(m) = m else {
         // |x^-m| < 10^-6178: rounds to zero.
         return Ok(D34::zero());
@@ -180,7 +193,11 @@ fn integer_negative_power(x: &BigInt, y: &BigInt) -> Result<D34, CalcError> {
     if exceeds_digits(&denominator, crate::limits::MAX_SUPPORTED_INTEGER_DIGITS) {
         return Ok(D34::zero());
     }
-    decimal_binary(BinOp::Div, &Value::Integer(BigInt::one()), &Value::Integer(denominator))
+    decimal_binary(
+        BinOp::Div,
+        &Value::Integer(BigInt::one()),
+        &Value::Integer(denominator),
+    )
 }
 
 /// Exponents with more digits than this are handled without libdecNumber:
@@ -190,7 +207,9 @@ const HUGE_EXPONENT_DIGITS: usize = 40;
 /// `a ^ b` when either is a decimal (or an integer base meets a decimal exponent).
 fn decimal_power(a: &Value, b: &Value) -> Result<D34, CalcError> {
     if b.is_zero() {
-        return ctx34().parse("1").map_err(|_| CalcError::domain("invalid operation")); // 0^0 = 1 too
+        return ctx34()
+            .parse("1")
+            .map_err(|_| CalcError::domain("invalid operation")); // 0^0 = 1 too
     }
     if a.is_zero() {
         if b.is_negative() {
@@ -200,12 +219,14 @@ fn decimal_power(a: &Value, b: &Value) -> Result<D34, CalcError> {
     }
     let b_integral = is_integral(b)?;
     if a.is_negative() && !b_integral {
-        return Err(CalcError::domain("negative number raised to a non-integer power"));
+        return Err(CalcError::domain(
+            "negative number raised to a non-integer power",
+        ));
     }
-    if let Value::Integer(y) = b {
-        if exceeds_digits(y, HUGE_EXPONENT_DIGITS) {
-            return huge_exponent(a, y);
-        }
+    if let Value::Integer(y) = b
+        && exceeds_digits(y, HUGE_EXPONENT_DIGITS)
+    {
+        return huge_exponent(a, y);
     }
     if a.is_negative() {
         // (-x)^n = ±x^n by the parity of the integral n. libdecNumber itself
@@ -293,7 +314,9 @@ pub(crate) fn to_mid_exact(v: &Value) -> Result<Mid, CalcError> {
         Value::Integer(n) => n.to_string(),
         Value::Decimal(d) => d.0.to_string(),
     };
-    let m = exact.parse(text).map_err(|_| CalcError::domain("malformed number"))?;
+    let m = exact
+        .parse(text)
+        .map_err(|_| CalcError::domain("malformed number"))?;
     if exact.status().inexact() {
         return Err(CalcError::too_large());
     }
@@ -303,13 +326,19 @@ pub(crate) fn to_mid_exact(v: &Value) -> Result<Mid, CalcError> {
 /// A value as a [`Mid`] decimal rounded to `digits` (only long integers are
 /// actually rounded; the callers' error bounds allow for it). A rounding is
 /// recorded as "inexact" in `main`, so the result is never taken as exact.
-pub(crate) fn to_mid_rounded(v: &Value, digits: usize, main: &mut dec::Context<Mid>) -> Result<Mid, CalcError> {
+pub(crate) fn to_mid_rounded(
+    v: &Value,
+    digits: usize,
+    main: &mut dec::Context<Mid>,
+) -> Result<Mid, CalcError> {
     let mut ctx = crate::value::ctx_mid(digits);
     let text = match v {
         Value::Integer(n) => n.to_string(),
         Value::Decimal(d) => d.0.to_string(),
     };
-    let m = ctx.parse(text).map_err(|_| CalcError::domain("malformed number"))?;
+    let m = ctx
+        .parse(text)
+        .map_err(|_| CalcError::domain("malformed number"))?;
     if ctx.status().inexact() {
         let mut status = main.status();
         status.set_inexact();

@@ -14,14 +14,22 @@ use crate::arith::{is_integral, to_mid_exact, to_mid_rounded};
 use crate::ast::Func;
 use crate::error::CalcError;
 use crate::precise::correctly_rounded;
-use crate::value::{D34, Value, checked_integer, compare, ctx34, finish, integral_to_bigint, parse34};
+use crate::value::{
+    D34, Value, checked_integer, compare, ctx34, finish, integral_to_bigint, parse34,
+};
 
 /// Calls `func` on evaluated arguments (the parser has checked the arity).
-pub(crate) fn call(func: Func, mut args: Vec<Value>, max_digits: usize) -> Result<Value, CalcError> {
+pub(crate) fn call(
+    func: Func,
+    mut args: Vec<Value>,
+    max_digits: usize,
+) -> Result<Value, CalcError> {
     if func.is_variadic() {
         return extreme(args, func == Func::Max);
     }
-    let x = args.pop().ok_or_else(|| CalcError::domain("missing argument"))?;
+    let x = args
+        .pop()
+        .ok_or_else(|| CalcError::domain("missing argument"))?;
     match func {
         Func::Sqrt => sqrt(&x).map(Value::dec),
         Func::Abs => abs(x),
@@ -41,9 +49,15 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>, max_digits: usize) -> Resul
 
 /// `min`/`max`: the first extreme argument, keeping its kind.
 fn extreme(args: Vec<Value>, max: bool) -> Result<Value, CalcError> {
-    let wanted = if max { Ordering::Greater } else { Ordering::Less };
+    let wanted = if max {
+        Ordering::Greater
+    } else {
+        Ordering::Less
+    };
     let mut iter = args.into_iter();
-    let mut best = iter.next().ok_or_else(|| CalcError::domain("missing argument"))?;
+    let mut best = iter
+        .next()
+        .ok_or_else(|| CalcError::domain("missing argument"))?;
     for candidate in iter {
         if compare(&candidate, &best)? == wanted {
             best = candidate;
@@ -139,7 +153,9 @@ fn integer_sqrt(n: &BigInt) -> Result<D34, CalcError> {
 fn logarithm(x: &Value, base10: bool) -> Result<D34, CalcError> {
     if x.is_zero() || x.is_negative() {
         let name = if base10 { "log10" } else { "ln" };
-        return Err(CalcError::domain(format!("{name} of a number that is not positive")));
+        return Err(CalcError::domain(format!(
+            "{name} of a number that is not positive"
+        )));
     }
     correctly_rounded(|ctx, p| {
         // A long integer is rounded to p + 2 digits: it is then over 10^(p+1),
@@ -221,6 +237,7 @@ fn factorial_digits_lower_bound(n: u64) -> f64 {
         return 1.0;
     }
     let n = n as f64;
-    let log10 = n * (n / std::f64::consts::E).log10() + 0.5 * (2.0 * std::f64::consts::PI * n).log10();
+    let log10 =
+        n * (n / std::f64::consts::E).log10() + 0.5 * (2.0 * std::f64::consts::PI * n).log10();
     log10 - 1.0
 }

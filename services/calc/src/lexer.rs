@@ -89,7 +89,9 @@ pub(crate) fn tokenize(source: &str, max_literal_len: usize) -> Result<Vec<Token
                 return Err(CalcError::at(
                     ErrorKind::LiteralTooLong,
                     column,
-                    format!("number literal of {len} characters is longer than the limit of {max_literal_len}"),
+                    format!(
+                        "number literal of {len} characters is longer than the limit of {max_literal_len}"
+                    ),
                 ));
             }
             if !is_well_formed_number(text) {
@@ -108,7 +110,8 @@ pub(crate) fn tokenize(source: &str, max_literal_len: usize) -> Result<Vec<Token
         }
         if c.is_ascii_alphabetic() || c == '_' {
             let mut end = i + 1;
-            while end < chars.len() && (chars[end].1.is_ascii_alphanumeric() || chars[end].1 == '_') {
+            while end < chars.len() && (chars[end].1.is_ascii_alphanumeric() || chars[end].1 == '_')
+            {
                 end += 1;
             }
             let end_byte = chars.get(end).map_or(source.len(), |&(b, _)| b);

@@ -67,6 +67,7 @@ impl Limits {
 
     /// The integer size limit actually enforced (at least one digit).
     pub(crate) fn integer_digits(&self) -> usize {
-        self.max_integer_digits.clamp(1, MAX_SUPPORTED_INTEGER_DIGITS)
+        self.max_integer_digits
+            .clamp(1, MAX_SUPPORTED_INTEGER_DIGITS)
     }
 }

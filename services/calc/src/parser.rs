@@ -39,7 +39,10 @@ pub(crate) fn parse_source(source: &str, limits: &Limits) -> Result<Node, CalcEr
         ));
     }
     if source.trim().is_empty() {
-        return Err(CalcError::new(ErrorKind::EmptyExpression, "empty expression"));
+        return Err(CalcError::new(
+            ErrorKind::EmptyExpression,
+            "empty expression",
+        ));
     }
     let tokens = tokenize(source, limits.max_literal_len)?;
     let mut parser = Parser {
@@ -67,7 +70,11 @@ pub(crate) fn parse_source(source: &str, limits: &Limits) -> Result<Node, CalcEr
 
 fn unexpected(token: Token<'_>) -> CalcError {
     match token.kind {
-        TokenKind::End => CalcError::at(ErrorKind::UnexpectedToken, token.column, "unexpected end of expression"),
+        TokenKind::End => CalcError::at(
+            ErrorKind::UnexpectedToken,
+            token.column,
+            "unexpected end of expression",
+        ),
         kind => CalcError::at(
             ErrorKind::UnexpectedToken,
             token.column,
@@ -88,10 +95,14 @@ struct Parser<'a> {
 impl<'a> Parser<'a> {
     fn peek(&self) -> Token<'a> {
         // The token vector always ends with `End`, and `pos` never moves past it.
-        self.tokens.get(self.pos).or(self.tokens.last()).copied().unwrap_or(Token {
-            kind: TokenKind::End,
-            column: 1,
-        })
+        self.tokens
+            .get(self.pos)
+            .or(self.tokens.last())
+            .copied()
+            .unwrap_or(Token {
+                kind: TokenKind::End,
+                column: 1,
+            })
     }
 
     fn advance(&mut self) -> Token<'a> {
@@ -109,7 +120,10 @@ impl<'a> Parser<'a> {
             return Err(CalcError::at(
                 ErrorKind::NestingTooDeep,
                 column,
-                format!("expression nested too deeply (more than {} levels)", self.max_depth),
+                format!(
+                    "expression nested too deeply (more than {} levels)",
+                    self.max_depth
+                ),
             ));
         }
         Ok(())
@@ -307,7 +321,10 @@ impl<'a> Parser<'a> {
                     return Err(CalcError::at(
                         ErrorKind::UnexpectedToken,
                         token.column,
-                        format!("expected ',' or ')' but found {}", shorten(&kind.describe())),
+                        format!(
+                            "expected ',' or ')' but found {}",
+                            shorten(&kind.describe())
+                        ),
                     ));
                 }
             }
@@ -343,7 +360,13 @@ fn number(text: &str, column: usize) -> Result<Node, CalcError> {
     let all_digits: String = format!("{int_part}{frac_part}");
     let trimmed = all_digits.trim_start_matches('0');
     let digits = if trimmed.is_empty() { "0" } else { trimmed };
-    let malformed = || CalcError::at(ErrorKind::UnexpectedToken, column, format!("malformed number '{}'", shorten(text)));
+    let malformed = || {
+        CalcError::at(
+            ErrorKind::UnexpectedToken,
+            column,
+            format!("malformed number '{}'", shorten(text)),
+        )
+    };
     if !is_decimal {
         let n = digits.parse::<BigInt>().map_err(|_| malformed())?;
         return Ok(Node::Integer(n));

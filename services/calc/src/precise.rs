@@ -50,7 +50,9 @@ pub(crate) fn correctly_rounded(
             ctx.next_plus(&mut hi);
         }
         match (round34(&lo), round34(&hi)) {
-            (Ok(l), Ok(h)) if ctx34().partial_cmp(&l, &h) == Some(Ordering::Equal) => return round34(&y),
+            (Ok(l), Ok(h)) if ctx34().partial_cmp(&l, &h) == Some(Ordering::Equal) => {
+                return round34(&y);
+            }
             // Both ends overflow decimal128: so does the true value.
             (Err(_), Err(_)) => return round34(&y),
             _ => {}

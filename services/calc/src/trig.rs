@@ -29,7 +29,8 @@ const GUARD_BITS: usize = 256;
 const NEEDED_BITS: i64 = 160;
 /// π is cached once per process at this precision: enough to reduce any
 /// accepted integer argument (20,000 digits is about 66,440 bits).
-const CACHED_PI_BITS: usize = ((MAX_SUPPORTED_INTEGER_DIGITS as f64 * std::f64::consts::LOG2_10) as usize) + 4096;
+const CACHED_PI_BITS: usize =
+    ((MAX_SUPPORTED_INTEGER_DIGITS as f64 * std::f64::consts::LOG2_10) as usize) + 4096;
 
 static PI: OnceLock<Option<BigFloat>> = OnceLock::new();
 
@@ -79,12 +80,19 @@ fn trig(x: &Value, kind: Kind) -> Result<D34, CalcError> {
     }
     // The exact argument as text, and an upper bound of its integer part's bits.
     let (text, int_bits) = match x {
-        Value::Integer(n) => (n.to_string(), usize::try_from(n.bits()).unwrap_or(usize::MAX)),
+        Value::Integer(n) => (
+            n.to_string(),
+            usize::try_from(n.bits()).unwrap_or(usize::MAX),
+        ),
         Value::Decimal(d) => {
             let (coefficient, exponent) = exact_text(&d.0);
             let sign = if d.0.is_negative() { "-" } else { "" };
             let adjusted = exponent + i64::try_from(coefficient.len()).unwrap_or(0);
-            let bits = if adjusted > 0 { (adjusted as f64 * std::f64::consts::LOG2_10) as usize + 2 } else { 0 };
+            let bits = if adjusted > 0 {
+                (adjusted as f64 * std::f64::consts::LOG2_10) as usize + 2
+            } else {
+                0
+            };
             (format!("{sign}{coefficient}e{exponent}"), bits)
         }
     };
@@ -103,21 +111,32 @@ fn trig(x: &Value, kind: Kind) -> Result<D34, CalcError> {
             let mut half_pi = pi(p + 64, &mut cc);
             let e = half_pi.exponent().ok_or_else(internal)?;
             half_pi.set_exponent(e - 1);
-            let k = xb.div(&half_pi, p, RoundingMode::ToEven).round(0, RoundingMode::ToEven);
-            let r = xb.sub(&k.mul(&half_pi, p + 64, RoundingMode::ToEven), p, RoundingMode::ToEven);
+            let k = xb
+                .div(&half_pi, p, RoundingMode::ToEven)
+                .round(0, RoundingMode::ToEven);
+            let r = xb.sub(
+                &k.mul(&half_pi, p + 64, RoundingMode::ToEven),
+                p,
+                RoundingMode::ToEven,
+            );
             // |x| < 2^int_bits was rounded to p bits and k·π/2 is accurate to
             // about the same absolute error: 2^(int_bits + 4 - p) bounds both.
-            let error_exp = i64::try_from(int_bits).unwrap_or(i64::MAX) + 4 - i64::try_from(p).unwrap_or(0);
+            let error_exp =
+                i64::try_from(int_bits).unwrap_or(i64::MAX) + 4 - i64::try_from(p).unwrap_or(0);
             let r_exp = r.exponent().map_or(i64::MIN, i64::from);
             if r.is_zero() || r_exp - 1 - error_exp < NEEDED_BITS {
                 let deficit = NEEDED_BITS - (r_exp.max(-1_000_000) - 1 - error_exp);
-                extra = extra.saturating_add(usize::try_from(deficit).unwrap_or(0)).saturating_add(128);
+                extra = extra
+                    .saturating_add(usize::try_from(deficit).unwrap_or(0))
+                    .saturating_add(128);
                 continue;
             }
             (r, quadrant(&k)?)
         };
         let y = evaluate_reduced(&r, kind, quadrant, &mut cc)?;
-        let text = y.format(Radix::Dec, RoundingMode::ToEven, &mut cc).map_err(|_| internal())?;
+        let text = y
+            .format(Radix::Dec, RoundingMode::ToEven, &mut cc)
+            .map_err(|_| internal())?;
         let mut ctx = ctx34();
         let d = ctx.parse(text).map_err(|_| internal())?;
         return finish(d, ctx.status());
@@ -128,7 +147,15 @@ fn trig(x: &Value, kind: Kind) -> Result<D34, CalcError> {
 /// `k mod 4` for an integral BigFloat `k`.
 fn quadrant(k: &BigFloat) -> Result<u8, CalcError> {
     let m = k.rem(&BigFloat::from_u8(4, 64));
-    for (value, q) in [(-3i8, 1u8), (-2, 2), (-1, 3), (0, 0), (1, 1), (2, 2), (3, 3)] {
+    for (value, q) in [
+        (-3i8, 1u8),
+        (-2, 2),
+        (-1, 3),
+        (0, 0),
+        (1, 1),
+        (2, 2),
+        (3, 3),
+    ] {
         if m.cmp(&BigFloat::from_i8(value, 64)) == Some(0) {
             return Ok(q);
         }
@@ -137,9 +164,15 @@ fn quadrant(k: &BigFloat) -> Result<u8, CalcError> {
 }
 
 /// sin, cos or tan of `x = r + quadrant·π/2` from sin(r) and cos(r).
-fn evaluate_reduced(r: &BigFloat, kind: Kind, quadrant: u8, cc: &mut Consts) -> Result<BigFloat, CalcError> {
+fn evaluate_reduced(
+    r: &BigFloat,
+    kind: Kind,
+    quadrant: u8,
+    cc: &mut Consts,
+) -> Result<BigFloat, CalcError> {
     let mut r = r.clone();
-    r.set_precision(RESULT_BITS, RoundingMode::ToEven).map_err(|_| internal())?;
+    r.set_precision(RESULT_BITS, RoundingMode::ToEven)
+        .map_err(|_| internal())?;
     let s = r.sin(RESULT_BITS, RoundingMode::ToEven, cc);
     let c = r.cos(RESULT_BITS, RoundingMode::ToEven, cc);
     let y = match (kind, quadrant) {
@@ -155,4 +188,3 @@ fn evaluate_reduced(r: &BigFloat, kind: Kind, quadrant: u8, cc: &mut Consts) -> 
     }
     Ok(y)
 }
-

@@ -65,7 +65,12 @@ pub(crate) fn ctx_mid(digits: usize) -> Context<Mid> {
     ctx
 }
 
-fn configure<const N: usize>(ctx: &mut Context<dec::Decimal<N>>, digits: usize, emax: i32, emin: i32) {
+fn configure<const N: usize>(
+    ctx: &mut Context<dec::Decimal<N>>,
+    digits: usize,
+    emax: i32,
+    emin: i32,
+) {
     // These settings are constants within the ranges the library accepts,
     // so the results are ignored deliberately rather than unwrapped.
     let _ = ctx.set_precision(digits);
@@ -112,7 +117,10 @@ pub(crate) fn finish(r: D34, status: Status) -> Result<D34, CalcError> {
 /// Converts an integer exactly into a [`Wide`] decimal.
 pub(crate) fn int_to_wide(n: &BigInt) -> Result<Box<Wide>, CalcError> {
     let mut ctx = ctx_wide_exact();
-    let w = Box::new(ctx.parse(n.to_string()).map_err(|_| CalcError::too_large())?);
+    let w = Box::new(
+        ctx.parse(n.to_string())
+            .map_err(|_| CalcError::too_large())?,
+    );
     if ctx.status().inexact() {
         // Cannot happen for integers within MAX_SUPPORTED_INTEGER_DIGITS.
         return Err(CalcError::too_large());
@@ -312,7 +320,11 @@ pub(crate) fn compare(a: &Value, b: &Value) -> Result<Ordering, CalcError> {
 /// An integral decimal as an exact integer (the caller has checked its size).
 pub(crate) fn integral_to_bigint(d: &D34) -> BigInt {
     let (digits, exponent) = digits_and_exponent(d);
-    let sign = if d.is_negative() { Sign::Minus } else { Sign::Plus };
+    let sign = if d.is_negative() {
+        Sign::Minus
+    } else {
+        Sign::Plus
+    };
     let coefficient = BigInt::from_radix_be(sign, &digits, 10).unwrap_or_default();
     let ten = BigInt::from(10u8);
     match exponent.cmp(&0) {

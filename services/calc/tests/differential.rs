@@ -36,7 +36,11 @@ impl Rng {
     fn digits(&mut self, n: usize) -> String {
         let mut s = String::new();
         for i in 0..n {
-            let d = if i == 0 { 1 + self.below(9) } else { self.below(10) };
+            let d = if i == 0 {
+                1 + self.below(9)
+            } else {
+                self.below(10)
+            };
             s.push(char::from(b'0' + d as u8));
         }
         s
@@ -51,17 +55,36 @@ fn integer(rng: &mut Rng) -> String {
             let n = 15 + rng.below(50) as usize;
             rng.digits(n)
         }
-        _ => rng.pick(&["0", "1", "2", "10", "100", "1000000", "9999999999999999999999999999999999"]).to_string(),
+        _ => rng
+            .pick(&[
+                "0",
+                "1",
+                "2",
+                "10",
+                "100",
+                "1000000",
+                "9999999999999999999999999999999999",
+            ])
+            .to_string(),
     }
 }
 
 fn decimal(rng: &mut Rng) -> String {
     match rng.below(12) {
-        0 => rng.pick(&["0.1", "0.2", "0.5", ".5", "2.5", "1.5e3", "2E-7", "0.0", "1e3", "2.0", "3.5", "0.25"]).to_string(),
+        0 => rng
+            .pick(&[
+                "0.1", "0.2", "0.5", ".5", "2.5", "1.5e3", "2E-7", "0.0", "1e3", "2.0", "3.5",
+                "0.25",
+            ])
+            .to_string(),
         1..=4 => {
             let int_len = rng.below(4) as usize;
             let frac_len = 1 + rng.below(8) as usize;
-            let int = if int_len == 0 { "0".to_string() } else { rng.digits(int_len) };
+            let int = if int_len == 0 {
+                "0".to_string()
+            } else {
+                rng.digits(int_len)
+            };
             format!("{int}.{}", rng.digits(frac_len))
         }
         5..=6 => {
@@ -101,7 +124,20 @@ fn leaf(rng: &mut Rng) -> String {
 }
 
 const FUNCS: [&str; 14] = [
-    "sqrt", "abs", "floor", "ceil", "round", "min", "max", "ln", "log10", "exp", "sin", "cos", "tan", "factorial",
+    "sqrt",
+    "abs",
+    "floor",
+    "ceil",
+    "round",
+    "min",
+    "max",
+    "ln",
+    "log10",
+    "exp",
+    "sin",
+    "cos",
+    "tan",
+    "factorial",
 ];
 
 fn expr(rng: &mut Rng, depth: u32) -> String {
@@ -125,8 +161,12 @@ fn expr(rng: &mut Rng, depth: u32) -> String {
             let exponent = match rng.below(8) {
                 0..=2 => rng.below(30).to_string(),
                 3 => format!("-{}", 1 + rng.below(12)),
-                4 => rng.pick(&["0.5", "1.5", "-0.5", "0.25", "3.0", "-2.0", "0.1", "2.5"]).to_string(),
-                5 => rng.pick(&["100", "1000", "5000", "40000", "123456789"]).to_string(),
+                4 => rng
+                    .pick(&["0.5", "1.5", "-0.5", "0.25", "3.0", "-2.0", "0.1", "2.5"])
+                    .to_string(),
+                5 => rng
+                    .pick(&["100", "1000", "5000", "40000", "123456789"])
+                    .to_string(),
                 _ => format!("({})", expr(rng, depth - 1)),
             };
             format!("{base}^{exponent}")
@@ -135,10 +175,30 @@ fn expr(rng: &mut Rng, depth: u32) -> String {
             // Error provokers and limit probes.
             let x = expr(rng, depth - 1);
             rng.pick(&[
-                "({x})/0", "({x})%0", "sqrt(-1-abs({x}))", "ln(0)", "ln(-({x})^2-1)", "factorial(-1)",
-                "factorial(2.5)", "10^20000", "1e6144*10", "(-8)^(1/3)", "0^-1", "0.0^-2", "log10(0*({x}))",
-                "factorial(3249)", "factorial(3248)", "2^33219", "2^33220", "exp(20000)", "exp(-20000)",
-                "floor(9.9e6144)", "10^9999*1.0", "7^8000%13", "1/(10^9999)", "(10^9999+1)/(10^9999)",
+                "({x})/0",
+                "({x})%0",
+                "sqrt(-1-abs({x}))",
+                "ln(0)",
+                "ln(-({x})^2-1)",
+                "factorial(-1)",
+                "factorial(2.5)",
+                "10^20000",
+                "1e6144*10",
+                "(-8)^(1/3)",
+                "0^-1",
+                "0.0^-2",
+                "log10(0*({x}))",
+                "factorial(3249)",
+                "factorial(3248)",
+                "2^33219",
+                "2^33220",
+                "exp(20000)",
+                "exp(-20000)",
+                "floor(9.9e6144)",
+                "10^9999*1.0",
+                "7^8000%13",
+                "1/(10^9999)",
+                "(10^9999+1)/(10^9999)",
             ])
             .replace("{x}", &x)
         }
@@ -150,7 +210,9 @@ fn expr(rng: &mut Rng, depth: u32) -> String {
         10 => {
             let n = match rng.below(4) {
                 0 => rng.below(30).to_string(),
-                1 => rng.pick(&["0", "1", "5.0", "1e2", "170", "500"]).to_string(),
+                1 => rng
+                    .pick(&["0", "1", "5.0", "1e2", "170", "500"])
+                    .to_string(),
                 _ => format!("abs(round({}))%40", expr(rng, depth - 1)),
             };
             format!("factorial({n})")
@@ -192,7 +254,11 @@ fn adjusted(text: &str) -> i64 {
 fn within_one_ulp(ours: &str, reference: &str) -> bool {
     let (a, sa) = parse_plain(ours);
     let (b, sb) = parse_plain(reference);
-    let ulp_exp = if reference == "0" { -6176 } else { (adjusted(reference) - 33).max(-6176) };
+    let ulp_exp = if reference == "0" {
+        -6176
+    } else {
+        (adjusted(reference) - 33).max(-6176)
+    };
     let scale = sa.max(sb).max((-ulp_exp).max(0) as u32);
     let ten = BigInt::from(10);
     let a = a * ten.pow(scale - sa);
@@ -209,17 +275,54 @@ fn within_one_ulp(ours: &str, reference: &str) -> bool {
 #[test]
 fn matches_python_decimal_and_mpmath() {
     // DALC_DIFF_SEED / DALC_DIFF_CASES explore beyond the fixed default run.
-    let seed = std::env::var("DALC_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x9E37_79B9_7F4A_7C15);
-    let count = std::env::var("DALC_DIFF_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(CASES);
+    let seed = std::env::var("DALC_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9E37_79B9_7F4A_7C15);
+    let count = std::env::var("DALC_DIFF_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CASES);
     let mut rng = Rng(seed | 1);
     let mut cases: Vec<String> = (0..count).map(|_| expr(&mut rng, 4)).collect();
     // Fixed cases that must be covered whatever the seed does.
     for fixed in [
-        "1 + 1", "0.1 + 0.2", "7 / 2", "6 / 3", "2^100", "1 / 3", "sqrt(2)", "2^-1", "-7 % 3", "factorial(25)",
-        "round(2.5)", "-2^2", "2^3^2", "sin(9e6144)", "cos(1e6000)", "tan(123456789012345678901234567890)",
-        "sin(10^9999)", "ln(7^9999)", "log10(10^9999)", "sqrt(7^9999)", "sqrt(10^9998)", "exp(1)", "5 % 0.3",
-        "1e6144 % 7", "1e-6170 / 3", "min(1, 1.0, 0.5)", "max(2, 3.0)", "round(-0.5)", "sin(pi)", "tan(pi/2)",
-        "(10^40+1)^0.5", "1.0000000001^(10^41)", "0.9^(10^50)", "2.5^0.5", "(2^200)^0.5", "10^9999 % 1e-6176",
+        "1 + 1",
+        "0.1 + 0.2",
+        "7 / 2",
+        "6 / 3",
+        "2^100",
+        "1 / 3",
+        "sqrt(2)",
+        "2^-1",
+        "-7 % 3",
+        "factorial(25)",
+        "round(2.5)",
+        "-2^2",
+        "2^3^2",
+        "sin(9e6144)",
+        "cos(1e6000)",
+        "tan(123456789012345678901234567890)",
+        "sin(10^9999)",
+        "ln(7^9999)",
+        "log10(10^9999)",
+        "sqrt(7^9999)",
+        "sqrt(10^9998)",
+        "exp(1)",
+        "5 % 0.3",
+        "1e6144 % 7",
+        "1e-6170 / 3",
+        "min(1, 1.0, 0.5)",
+        "max(2, 3.0)",
+        "round(-0.5)",
+        "sin(pi)",
+        "tan(pi/2)",
+        "(10^40+1)^0.5",
+        "1.0000000001^(10^41)",
+        "0.9^(10^50)",
+        "2.5^0.5",
+        "(2^200)^0.5",
+        "10^9999 % 1e-6176",
     ] {
         cases.push(fixed.to_string());
     }
@@ -246,7 +349,13 @@ fn matches_python_decimal_and_mpmath() {
         "the differential test needs the Python package mpmath (pip install mpmath)"
     );
     assert!(status.success(), "reference.py failed: {status}");
-    assert_eq!(answers.len(), cases.len(), "reference.py answered {} of {} cases", answers.len(), cases.len());
+    assert_eq!(
+        answers.len(),
+        cases.len(),
+        "reference.py answered {} of {} cases",
+        answers.len(),
+        cases.len()
+    );
 
     let limits = Limits::default();
     let mut failures = Vec::new();
@@ -294,6 +403,11 @@ fn matches_python_decimal_and_mpmath() {
         "{} of {} cases differ from Python:\n{}",
         failures.len(),
         cases.len(),
-        failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

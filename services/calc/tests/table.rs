@@ -114,12 +114,24 @@ fn decimal_rounding_is_python_like() {
     check(&[
         // 35 significant digits in a literal: rounded half even to 34.
         ("1.0000000000000000000000000000000005", "1"),
-        ("1.0000000000000000000000000000000015", "1.000000000000000000000000000000002"),
+        (
+            "1.0000000000000000000000000000000015",
+            "1.000000000000000000000000000000002",
+        ),
         ("2/3", "0.6666666666666666666666666666666667"),
         // Exact integer conversion: no double rounding with a 40-digit integer.
-        ("1234567890123456789012345678901234567890 * 1.0", "1234567890123456789012345678901235000000"),
-        ("(10^40 + 5*10^5) + 0.0", "10000000000000000000000000000000000000000"),
-        ("(10^40 + 5*10^6 + 1) * 1.0", "10000000000000000000000000000000010000000"),
+        (
+            "1234567890123456789012345678901234567890 * 1.0",
+            "1234567890123456789012345678901235000000",
+        ),
+        (
+            "(10^40 + 5*10^5) + 0.0",
+            "10000000000000000000000000000000000000000",
+        ),
+        (
+            "(10^40 + 5*10^6 + 1) * 1.0",
+            "10000000000000000000000000000000010000000",
+        ),
         ("10^34 + 0.5", "10000000000000000000000000000000000"),
         ("10^34 + 5.5", "10000000000000000000000000000000010"),
         ("10^34 + 5", "10000000000000000000000000000000005"),
@@ -144,7 +156,10 @@ fn trigonometry() {
         ("sin(1)", "0.841470984807896506652502321630299"),
         ("cos(1)", "0.5403023058681397174009366074429766"),
         ("sin(9e6144)", "-0.8496539011001238298395528016064296"),
-        ("sin(pi)", "-0.0000000000000000000000000000000001158028306006248941790250554076922"),
+        (
+            "sin(pi)",
+            "-0.0000000000000000000000000000000001158028306006248941790250554076922",
+        ),
     ]);
 }
 
@@ -221,9 +236,16 @@ fn error_kinds_columns_and_messages() {
         let e = error(source);
         assert_eq!(e.kind(), *kind, "kind of {source:?}: {e}");
         assert_eq!(e.column(), *column, "column of {source:?}: {e}");
-        assert_eq!(e.kind().is_evaluation_error(), parse(source, &Limits::default()).is_ok(), "{source:?}");
+        assert_eq!(
+            e.kind().is_evaluation_error(),
+            parse(source, &Limits::default()).is_ok(),
+            "{source:?}"
+        );
         if let Some(column) = column {
-            assert!(e.to_string().contains(&format!("column {column}")), "{source:?}: {e}");
+            assert!(
+                e.to_string().contains(&format!("column {column}")),
+                "{source:?}: {e}"
+            );
         }
         assert_eq!(e.to_string(), e.message());
     }
@@ -231,14 +253,29 @@ fn error_kinds_columns_and_messages() {
 
 #[test]
 fn exact_messages() {
-    assert_eq!(error("1 +").to_string(), "unexpected end of expression at column 4");
-    assert_eq!(error("(1").to_string(), "unbalanced parenthesis: '(' at column 1 is never closed");
-    assert_eq!(error("foo(1)").to_string(), "unknown function 'foo' at column 1");
-    assert_eq!(error("1)").to_string(), "unbalanced parenthesis: ')' at column 2 has no matching '('");
+    assert_eq!(
+        error("1 +").to_string(),
+        "unexpected end of expression at column 4"
+    );
+    assert_eq!(
+        error("(1").to_string(),
+        "unbalanced parenthesis: '(' at column 1 is never closed"
+    );
+    assert_eq!(
+        error("foo(1)").to_string(),
+        "unknown function 'foo' at column 1"
+    );
+    assert_eq!(
+        error("1)").to_string(),
+        "unbalanced parenthesis: ')' at column 2 has no matching '('"
+    );
     assert_eq!(error("1 / 0").to_string(), "division by zero");
     // Columns count characters, not bytes.
     assert_eq!(error("\u{e9}").column(), Some(1));
-    assert_eq!(error("1 + \u{e9}").to_string(), "unexpected character '\u{e9}' at column 5");
+    assert_eq!(
+        error("1 + \u{e9}").to_string(),
+        "unexpected character '\u{e9}' at column 5"
+    );
 }
 
 #[test]
@@ -266,14 +303,32 @@ fn limits_errors() {
     assert!(parse(&nested, &limits).is_ok());
     let nested = format!("{}1{}", "(".repeat(129), ")".repeat(129));
     let e = parse(&nested, &limits).unwrap_err();
-    assert_eq!((e.kind(), e.column()), (ErrorKind::NestingTooDeep, Some(129)));
+    assert_eq!(
+        (e.kind(), e.column()),
+        (ErrorKind::NestingTooDeep, Some(129))
+    );
 
-    let small = Limits { max_integer_digits: 5, ..Limits::default() };
+    let small = Limits {
+        max_integer_digits: 5,
+        ..Limits::default()
+    };
     assert_eq!(evaluate("99999 + 0", &small).unwrap().to_string(), "99999");
-    assert_eq!(evaluate("99999 + 1", &small).unwrap_err().kind(), ErrorKind::ResultTooLarge);
-    assert_eq!(evaluate("123456", &small).unwrap_err().kind(), ErrorKind::ResultTooLarge);
-    assert_eq!(evaluate("floor(123456.5)", &small).unwrap_err().kind(), ErrorKind::ResultTooLarge);
-    assert_eq!(evaluate("123456.5", &small).unwrap().to_string(), "123456.5");
+    assert_eq!(
+        evaluate("99999 + 1", &small).unwrap_err().kind(),
+        ErrorKind::ResultTooLarge
+    );
+    assert_eq!(
+        evaluate("123456", &small).unwrap_err().kind(),
+        ErrorKind::ResultTooLarge
+    );
+    assert_eq!(
+        evaluate("floor(123456.5)", &small).unwrap_err().kind(),
+        ErrorKind::ResultTooLarge
+    );
+    assert_eq!(
+        evaluate("123456.5", &small).unwrap().to_string(),
+        "123456.5"
+    );
 }
 
 #[test]
@@ -283,8 +338,14 @@ fn error_kind_classification() {
         assert!(kind.is_evaluation_error());
     }
     for kind in [
-        UnexpectedToken, UnbalancedParenthesis, UnknownIdentifier, WrongArgumentCount, NestingTooDeep,
-        ExpressionTooLong, LiteralTooLong, EmptyExpression,
+        UnexpectedToken,
+        UnbalancedParenthesis,
+        UnknownIdentifier,
+        WrongArgumentCount,
+        NestingTooDeep,
+        ExpressionTooLong,
+        LiteralTooLong,
+        EmptyExpression,
     ] {
         assert!(!kind.is_evaluation_error());
     }
@@ -294,15 +355,37 @@ fn error_kind_classification() {
 fn display_round_trips() {
     let limits = Limits::default();
     for source in [
-        "1 + 2 * 3", "(1 + 2) * 3", "-2^2", "(-2)^2", "2^3^2", "(2^3)^2", "2^-1", "1 - (2 - 3)", "1 - -2",
-        "-(1 + 2)", "min(1, 2.50, .5)", "1.5e3", "2E-7", "0.000", "12.", "1e-999", "+1", "--1", "sqrt(2) / 3 % 4",
-        "pi * e", "factorial(3)!=0".split('!').next().unwrap(),
+        "1 + 2 * 3",
+        "(1 + 2) * 3",
+        "-2^2",
+        "(-2)^2",
+        "2^3^2",
+        "(2^3)^2",
+        "2^-1",
+        "1 - (2 - 3)",
+        "1 - -2",
+        "-(1 + 2)",
+        "min(1, 2.50, .5)",
+        "1.5e3",
+        "2E-7",
+        "0.000",
+        "12.",
+        "1e-999",
+        "+1",
+        "--1",
+        "sqrt(2) / 3 % 4",
+        "pi * e",
+        "factorial(3)!=0".split('!').next().unwrap(),
     ] {
         let expr = parse(source, &limits).unwrap();
         let printed = expr.to_string();
-        let again = parse(&printed, &limits).unwrap_or_else(|e| panic!("{source:?} printed as {printed:?}: {e}"));
+        let again = parse(&printed, &limits)
+            .unwrap_or_else(|e| panic!("{source:?} printed as {printed:?}: {e}"));
         assert_eq!(expr, again, "{source:?} printed as {printed:?}");
-        assert!(printed.len() <= source.len(), "{source:?} printed longer: {printed:?}");
+        assert!(
+            printed.len() <= source.len(),
+            "{source:?} printed longer: {printed:?}"
+        );
     }
     assert_eq!(parse("1 + 2 * 3", &limits).unwrap().to_string(), "1+2*3");
     assert_eq!(parse("(-2)^2", &limits).unwrap().to_string(), "(-2)^2");
