@@ -11,7 +11,7 @@ use num_traits::{One, Signed, ToPrimitive, Zero};
 
 use crate::ast::BinOp;
 use crate::error::CalcError;
-use crate::precise::correctly_rounded;
+use crate::precise::{WITHIN_ONE_ULP, correctly_rounded};
 use crate::value::{
     D34, Mid, Value, checked_integer, ctx_wide_exact, ctx_wide34, ctx34, exceeds_digits, finish,
     round34, to_wide,
@@ -241,7 +241,7 @@ fn decimal_power(a: &Value, b: &Value) -> Result<D34, CalcError> {
         return finish(r, ctx.status());
     }
     let exponent = to_mid_exact(b)?;
-    correctly_rounded(|ctx, p| {
+    correctly_rounded(WITHIN_ONE_ULP, |ctx, p| {
         // A long integer base is rounded to p + 10 digits: the exponent of a
         // result in range is then below 100 in magnitude, so the relative
         // error stays far under the one-ulp margin of the check.

@@ -13,7 +13,7 @@ use num_traits::{One, Signed, ToPrimitive, Zero};
 use crate::arith::{is_integral, to_mid_exact, to_mid_rounded};
 use crate::ast::Func;
 use crate::error::CalcError;
-use crate::precise::correctly_rounded;
+use crate::precise::{CORRECTLY_ROUNDED, correctly_rounded};
 use crate::value::{
     D34, Value, checked_integer, compare, ctx34, finish, integral_to_bigint, parse34,
 };
@@ -157,7 +157,7 @@ fn logarithm(x: &Value, base10: bool) -> Result<D34, CalcError> {
             "{name} of a number that is not positive"
         )));
     }
-    correctly_rounded(|ctx, p| {
+    correctly_rounded(CORRECTLY_ROUNDED, |ctx, p| {
         // A long integer is rounded to p + 2 digits: it is then over 10^(p+1),
         // so its logarithm exceeds 100 and the induced error (below 10^-(p+1))
         // is under one unit of the result's p-th digit, which the check allows.
@@ -185,7 +185,7 @@ fn exp(x: &Value) -> Result<D34, CalcError> {
         }
     }
     let m = to_mid_exact(x)?;
-    correctly_rounded(|ctx, _| {
+    correctly_rounded(CORRECTLY_ROUNDED, |ctx, _| {
         let mut r = m;
         ctx.exp(&mut r);
         Ok(r)

@@ -17,20 +17,27 @@ use dec::Context;
 use crate::error::CalcError;
 use crate::value::{D34, Mid, check_status, ctx_mid, ctx34, round34};
 
-/// Working precisions tried in turn. The last result is used even if still
-/// ambiguous: it is then within one unit of the 34th digit, which no known
-/// input reaches.
-const PRECISIONS: [usize; 4] = [50, 90, 200, 500];
+/// Working precisions tried in turn for `exp`, `ln` and `log10`. The last
+/// result is used even if still ambiguous: it is then within one unit of the
+/// 34th digit (no input is known to get that far: these functions are
+/// transcendental, and their exact cases are flagged exact).
+pub(crate) const CORRECTLY_ROUNDED: &[usize] = &[50, 90, 200, 500];
+/// Working precisions for `^` with a decimal operand, which must be within
+/// one ulp. Its results can be exact midpoints (`((10^34+5)^2)^0.5`) that no
+/// precision resolves, so the loop stops early instead of spending
+/// milliseconds at 500 digits on each of hundreds of such terms.
+pub(crate) const WITHIN_ONE_ULP: &[usize] = &[50, 90];
 
 /// Evaluates `f` at increasing working precisions until its correctly
 /// rounded 34-digit value is certain. `f` receives a context of precision
 /// `p` (and decNumber's widest exponent range for math functions) and must
 /// set the context's `inexact` flag if it rounded an operand.
 pub(crate) fn correctly_rounded(
+    precisions: &[usize],
     mut f: impl FnMut(&mut Context<Mid>, usize) -> Result<Mid, CalcError>,
 ) -> Result<D34, CalcError> {
     let mut last = None;
-    for p in PRECISIONS {
+    for &p in precisions {
         let mut ctx = ctx_mid(p);
         let y = f(&mut ctx, p)?;
         let status = ctx.status();
