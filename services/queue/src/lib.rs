@@ -1,0 +1,124 @@
+//! The queue between gateways and workers, behind four small traits:
+//!
+//! - [`TaskPublisher`]: a gateway puts a task on the request queue (publisher confirm awaited);
+//! - [`TaskConsumer`]: a worker takes tasks off it, each a [`Delivery`] to ack or reject;
+//! - [`UpdatePublisher`]: a worker sends a finished task to the gateway that waits for it
+//!   (`reply_to`) and to every gateway's events feed;
+//! - [`UpdateConsumer`]: a gateway receives those replies and events.
+//!
+//! Two implementations: [`amqp::AmqpBroker`] (RabbitMQ via lapin, the distributed deployment) and
+//! [`memory::MemoryBroker`] (in-process, for `dalc up` and fast tests). Both keep the same
+//! promises: tasks are settled explicitly, an unsettled delivery goes back to the queue, and
+//! replies may be lost (the database holds the truth).
+
+pub mod amqp;
+mod error;
+pub mod memory;
+mod message;
+mod names;
+
+use async_trait::async_trait;
+use dalc_domain::Task;
+use futures::stream::BoxStream;
+
+pub use error::QueueError;
+pub use message::{MalformedMessage, PAYLOAD_VERSION, TaskMessage};
+pub use names::QueueNames;
+
+/// Puts tasks on the request queue.
+#[async_trait]
+pub trait TaskPublisher: Send + Sync {
+    /// Publishes `message` and returns once the broker has confirmed it is stored.
+    async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError>;
+}
+
+/// Takes tasks off the request queue.
+#[async_trait]
+pub trait TaskConsumer: Send + Sync {
+    /// Starts a consumer with at most `prefetch` unsettled deliveries at a time. The stream ends
+    /// when the connection is lost; call again (with backoff) to resume.
+    async fn consume_tasks(&self, prefetch: u16) -> Result<Deliveries, QueueError>;
+}
+
+/// Sends a task's new state to whoever waits for it.
+#[async_trait]
+pub trait UpdatePublisher: Send + Sync {
+    /// Replies to `reply_to` (when there is one) and publishes a status event, awaiting the
+    /// broker's confirms for both.
+    async fn publish_update(&self, reply_to: Option<&str>, task: &Task) -> Result<(), QueueError>;
+}
+
+/// Receives task updates at a gateway.
+#[async_trait]
+pub trait UpdateConsumer: Send + Sync {
+    /// Declares this gateway's reply queue and its events subscription, and starts consuming
+    /// both. The stream ends when the connection is lost; call again to resume.
+    async fn consume_updates(&self, gateway_id: &str) -> Result<Updates, QueueError>;
+}
+
+/// Task deliveries from the request queue.
+pub type Deliveries = BoxStream<'static, Result<Delivery, QueueError>>;
+
+/// A gateway's incoming updates, and the `reply_to` address that reaches it.
+pub struct Updates {
+    pub reply_to: String,
+    pub stream: BoxStream<'static, Task>,
+}
+
+impl std::fmt::Debug for Updates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updates")
+            .field("reply_to", &self.reply_to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One task taken off the request queue. It must be settled with [`Delivery::ack`] or
+/// [`Delivery::reject`]; if it is dropped unsettled, it goes back to the queue.
+pub struct Delivery {
+    /// The task, or why its payload could not be read.
+    pub message: Result<TaskMessage, MalformedMessage>,
+    /// Whether the broker delivered this message before (its consumer died unsettled).
+    pub redelivered: bool,
+    settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        message: Result<TaskMessage, MalformedMessage>,
+        redelivered: bool,
+        settle: Box<dyn Settle>,
+    ) -> Self {
+        Delivery {
+            message,
+            redelivered,
+            settle,
+        }
+    }
+
+    /// Done with: the broker forgets the message.
+    pub async fn ack(self) -> Result<(), QueueError> {
+        self.settle.ack().await
+    }
+
+    /// Not done: back to the queue with `requeue`, else to the dead-letter queue.
+    pub async fn reject(self, requeue: bool) -> Result<(), QueueError> {
+        self.settle.reject(requeue).await
+    }
+}
+
+/// How an implementation settles one delivery.
+#[async_trait]
+pub(crate) trait Settle: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+    async fn reject(self: Box<Self>, requeue: bool) -> Result<(), QueueError>;
+}

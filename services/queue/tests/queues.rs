@@ -1,0 +1,263 @@
+//! The queue contract, run against RabbitMQ and against the in-process queue.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use dalc_domain::{Task, TaskStatus};
+use dalc_queue::{
+    QueueNames, TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher,
+    amqp::{AmqpBroker, AmqpConfig},
+    memory::MemoryBroker,
+};
+use futures::StreamExt;
+
+trait Broker: TaskPublisher + TaskConsumer + UpdatePublisher + UpdateConsumer {}
+impl<T: TaskPublisher + TaskConsumer + UpdatePublisher + UpdateConsumer> Broker for T {}
+
+const PATIENCE: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn amqp_pair() -> (AmqpBroker, AmqpBroker) {
+    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
+    let config = AmqpConfig::new(dalc_testkit::amqp_url(), names);
+    let a = AmqpBroker::connect(config.clone())
+        .await
+        .expect("RabbitMQ is reachable");
+    let b = AmqpBroker::connect(config).await.unwrap();
+    (a, b)
+}
+
+fn message(expression: &str) -> TaskMessage {
+    let mut message =
+        TaskMessage::for_task(&Task::new(expression, None), Some("reply-here".into()));
+    message.headers.insert(
+        "traceparent".into(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    );
+    message
+}
+
+macro_rules! on_both_queues {
+    ($($name:ident),* $(,)?) => {
+        mod rabbitmq { $(
+            #[tokio::test]
+            async fn $name() {
+                let (a, b) = super::amqp_pair().await;
+                super::$name(&a, &b).await;
+                a.delete_topology().await.unwrap();
+            }
+        )* }
+        mod in_process { $(
+            #[tokio::test]
+            async fn $name() {
+                let a = dalc_queue::memory::MemoryBroker::new();
+                super::$name(&a, &a.clone()).await;
+            }
+        )* }
+    };
+}
+
+on_both_queues!(
+    published_tasks_arrive_whole,
+    acked_tasks_are_gone,
+    requeued_tasks_come_back_redelivered,
+    prefetch_bounds_unsettled_deliveries,
+    updates_reach_the_reply_queue_and_the_events_feed,
+);
+
+async fn published_tasks_arrive_whole(a: &impl Broker, b: &impl Broker) {
+    let sent = message("1 + 1");
+    a.publish_task(&sent).await.unwrap();
+    let mut deliveries = b.consume_tasks(4).await.unwrap();
+    let delivery = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!delivery.redelivered);
+    assert_eq!(delivery.message.as_ref().unwrap(), &sent);
+    delivery.ack().await.unwrap();
+}
+
+async fn acked_tasks_are_gone(a: &impl Broker, b: &impl Broker) {
+    a.publish_task(&message("1")).await.unwrap();
+    let mut deliveries = b.consume_tasks(4).await.unwrap();
+    let delivery = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    delivery.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(QUIET, deliveries.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+}
+
+async fn requeued_tasks_come_back_redelivered(a: &impl Broker, b: &impl Broker) {
+    let sent = message("2");
+    a.publish_task(&sent).await.unwrap();
+    let mut deliveries = b.consume_tasks(4).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    first.reject(true).await.unwrap();
+    let again = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(again.redelivered);
+    assert_eq!(again.message.as_ref().unwrap(), &sent);
+    again.ack().await.unwrap();
+}
+
+async fn prefetch_bounds_unsettled_deliveries(a: &impl Broker, b: &impl Broker) {
+    for n in 0..3 {
+        a.publish_task(&message(&n.to_string())).await.unwrap();
+    }
+    let mut deliveries = b.consume_tasks(2).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::time::timeout(QUIET, deliveries.next())
+            .await
+            .is_err(),
+        "prefetch is 2"
+    );
+    first.ack().await.unwrap();
+    let third = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    second.ack().await.unwrap();
+    third.ack().await.unwrap();
+}
+
+async fn updates_reach_the_reply_queue_and_the_events_feed(a: &impl Broker, b: &impl Broker) {
+    let mut updates = a.consume_updates("gw-a").await.unwrap();
+    let mut other_gateway = a.consume_updates("gw-b").await.unwrap();
+    let mut task = Task::new("1 + 1", None);
+    task.status = TaskStatus::Succeeded;
+    task.result = Some("2".into());
+
+    b.publish_update(Some(&updates.reply_to), &task)
+        .await
+        .unwrap();
+    // The accepting gateway hears it as a reply and as an event...
+    for _ in 0..2 {
+        let got = tokio::time::timeout(PATIENCE, updates.stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, task);
+    }
+    // ...and every other gateway as an event.
+    let got = tokio::time::timeout(PATIENCE, other_gateway.stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, task);
+    assert!(
+        tokio::time::timeout(QUIET, updates.stream.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn rabbitmq_redelivers_what_a_dead_consumer_held() {
+    let (a, b) = amqp_pair().await;
+    a.publish_task(&message("3")).await.unwrap();
+    let mut held = b.consume_tasks(1).await.unwrap();
+    let _unacked = tokio::time::timeout(PATIENCE, held.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    b.close().await;
+    let mut deliveries = a.consume_tasks(1).await.unwrap();
+    let again = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(again.redelivered);
+    again.ack().await.unwrap();
+    a.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn rabbitmq_dead_letters_rejected_tasks() {
+    let (a, b) = amqp_pair().await;
+    a.publish_task(&message("4")).await.unwrap();
+    let mut deliveries = b.consume_tasks(1).await.unwrap();
+    let delivery = tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    delivery.reject(false).await.unwrap();
+    // The dead-letter queue is not ours to consume, so count it by declaring it passively.
+    let names = a.config().names.clone();
+    let dead = dead_letter_depth(&names).await;
+    assert_eq!(dead, 1);
+    a.delete_topology().await.unwrap();
+}
+
+async fn dead_letter_depth(names: &QueueNames) -> u32 {
+    // A broker configured with the dead-letter queue as its request queue can count it.
+    let config = AmqpConfig::new(dalc_testkit::amqp_url(), QueueNames::new(names.prefix()));
+    let broker = AmqpBroker::connect(config).await.unwrap();
+    let mut depth = 0;
+    for _ in 0..50 {
+        depth = broker.queue_depth(&names.dead_letters()).await.unwrap();
+        if depth > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    depth
+}
+
+#[tokio::test]
+async fn in_process_queue_requeues_dropped_deliveries_and_dead_letters_rejects() {
+    let broker = MemoryBroker::new();
+    broker.publish_task(&message("5")).await.unwrap();
+    broker.publish_task(&message("6")).await.unwrap();
+    let mut deliveries = broker.consume_tasks(2).await.unwrap();
+    let dropped = deliveries.next().await.unwrap().unwrap();
+    drop(dropped);
+    let again = deliveries.next().await.unwrap().unwrap();
+    assert!(again.redelivered, "a dropped delivery comes back first");
+    again.reject(false).await.unwrap();
+    assert_eq!(broker.dead_letters().len(), 1);
+    let last = deliveries.next().await.unwrap().unwrap();
+    last.ack().await.unwrap();
+    assert_eq!(broker.depth(), 0);
+}
+
+#[tokio::test]
+async fn unreachable_rabbitmq_is_unavailable_quickly() {
+    let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:1/%2f", QueueNames::default());
+    let started = std::time::Instant::now();
+    let err = AmqpBroker::connect(config).await.unwrap_err();
+    assert!(
+        matches!(err, dalc_queue::QueueError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+}

@@ -1,0 +1,130 @@
+//! The worker: takes tasks off the request queue and sees each through to one terminal state.
+//!
+//! For every delivery: PENDING→RUNNING as a compare-and-set in the database (a new attempt),
+//! evaluate with [`dalc_calc`], store the terminal state (compare-and-set on the attempt), publish
+//! the reply and a status event, and only then ack. A crash anywhere before the ack leaves the
+//! message unacked, so the broker redelivers it and the task runs again as a new attempt; a
+//! redelivered task that is already terminal is only re-replied, never run twice.
+
+mod process;
+
+use std::{sync::Arc, time::Duration};
+
+use dalc_queue::{TaskConsumer, UpdatePublisher};
+use dalc_storage::TaskStore;
+use futures::StreamExt;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use process::{Processor, Settlement};
+
+/// What a worker needs to know.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Recorded on every task this worker starts.
+    pub worker_id: String,
+    /// Tasks evaluated at once; also the broker prefetch, so no task waits in a busy worker
+    /// while another worker idles.
+    pub concurrency: u16,
+    /// Attempts before a task is given up on as FAILED and dead-lettered.
+    pub max_attempts: u32,
+    /// The expression engine's limits.
+    pub limits: dalc_calc::Limits,
+    /// How long to wait before handing a task back after a database or broker fault, so an
+    /// outage does not turn into a hot redelivery loop.
+    pub retry_delay: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        WorkerConfig {
+            worker_id: worker_id.into(),
+            concurrency: 4,
+            max_attempts: 3,
+            limits: dalc_calc::Limits::default(),
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Delay between attempts to (re)start consuming after the broker went away.
+const RECONNECT_BACKOFF: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
+/// Consumes tasks until `shutdown` is cancelled, then finishes and settles what it holds.
+pub async fn run(
+    config: WorkerConfig,
+    store: TaskStore,
+    tasks: Arc<dyn TaskConsumer>,
+    updates: Arc<dyn UpdatePublisher>,
+    shutdown: CancellationToken,
+) {
+    let concurrency = config.concurrency.max(1);
+    let processor = Arc::new(Processor::new(config, store, updates));
+    let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
+    let mut in_flight = JoinSet::new();
+    let mut failures = 0usize;
+    info!(worker_id = %processor.worker_id(), concurrency, "worker started");
+
+    while !shutdown.is_cancelled() {
+        let mut deliveries = match tasks.consume_tasks(concurrency).await {
+            Ok(deliveries) => {
+                failures = 0;
+                deliveries
+            }
+            Err(err) => {
+                let delay = RECONNECT_BACKOFF[failures.min(RECONNECT_BACKOFF.len() - 1)];
+                failures += 1;
+                warn!(error = %err, retry_in = ?delay, "cannot consume tasks");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break,
+                delivery = deliveries.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let processor = Arc::clone(&processor);
+                    in_flight.spawn(async move {
+                        processor.handle(delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    warn!(error = %err, "task consumer failed; resubscribing");
+                    break;
+                }
+                None => {
+                    warn!("task consumer ended; resubscribing");
+                    break;
+                }
+            }
+            // Reap finished handlers so the set does not grow without bound.
+            while in_flight.try_join_next().is_some() {}
+        }
+    }
+    info!(
+        in_flight = in_flight.len(),
+        "worker stopping; finishing held tasks"
+    );
+    while in_flight.join_next().await.is_some() {}
+    info!("worker stopped");
+}
