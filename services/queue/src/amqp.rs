@@ -190,7 +190,7 @@ impl AmqpBroker {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        info!(url = %redact(&self.config.url), "connected to the message broker");
+        info!(url = %redact_url(&self.config.url), "connected to the message broker");
         Ok(Link {
             connection: Arc::new(connection),
             publisher,
@@ -546,8 +546,8 @@ fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.to_owned()))
 }
 
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
+/// A URL (AMQP or database) without its password, for logs and messages.
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -565,10 +565,10 @@ mod tests {
     #[test]
     fn passwords_stay_out_of_logs() {
         assert_eq!(
-            redact("amqp://guest:secret@host:5672/%2f"),
+            redact_url("amqp://guest:secret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"
         );
-        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(redact_url("amqp://host:5672"), "amqp://host:5672");
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! The gateway: serves `dalc.v1.TaskService` (plus `grpc.health.v1` and server reflection v1 and
+//! v1alpha), stores each task, publishes it with `reply_to` = this gateway's reply queue, and
+//! routes replies and status events to waiting callers by task id.
+//!
+//! [`run`] is what the binary and the tests call, on a listener they bound (port 0 in tests).
+
+mod convert;
+mod error;
+mod service;
+mod tasks;
+mod wait;
+mod waiters;
+
+use std::{sync::Arc, time::Duration};
+
+use dalc_proto::v1::task_service_server::TaskServiceServer;
+use dalc_queue::{TaskPublisher, UpdateConsumer};
+use dalc_storage::TaskStore;
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use error::ApiError;
+pub use waiters::Waiters;
+
+use crate::{service::TaskServiceImpl, tasks::Tasks};
+
+/// How a gateway behaves. Every field has a documented default (see `dalc gateway --help`).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Names this gateway's reply queue; unique per running gateway.
+    pub gateway_id: String,
+    /// The expression engine's limits; `max_expression_bytes` is enforced at submit.
+    pub limits: dalc_calc::Limits,
+    /// How long a sync call waits when the request gives no `timeout`.
+    pub default_wait: Duration,
+    /// The longest any call may wait, whatever it asks for.
+    pub max_wait: Duration,
+    /// The deadline of a task whose request gives no `timeout`.
+    pub task_ttl: Duration,
+    /// First pause between database reads while waiting (doubles up to 4 s): the fallback
+    /// for a lost reply.
+    pub poll_interval: Duration,
+    /// On shutdown, how long in-flight calls may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(gateway_id: impl Into<String>) -> Self {
+        GatewayConfig {
+            gateway_id: gateway_id.into(),
+            limits: dalc_calc::Limits::default(),
+            default_wait: Duration::from_secs(30),
+            max_wait: Duration::from_secs(300),
+            task_ttl: Duration::from_secs(3600),
+            poll_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Why a gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot subscribe to task updates: {0}")]
+    Updates(#[from] dalc_queue::QueueError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then stops accepting calls and gives
+/// in-flight ones `shutdown_grace` to finish.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    store: TaskStore,
+    publisher: Arc<dyn TaskPublisher>,
+    updates: Arc<dyn UpdateConsumer>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let waiters = Waiters::default();
+    let first = updates.consume_updates(&config.gateway_id).await?;
+    let reply_to = first.reply_to.clone();
+    tokio::spawn(route_updates(
+        first,
+        updates,
+        config.gateway_id.clone(),
+        waiters.clone(),
+        shutdown.clone(),
+    ));
+
+    let grace = config.shutdown_grace;
+    let tasks = Arc::new(Tasks {
+        config,
+        store,
+        publisher,
+        waiters,
+        reply_to,
+    });
+    let task_service = TaskServiceServer::new(TaskServiceImpl { tasks });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TaskServiceServer<TaskServiceImpl>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dalc_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "gateway listening");
+    }
+    let stopping = shutdown.clone();
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Detect dead clients holding long waits.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(task_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stopping.cancelled().await;
+            info!("gateway stopping: no new calls");
+            health
+                .set_not_serving::<TaskServiceServer<TaskServiceImpl>>()
+                .await;
+        });
+    // tonic waits for in-flight calls without a deadline; bound it.
+    let bounded_drain = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+        warn!(
+            ?grace,
+            "gateway grace period over; dropping remaining calls"
+        );
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = bounded_drain => {}
+    }
+    info!("gateway stopped");
+    Ok(())
+}
+
+/// The one long-lived update consumer: routes replies and events to waiters by task id, and
+/// resubscribes (with backoff) whenever the broker connection drops.
+async fn route_updates(
+    mut current: dalc_queue::Updates,
+    updates: Arc<dyn UpdateConsumer>,
+    gateway_id: String,
+    waiters: Waiters,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                update = current.stream.next() => match update {
+                    Some(task) => waiters.deliver(task),
+                    None => break,
+                },
+            }
+        }
+        warn!("task update stream ended; resubscribing");
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            match updates.consume_updates(&gateway_id).await {
+                Ok(next) => {
+                    info!("task updates resubscribed");
+                    current = next;
+                    backoff = Duration::from_millis(100);
+                    break;
+                }
+                Err(err) => {
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    warn!(error = %err, retry_in = ?backoff, "cannot resubscribe to task updates");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! What the gateway does with tasks, apart from gRPC: validate, store, publish, wait.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use dalc_domain::{Task, TaskId};
+use dalc_queue::{TaskMessage, TaskPublisher};
+use dalc_storage::{Outcome, TaskStore};
+use tokio::time::Instant;
+use tracing::{instrument, warn};
+
+use crate::{ApiError, GatewayConfig, waiters::Waiters};
+
+/// The longest pause between database reads while waiting: the fallback for a lost reply.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(4);
+
+/// The gateway's task logic, shared by all calls.
+pub(crate) struct Tasks {
+    pub(crate) config: GatewayConfig,
+    pub(crate) store: TaskStore,
+    pub(crate) publisher: Arc<dyn TaskPublisher>,
+    pub(crate) waiters: Waiters,
+    /// This gateway's reply queue: where workers send the results of tasks it accepted.
+    pub(crate) reply_to: String,
+}
+
+impl Tasks {
+    /// Validates, stores and queues an expression; with `wait`, waits up to that long for the
+    /// task to end and returns it as it then stands.
+    #[instrument(skip_all, fields(task_id))]
+    pub(crate) async fn submit(
+        &self,
+        expression: String,
+        timeout: Option<Duration>,
+        wait: Option<Duration>,
+    ) -> Result<Task, ApiError> {
+        dalc_calc::parse(&expression, &self.config.limits)
+            .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
+        let ttl = timeout.unwrap_or(self.config.task_ttl);
+        let deadline = chrono::Duration::from_std(ttl)
+            .ok()
+            .map(|ttl| Utc::now() + ttl);
+        let task = Task::new(expression, deadline);
+        tracing::Span::current().record("task_id", tracing::field::display(task.id));
+
+        // Subscribe before publishing: the reply can beat us back.
+        let subscription = wait.map(|_| self.waiters.subscribe(task.id));
+        self.store.insert(&task).await?;
+        let message = TaskMessage::for_task(&task, Some(self.reply_to.clone()));
+        if let Err(err) = self.publisher.publish_task(&message).await {
+            self.abandon(&task, &err.to_string()).await;
+            return Err(err.into());
+        }
+        self.mark_published(task.id);
+
+        match (wait, subscription) {
+            (Some(budget), Some(subscription)) => {
+                Ok(self.wait_for(task, subscription, budget).await)
+            }
+            _ => Ok(task),
+        }
+    }
+
+    /// Reads a task; with `wait`, long-polls until it is terminal or the wait ends.
+    #[instrument(skip_all, fields(task_id = %id))]
+    pub(crate) async fn get(&self, id: TaskId, wait: Option<Duration>) -> Result<Task, ApiError> {
+        let subscription = wait.map(|_| self.waiters.subscribe(id));
+        let task = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
+        match (wait, subscription) {
+            (Some(budget), Some(subscription)) if !task.is_terminal() => {
+                Ok(self.wait_for(task, subscription, budget).await)
+            }
+            _ => Ok(task),
+        }
+    }
+
+    /// Waits for `task` to end, for at most `budget`; never fails: on timeout or a database
+    /// fault it returns the task as last seen, and the client can poll on.
+    async fn wait_for(
+        &self,
+        mut task: Task,
+        mut subscription: crate::waiters::Subscription,
+        budget: Duration,
+    ) -> Task {
+        let until = Instant::now() + budget;
+        let mut poll = self.config.poll_interval;
+        while !task.is_terminal() {
+            let next_poll = (Instant::now() + poll).min(until);
+            tokio::select! {
+                update = subscription.next() => {
+                    if update.is_terminal() {
+                        return update;
+                    }
+                }
+                () = tokio::time::sleep_until(next_poll) => {
+                    // A lost reply or event must not make us wait for nothing: the database
+                    // has the truth.
+                    match self.store.get(task.id).await {
+                        Ok(Some(stored)) => task = stored,
+                        Ok(None) => {}
+                        Err(err) => warn!(error = %err, "cannot re-read a waited-for task"),
+                    }
+                    if Instant::now() >= until {
+                        return task;
+                    }
+                    poll = (poll * 2).min(MAX_POLL_INTERVAL);
+                }
+            }
+        }
+        task
+    }
+
+    /// The publish failed, so no worker will see the task: end it rather than strand it. The
+    /// client hears UNAVAILABLE and never learns the id.
+    async fn abandon(&self, task: &Task, reason: &str) {
+        let failed = Outcome::Failed {
+            error: format!("could not be queued: {reason}"),
+        };
+        if let Err(err) = self
+            .store
+            .finish_unstarted(task.id, &failed, Utc::now())
+            .await
+        {
+            warn!(task_id = %task.id, error = %err, "cannot mark an unqueued task FAILED");
+        }
+    }
+
+    /// Records the confirmed publish off the request path; if it is lost, the task is only
+    /// republished by the recovery sweeper, which workers handle idempotently.
+    fn mark_published(&self, id: TaskId) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.mark_published(id, Utc::now()).await {
+                warn!(task_id = %id, error = %err, "cannot record a confirmed publish");
+            }
+        });
+    }
+}

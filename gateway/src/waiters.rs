@@ -1,0 +1,144 @@
+//! Sync callers waiting for a task, keyed by task id.
+//!
+//! Replies and events are routed here by correlation id; an update for a task nobody waits for
+//! is dropped. A caller subscribes *before* it publishes or reads the database, so an update that
+//! lands in between is not missed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use dalc_domain::{Task, TaskId};
+use tokio::sync::watch;
+
+/// The registry of waiting callers. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Waiters {
+    by_task: Arc<Mutex<HashMap<TaskId, watch::Sender<Option<Task>>>>>,
+}
+
+impl Waiters {
+    /// Starts listening for updates to `id`; stops when the subscription is dropped.
+    pub fn subscribe(&self, id: TaskId) -> Subscription {
+        let mut by_task = self.lock();
+        let updates = by_task
+            .entry(id)
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        Subscription {
+            id,
+            updates,
+            waiters: self.clone(),
+        }
+    }
+
+    /// Hands `task` to whoever waits for it; drops it if nobody does.
+    pub fn deliver(&self, task: Task) {
+        if let Some(sender) = self.lock().get(&task.id) {
+            sender.send_replace(Some(task));
+        }
+    }
+
+    /// How many tasks have someone waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, watch::Sender<Option<Task>>>> {
+        // The map holds plain values; a panic elsewhere cannot leave it half-updated.
+        self.by_task.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One caller's interest in one task.
+#[derive(Debug)]
+pub struct Subscription {
+    id: TaskId,
+    updates: watch::Receiver<Option<Task>>,
+    waiters: Waiters,
+}
+
+impl Subscription {
+    /// The next update to the task; pending forever if none comes (callers bound the wait).
+    pub async fn next(&mut self) -> Task {
+        loop {
+            if self.updates.changed().await.is_err() {
+                // The sender lives as long as any subscription to this id, ours included.
+                std::future::pending::<()>().await;
+            }
+            if let Some(task) = self.updates.borrow_and_update().clone() {
+                return task;
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut by_task = self.waiters.lock();
+        // Our own receiver still counts here: 1 means we were the last one.
+        if by_task
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            by_task.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dalc_domain::TaskStatus;
+
+    use super::*;
+
+    fn done(id: TaskId) -> Task {
+        let mut task = Task::new("1", None);
+        task.id = id;
+        task.status = TaskStatus::Succeeded;
+        task
+    }
+
+    #[tokio::test]
+    async fn updates_reach_every_subscriber_of_their_task() {
+        let waiters = Waiters::default();
+        let id = TaskId::new();
+        let mut first = waiters.subscribe(id);
+        let mut second = waiters.subscribe(id);
+        let mut other = waiters.subscribe(TaskId::new());
+        waiters.deliver(done(id));
+        assert_eq!(first.next().await.id, id);
+        assert_eq!(second.next().await.id, id);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), other.next())
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn updates_nobody_waits_for_are_dropped() {
+        let waiters = Waiters::default();
+        waiters.deliver(done(TaskId::new()));
+        assert!(waiters.is_empty());
+    }
+
+    #[test]
+    fn the_last_subscription_cleans_up() {
+        let waiters = Waiters::default();
+        let id = TaskId::new();
+        let first = waiters.subscribe(id);
+        let second = waiters.subscribe(id);
+        drop(first);
+        assert_eq!(waiters.len(), 1);
+        drop(second);
+        assert!(waiters.is_empty());
+    }
+}

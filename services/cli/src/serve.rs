@@ -1,0 +1,204 @@
+//! `dalc up`, `dalc gateway` and `dalc worker`: wire the pieces together and run until a signal.
+
+use std::{io::Write, sync::Arc};
+
+use anyhow::{Context, Result};
+use dalc_gateway::GatewayConfig;
+use dalc_queue::{
+    QueueNames, TaskConsumer, TaskPublisher, UpdateConsumer, UpdatePublisher,
+    amqp::{AmqpBroker, AmqpConfig, redact_url as redact},
+    memory::MemoryBroker,
+};
+use dalc_storage::TaskStore;
+use dalc_worker::WorkerConfig;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::args::{ApiArgs, GatewayArgs, StoreArgs, TopologyArgs, UpArgs, WorkArgs, WorkerArgs};
+
+pub async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
+    let store = open_store(&args.store).await?;
+    let listener = bind(&args.api.listen).await?;
+    match &args.amqp_url {
+        Some(url) => {
+            let broker = Arc::new(connect_broker(url, &args.topology, "dalc-up").await?);
+            let result = run_all_in_one(&args, broker.clone(), store, listener, shutdown).await;
+            broker.close().await;
+            result
+        }
+        None => {
+            info!("using the in-process queue (set --amqp-url for RabbitMQ)");
+            let broker = Arc::new(MemoryBroker::new());
+            run_all_in_one(&args, broker, store, listener, shutdown).await
+        }
+    }
+}
+
+/// A gateway and `--workers` worker loops sharing one broker and one database.
+async fn run_all_in_one<B>(
+    args: &UpArgs,
+    broker: Arc<B>,
+    store: TaskStore,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()>
+where
+    B: TaskPublisher + TaskConsumer + UpdatePublisher + UpdateConsumer + 'static,
+{
+    let mut services = JoinSet::new();
+    for n in 0..args.workers.max(1) {
+        let config = worker_config(&args.work, Some(n));
+        let worker = dalc_worker::run(
+            config,
+            store.clone(),
+            broker.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            worker.await;
+            Ok(())
+        });
+    }
+    let config = gateway_config(&args.api);
+    let gateway = dalc_gateway::run(
+        config,
+        listener,
+        store,
+        broker.clone(),
+        broker,
+        shutdown.clone(),
+    );
+    services.spawn(async move { gateway.await.context("gateway") });
+    wait_all(services, shutdown).await
+}
+
+pub async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<()> {
+    let store = open_store(&args.store).await?;
+    let broker = Arc::new(
+        connect_broker(&args.broker.amqp_url, &args.broker.topology, "dalc-gateway").await?,
+    );
+    let listener = bind(&args.api.listen).await?;
+    let config = gateway_config(&args.api);
+    let result = dalc_gateway::run(
+        config,
+        listener,
+        store,
+        broker.clone(),
+        broker.clone(),
+        shutdown,
+    )
+    .await;
+    broker.close().await;
+    result.context("gateway")
+}
+
+pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
+    let store = open_store(&args.store).await?;
+    let broker = Arc::new(
+        connect_broker(&args.broker.amqp_url, &args.broker.topology, "dalc-worker").await?,
+    );
+    dalc_worker::run(
+        worker_config(&args.work, None),
+        store,
+        broker.clone(),
+        broker.clone(),
+        shutdown,
+    )
+    .await;
+    broker.close().await;
+    Ok(())
+}
+
+async fn open_store(args: &StoreArgs) -> Result<TaskStore> {
+    let store = TaskStore::connect(&args.database_url)
+        .await
+        .with_context(|| format!("cannot open the database at {}", redact(&args.database_url)))?;
+    if !args.skip_migrations {
+        store
+            .migrate()
+            .await
+            .context("cannot apply database migrations")?;
+    }
+    Ok(store)
+}
+
+async fn connect_broker(url: &str, topology: &TopologyArgs, role: &str) -> Result<AmqpBroker> {
+    let mut config = AmqpConfig::new(url, QueueNames::new(topology.queue_prefix.clone()));
+    config.queue_type = topology.queue_type;
+    config.delivery_limit = topology.delivery_limit;
+    config.connection_name = format!("{role}@{}", host_name());
+    AmqpBroker::connect(config)
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))
+}
+
+/// Binds the gRPC listener and prints the bound address on stdout, so scripts and tests that
+/// asked for port 0 learn the port.
+async fn bind(listen: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "dalc gateway listening on {addr}")?;
+    stdout.flush()?;
+    Ok(listener)
+}
+
+fn gateway_config(args: &ApiArgs) -> GatewayConfig {
+    let id = args.gateway_id.clone().unwrap_or_else(|| unique_name("gw"));
+    let mut config = GatewayConfig::new(id);
+    config.limits.max_expression_bytes = args.max_expression_bytes;
+    config.default_wait = args.default_wait;
+    config.max_wait = args.max_wait;
+    config.task_ttl = args.task_ttl;
+    config.shutdown_grace = args.shutdown_grace;
+    config
+}
+
+fn worker_config(args: &WorkArgs, index: Option<u16>) -> WorkerConfig {
+    let id = args
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| unique_name("worker"));
+    let id = match index {
+        Some(n) => format!("{id}-{n}"),
+        None => id,
+    };
+    let mut config = WorkerConfig::new(id);
+    config.concurrency = args.concurrency.max(1);
+    config.max_attempts = args.max_attempts;
+    config
+}
+
+/// Runs until every service ends; the first failure stops the others.
+async fn wait_all(mut services: JoinSet<Result<()>>, shutdown: CancellationToken) -> Result<()> {
+    let mut outcome = Ok(());
+    while let Some(joined) = services.join_next().await {
+        let result = joined.context("a service panicked").and_then(|r| r);
+        if let Err(err) = result {
+            shutdown.cancel();
+            if outcome.is_ok() {
+                outcome = Err(err);
+            }
+        }
+    }
+    outcome
+}
+
+/// `<host>-<random>`: unique across restarts, recognisable in logs and the RabbitMQ UI.
+fn unique_name(role: &str) -> String {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{role}-{}-{suffix}", host_name())
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
