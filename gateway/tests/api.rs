@@ -1,0 +1,394 @@
+//! The API contract, in process: a real gateway and worker over the in-process queue and SQLite,
+//! driven by a tonic client. (Across processes, RabbitMQ and PostgreSQL: `services/cli/tests`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use dalc_domain::TaskStatus as DomainStatus;
+use dalc_gateway::GatewayConfig;
+use dalc_proto::v1::{
+    GetTaskRequest, SubmitTaskRequest, Task, TaskStatus, task_service_client::TaskServiceClient,
+};
+use dalc_queue::{QueueError, TaskMessage, TaskPublisher, memory::MemoryBroker};
+use dalc_storage::TaskStore;
+use dalc_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+
+struct Stack {
+    client: TaskServiceClient<Channel>,
+    store: TaskStore,
+    url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A gateway, and a worker unless `workers` is false, sharing one queue and one database.
+async fn stack(workers: bool) -> Stack {
+    stack_with(workers, None).await
+}
+
+async fn stack_with(workers: bool, publisher: Option<Arc<dyn TaskPublisher>>) -> Stack {
+    let store = TaskStore::connect(&dalc_testkit::fresh_sqlite_database())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let broker = Arc::new(MemoryBroker::new());
+    let shutdown = CancellationToken::new();
+    if workers {
+        let worker = dalc_worker::run(
+            WorkerConfig::new("test-worker"),
+            store.clone(),
+            broker.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(worker);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = GatewayConfig::new("test-gateway");
+    config.poll_interval = Duration::from_millis(100);
+    let publisher = publisher.unwrap_or_else(|| broker.clone());
+    tokio::spawn(dalc_gateway::run(
+        config,
+        listener,
+        store.clone(),
+        publisher,
+        broker,
+        shutdown.clone(),
+    ));
+    let client = connect(&url).await;
+    Stack {
+        client,
+        store,
+        url,
+        shutdown,
+    }
+}
+
+async fn connect(url: &str) -> TaskServiceClient<Channel> {
+    for _ in 0..100 {
+        if let Ok(client) = TaskServiceClient::connect(url.to_owned()).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gateway at {url} never came up");
+}
+
+fn submit(expression: &str, wait: bool) -> SubmitTaskRequest {
+    SubmitTaskRequest {
+        expression: expression.into(),
+        wait,
+        timeout: None,
+    }
+}
+
+fn get(id: &str, wait: bool, timeout: Option<Duration>) -> GetTaskRequest {
+    GetTaskRequest {
+        id: id.into(),
+        wait,
+        timeout: timeout.map(|t| t.try_into().unwrap()),
+    }
+}
+
+async fn submit_ok(stack: &mut Stack, request: SubmitTaskRequest) -> Task {
+    stack
+        .client
+        .submit_task(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sync_one_plus_one_is_two() {
+    let mut stack = stack(true).await;
+    let task = submit_ok(&mut stack, submit("1 + 1", true)).await;
+    assert_eq!(task.status(), TaskStatus::Succeeded);
+    assert_eq!(task.result, "2");
+    assert_eq!(task.error, "");
+    assert_eq!(task.worker_id, "test-worker");
+    assert_eq!(task.attempts, 1);
+    assert!(task.created_at.is_some() && task.started_at.is_some() && task.finished_at.is_some());
+    assert_eq!(task.id, task.id.to_lowercase());
+    assert_eq!(task.id.len(), 36);
+}
+
+#[tokio::test]
+async fn async_submit_is_pending_then_polling_reaches_the_result() {
+    let mut stack = stack(true).await;
+    let task = submit_ok(&mut stack, submit("7 / 2", false)).await;
+    assert_eq!(task.status(), TaskStatus::Pending);
+    let mut seen = task;
+    for _ in 0..200 {
+        seen = stack
+            .client
+            .get_task(get(&seen.id, false, None))
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap();
+        if seen.status() == TaskStatus::Succeeded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.status(), TaskStatus::Succeeded);
+    assert_eq!(seen.result, "3.5");
+}
+
+#[tokio::test]
+async fn get_with_wait_long_polls_to_the_end() {
+    let mut stack = stack(true).await;
+    let task = submit_ok(&mut stack, submit("2^100", false)).await;
+    let done = stack
+        .client
+        .get_task(get(&task.id, true, None))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(done.status(), TaskStatus::Succeeded);
+    assert_eq!(done.result, "1267650600228229401496703205376");
+}
+
+#[tokio::test]
+async fn evaluation_errors_fail_the_task_not_the_call() {
+    let mut stack = stack(true).await;
+    for (expression, reason) in [
+        ("1 / 0", "division by zero"),
+        ("sqrt(-1)", "domain"),
+        ("factorial(2.5)", "domain"),
+    ] {
+        let task = submit_ok(&mut stack, submit(expression, true)).await;
+        assert_eq!(task.status(), TaskStatus::Failed, "{expression}");
+        assert!(task.error.contains(reason), "{expression}: {}", task.error);
+        assert_eq!(task.result, "");
+    }
+}
+
+#[tokio::test]
+async fn bad_expressions_are_invalid_arguments_with_a_position() {
+    let mut stack = stack(true).await;
+    let too_long = "1+".repeat(2048) + "1";
+    let cases = [
+        ("1 +", "column 4"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("(1 + 2", "column 1"),
+        ("2 * foo(3)", "foo"),
+        ("1 $ 2", "column 3"),
+        (too_long.as_str(), "long"),
+    ];
+    for (expression, needle) in cases {
+        let status = stack
+            .client
+            .submit_task(submit(expression, true))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{expression:.20}: {status:?}"
+        );
+        assert!(
+            status.message().contains(needle),
+            "{expression:.20}: {}",
+            status.message()
+        );
+    }
+    // Nothing was stored for rejected input.
+    assert_eq!(
+        stack
+            .store
+            .count_by_status(DomainStatus::Pending)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn ids_are_checked() {
+    let mut stack = stack(true).await;
+    for malformed in ["", "42", "not-a-uuid", "67e55044-10b1-426f-9247"] {
+        let status = stack
+            .client
+            .get_task(get(malformed, false, None))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{malformed}");
+    }
+    let unknown = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+    let status = stack
+        .client
+        .get_task(get(unknown, true, None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains(unknown));
+}
+
+#[tokio::test]
+async fn negative_timeouts_are_invalid() {
+    let mut stack = stack(true).await;
+    let mut request = submit("1", true);
+    request.timeout = Some(prost_types::Duration {
+        seconds: -1,
+        nanos: 0,
+    });
+    let status = stack.client.submit_task(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_sync_call_ends_at_its_timeout_with_the_task_as_it_stands() {
+    let mut stack = stack(false).await;
+    let mut request = submit("1 + 1", true);
+    request.timeout = Some(Duration::from_millis(300).try_into().unwrap());
+    let started = std::time::Instant::now();
+    let task = submit_ok(&mut stack, request).await;
+    assert_eq!(task.status(), TaskStatus::Pending);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let started = std::time::Instant::now();
+    let waited = get(&task.id, true, Some(Duration::from_millis(300)));
+    let again = stack
+        .client
+        .get_task(waited)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(again.status(), TaskStatus::Pending);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_sync_call_ends_before_its_grpc_deadline() {
+    let mut stack = stack(false).await;
+    let mut request = tonic::Request::new(submit("1 + 1", true));
+    request.set_timeout(Duration::from_millis(800));
+    let started = std::time::Instant::now();
+    let task = stack
+        .client
+        .submit_task(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.status(), TaskStatus::Pending);
+    assert!(started.elapsed() < Duration::from_millis(800));
+}
+
+#[tokio::test]
+async fn a_broker_outage_is_unavailable_and_strands_nothing() {
+    let mut stack = stack_with(true, Some(Arc::new(FailingPublisher))).await;
+    let status = stack
+        .client
+        .submit_task(submit("1 + 1", true))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        stack
+            .store
+            .count_by_status(DomainStatus::Pending)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        stack
+            .store
+            .count_by_status(DomainStatus::Failed)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_database_outage_is_unavailable() {
+    let url = dalc_testkit::fresh_postgres_database().await;
+    let store = TaskStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let broker = Arc::new(MemoryBroker::new());
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let config = GatewayConfig::new("gw");
+    tokio::spawn(dalc_gateway::run(
+        config,
+        listener,
+        store,
+        broker.clone(),
+        broker,
+        shutdown.clone(),
+    ));
+    let mut client = connect(&addr).await;
+    // Take the database away under the gateway's feet.
+    let name = url.rsplit('/').next().unwrap();
+    let admin = TaskStore::connect(&format!("{}/postgres", dalc_testkit::postgres_server_url()))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+
+    let status = client.submit_task(submit("1 + 1", true)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = client
+        .get_task(get("67e55044-10b1-426f-9247-bb680e5fe0c8", false, None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let stack = stack(true).await;
+    let channel = Channel::from_shared(stack.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "dalc.v1.TaskService".into(),
+    };
+    let response = health.check(request).await.unwrap().into_inner();
+    assert_eq!(
+        response.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+/// A publisher whose broker is always down.
+struct FailingPublisher;
+
+#[async_trait::async_trait]
+impl TaskPublisher for FailingPublisher {
+    async fn publish_task(&self, _: &TaskMessage) -> Result<(), QueueError> {
+        Err(QueueError::Unavailable("broker is down (test)".into()))
+    }
+}
