@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use dalc_domain::{Task, TaskId, TaskStatus};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    EntityTrait, PaginatorTrait, QueryFilter,
+    EntityTrait, PaginatorTrait, QueryFilter, TransactionTrait,
     sea_query::{Expr, ExprTrait},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -22,6 +22,10 @@ use crate::{
 /// How long to wait for a connection before calling the database unavailable. Short, so that a
 /// client hears `UNAVAILABLE` promptly instead of hanging.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Any fixed number, the same in every dalc process: the PostgreSQL advisory lock that serialises
+/// concurrent migrations.
+const MIGRATION_LOCK_KEY: i64 = 0x6461_6c63; // "dalc"
 
 /// The result of trying to start an attempt at a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +81,22 @@ impl TaskStore {
         Ok(TaskStore { db })
     }
 
-    /// Applies pending migrations. Safe to run from several processes: each step is idempotent.
+    /// Applies pending migrations. Safe when several gateways and workers start at once: on
+    /// PostgreSQL they take turns under an advisory lock, inside one transaction (DDL is
+    /// transactional there); SQLite serialises writers by itself.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        Migrator::up(&self.db, None).await?;
+        if self.backend() != DatabaseBackend::Postgres {
+            Migrator::up(&self.db, None).await?;
+            return Ok(());
+        }
+        let transaction = self.db.begin().await?;
+        transaction
+            .execute_unprepared(&format!(
+                "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            ))
+            .await?;
+        Migrator::up(&transaction, None).await?;
+        transaction.commit().await?;
         Ok(())
     }
 

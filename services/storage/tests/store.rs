@@ -224,3 +224,22 @@ async fn published_tasks_are_marked(store: TaskStore) {
         TaskStatus::Pending
     );
 }
+
+#[tokio::test]
+async fn concurrent_start_ups_migrate_once_on_postgres() {
+    let url = dalc_testkit::fresh_postgres_database().await;
+    let mut starts = Vec::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        starts.push(tokio::spawn(async move {
+            let store = TaskStore::connect(&url).await.unwrap();
+            store.migrate().await
+        }));
+    }
+    for start in starts {
+        start
+            .await
+            .unwrap()
+            .expect("every process migrates or finds it done");
+    }
+}

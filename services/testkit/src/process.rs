@@ -29,7 +29,22 @@ impl DalcProcess {
         envs: &[(&str, &str)],
         serves_grpc: bool,
     ) -> DalcProcess {
+        Self::start_in(name, binary, args, envs, serves_grpc, None)
+    }
+
+    /// As [`DalcProcess::start`], in working directory `cwd`.
+    pub fn start_in(
+        name: &str,
+        binary: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        serves_grpc: bool,
+        cwd: Option<&Path>,
+    ) -> DalcProcess {
         let mut command = Command::new(binary);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         command
             .args(args)
             .stdout(Stdio::piped())
