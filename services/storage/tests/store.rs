@@ -41,13 +41,14 @@ on_both_backends!(
     published_tasks_are_marked,
 );
 
+/// What a database can hold: PostgreSQL keeps microseconds.
+fn to_micros(at: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap()
+}
+
 fn truncate_to_micros(task: &mut Task) {
-    // PostgreSQL keeps microseconds; compare what a database can hold.
-    let trunc = |t: chrono::DateTime<Utc>| {
-        chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap()
-    };
-    task.created_at = trunc(task.created_at);
-    task.deadline = task.deadline.map(trunc);
+    task.created_at = to_micros(task.created_at);
+    task.deadline = task.deadline.map(to_micros);
 }
 
 async fn insert_then_get_round_trips(store: TaskStore) {

