@@ -1,0 +1,190 @@
+//! The worker's per-task logic against a real database (SQLite) and the in-process queue.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use dalc_domain::{Task, TaskStatus};
+use dalc_queue::{TaskMessage, TaskPublisher, UpdateConsumer, memory::MemoryBroker};
+use dalc_storage::{StartOutcome, TaskStore};
+use dalc_worker::{Processor, Settlement, WorkerConfig};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+struct Setup {
+    store: TaskStore,
+    broker: Arc<MemoryBroker>,
+    processor: Processor,
+}
+
+async fn setup() -> Setup {
+    let store = TaskStore::connect(&dalc_testkit::fresh_sqlite_database())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let broker = Arc::new(MemoryBroker::new());
+    let processor = Processor::new(WorkerConfig::new("w1"), store.clone(), broker.clone());
+    Setup {
+        store,
+        broker,
+        processor,
+    }
+}
+
+async fn stored(store: &TaskStore, expression: &str) -> (Task, TaskMessage) {
+    let task = Task::new(expression, None);
+    store.insert(&task).await.unwrap();
+    let message = TaskMessage::for_task(&task, Some("memory.dalc.reply.gw".into()));
+    (task, message)
+}
+
+#[tokio::test]
+async fn a_task_is_run_stored_and_replied_to() {
+    let Setup {
+        store,
+        broker,
+        processor,
+    } = setup().await;
+    let mut updates = broker.consume_updates("gw").await.unwrap();
+    let (task, message) = stored(&store, "1 + 1").await;
+    assert_eq!(processor.process(&message).await, Settlement::Ack);
+
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.result.as_deref(), Some("2"));
+    assert_eq!(done.worker_id.as_deref(), Some("w1"));
+    assert_eq!(done.attempts, 1);
+    let reply = tokio::time::timeout(Duration::from_secs(5), updates.stream.next())
+        .await
+        .unwrap();
+    assert_eq!(reply, Some(done));
+}
+
+#[tokio::test]
+async fn evaluation_errors_are_failed_tasks() {
+    let Setup {
+        store, processor, ..
+    } = setup().await;
+    let (task, message) = stored(&store, "ln(0)").await;
+    assert_eq!(processor.process(&message).await, Settlement::Ack);
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Failed);
+    assert!(done.error.unwrap().contains("domain"));
+}
+
+#[tokio::test]
+async fn a_redelivered_finished_task_is_replied_to_again_not_rerun() {
+    let Setup {
+        store,
+        broker,
+        processor,
+    } = setup().await;
+    let (task, message) = stored(&store, "2 * 3").await;
+    processor.process(&message).await;
+    let mut updates = broker.consume_updates("gw").await.unwrap();
+    assert_eq!(processor.process(&message).await, Settlement::Ack);
+    let reply = tokio::time::timeout(Duration::from_secs(5), updates.stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.result.as_deref(), Some("6"));
+    assert_eq!(
+        store.get(task.id).await.unwrap().unwrap().attempts,
+        1,
+        "not run twice"
+    );
+}
+
+#[tokio::test]
+async fn a_task_past_its_deadline_expires_unrun() {
+    let Setup {
+        store, processor, ..
+    } = setup().await;
+    let task = Task::new("1", Some(Utc::now() - chrono::Duration::seconds(1)));
+    store.insert(&task).await.unwrap();
+    let message = TaskMessage::for_task(&task, None);
+    assert_eq!(processor.process(&message).await, Settlement::Ack);
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Expired);
+    assert_eq!(done.attempts, 0);
+    assert!(done.error.unwrap().contains("deadline"));
+}
+
+#[tokio::test]
+async fn a_task_that_keeps_crashing_its_workers_is_given_up_on() {
+    let Setup {
+        store, processor, ..
+    } = setup().await;
+    let (task, message) = stored(&store, "1").await;
+    // Three workers started it and died.
+    for worker in ["a", "b", "c"] {
+        assert!(matches!(
+            store
+                .start_attempt(task.id, worker, Utc::now())
+                .await
+                .unwrap(),
+            StartOutcome::Started(_)
+        ));
+    }
+    assert_eq!(processor.process(&message).await, Settlement::DeadLetter);
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("gave up after 3 attempts"));
+}
+
+#[tokio::test]
+async fn a_database_fault_hands_the_task_back() {
+    let url = dalc_testkit::fresh_postgres_database().await;
+    let store = TaskStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let broker = Arc::new(MemoryBroker::new());
+    let processor = Processor::new(WorkerConfig::new("w1"), store.clone(), broker);
+    let (_, message) = stored(&store, "1").await;
+    let name = url.rsplit('/').next().unwrap();
+    let admin = TaskStore::connect(&format!("{}/postgres", dalc_testkit::postgres_server_url()))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    assert_eq!(processor.process(&message).await, Settlement::Requeue);
+}
+
+#[tokio::test]
+async fn the_worker_loop_drains_the_queue_and_stops_on_shutdown() {
+    let Setup { store, broker, .. } = setup().await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let (task, message) = stored(&store, &format!("{n} + 1")).await;
+        broker.publish_task(&message).await.unwrap();
+        ids.push((n, task.id));
+    }
+    let shutdown = CancellationToken::new();
+    let mut config = WorkerConfig::new("loop");
+    config.concurrency = 3;
+    let worker = tokio::spawn(dalc_worker::run(
+        config,
+        store.clone(),
+        broker.clone(),
+        broker.clone(),
+        shutdown.clone(),
+    ));
+    for (n, id) in ids {
+        let mut task = store.get(id).await.unwrap().unwrap();
+        for _ in 0..500 {
+            if task.is_terminal() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            task = store.get(id).await.unwrap().unwrap();
+        }
+        assert_eq!(task.result, Some((n + 1).to_string()));
+    }
+    assert_eq!(broker.depth(), 0);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), worker)
+        .await
+        .unwrap()
+        .unwrap();
+}
