@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use dalc_domain::{Task, TaskId, TaskStatus};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    EntityTrait, PaginatorTrait, QueryFilter, TransactionTrait,
-    sea_query::{Expr, ExprTrait},
+    DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
@@ -47,12 +48,41 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded { .. } => None,
+            Outcome::Failed { error } | Outcome::Expired { error } => Some(error),
+        }
+    }
+
     fn status(&self) -> TaskStatus {
         match self {
             Outcome::Succeeded { .. } => TaskStatus::Succeeded,
             Outcome::Failed { .. } => TaskStatus::Failed,
             Outcome::Expired { .. } => TaskStatus::Expired,
         }
+    }
+}
+
+/// Open tasks claimed by the recovery sweeper, locked until [`UnpublishedBatch::finish`].
+#[derive(Debug)]
+pub struct UnpublishedBatch {
+    transaction: DatabaseTransaction,
+    pub tasks: Vec<Task>,
+}
+
+impl UnpublishedBatch {
+    /// Records the confirmed republishes of `published` and releases the batch.
+    pub async fn finish(self, published: &[TaskId], at: DateTime<Utc>) -> Result<(), StorageError> {
+        if !published.is_empty() {
+            Tasks::update_many()
+                .col_expr(Column::PublishedAt, Expr::value(at))
+                .filter(Column::Id.is_in(published.iter().map(TaskId::as_uuid)))
+                .exec(&self.transaction)
+                .await?;
+        }
+        self.transaction.commit().await?;
+        Ok(())
     }
 }
 
@@ -229,6 +259,57 @@ impl TaskStore {
             .next()
             .map(entity::Model::into_task)
             .transpose()
+    }
+
+    /// Locks up to `limit` open tasks whose publish was never confirmed and that were created
+    /// before `created_before` (the grace period), for the recovery sweeper to republish. On
+    /// PostgreSQL the rows are locked `FOR UPDATE SKIP LOCKED`, so several gateways can sweep at
+    /// once without republishing the same task twice; the lock holds until the batch is done.
+    pub async fn claim_unpublished(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<UnpublishedBatch, StorageError> {
+        let transaction = self.db.begin().await?;
+        let models = Tasks::find()
+            .filter(Column::Status.is_in(open_statuses()))
+            .filter(Column::PublishedAt.is_null())
+            .filter(Column::CreatedAt.lt(created_before))
+            .order_by_asc(Column::CreatedAt)
+            .limit(limit)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .all(&transaction)
+            .await?;
+        let tasks = models.into_iter().map(entity::Model::into_task).collect::<Result<_, _>>()?;
+        Ok(UnpublishedBatch { transaction, tasks })
+    }
+
+    /// Ends every PENDING task whose deadline passed before `now` as EXPIRED: its message
+    /// expired in the queue (or was never delivered), so no worker will see it. Returns them.
+    pub async fn expire_overdue(&self, now: DateTime<Utc>) -> Result<Vec<Task>, StorageError> {
+        let expired = Outcome::Expired {
+            error: "the task's deadline passed before a worker could start it".into(),
+        };
+        let models = Tasks::update_many()
+            .col_expr(Column::Status, Expr::value(expired.status().as_str()))
+            .col_expr(Column::Error, Expr::value(expired.error()))
+            .col_expr(Column::FinishedAt, Expr::value(now))
+            .filter(Column::Status.eq(TaskStatus::Pending.as_str()))
+            .filter(Column::Deadline.lt(now))
+            .exec_with_returning(&self.db)
+            .await?;
+        models.into_iter().map(entity::Model::into_task).collect()
+    }
+
+    /// Forgets that open tasks were ever published, so the sweeper queues them again. For an
+    /// in-process queue after a restart: whatever it held died with the process.
+    pub async fn forget_publishes_of_open_tasks(&self) -> Result<u64, StorageError> {
+        let result = Tasks::update_many()
+            .col_expr(Column::PublishedAt, Expr::value(Option::<DateTime<Utc>>::None))
+            .filter(Column::Status.is_in(open_statuses()))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
     }
 
     /// How many tasks are in `status`; for health reports, tests and operators.

@@ -39,6 +39,9 @@ on_both_backends!(
     unstarted_tasks_can_expire_once,
     missing_tasks_cannot_start,
     published_tasks_are_marked,
+    the_sweeper_claims_unpublished_open_tasks_past_the_grace_period,
+    overdue_pending_tasks_expire,
+    open_tasks_can_be_queued_again_after_a_restart,
 );
 
 /// What a database can hold: PostgreSQL keeps microseconds.
@@ -243,4 +246,70 @@ async fn concurrent_start_ups_migrate_once_on_postgres() {
             .unwrap()
             .expect("every process migrates or finds it done");
     }
+}
+
+async fn the_sweeper_claims_unpublished_open_tasks_past_the_grace_period(store: TaskStore) {
+    let stranded = Task::new("1", None);
+    let published = Task::new("2", None);
+    let finished = Task::new("3", None);
+    for task in [&stranded, &published, &finished] {
+        store.insert(task).await.unwrap();
+    }
+    store.mark_published(published.id, Utc::now()).await.unwrap();
+    let done = Outcome::Failed { error: "x".into() };
+    store.finish_unstarted(finished.id, &done, Utc::now()).await.unwrap();
+
+    // Within the grace period nothing is claimed.
+    let early = store.claim_unpublished(Utc::now() - Duration::seconds(60), 10).await.unwrap();
+    assert!(early.tasks.is_empty());
+    early.finish(&[], Utc::now()).await.unwrap();
+
+    let batch = store.claim_unpublished(Utc::now() + Duration::seconds(1), 10).await.unwrap();
+    let ids: Vec<_> = batch.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [stranded.id]);
+    batch.finish(&ids, Utc::now()).await.unwrap();
+    let again = store.claim_unpublished(Utc::now() + Duration::seconds(1), 10).await.unwrap();
+    assert!(again.tasks.is_empty(), "republished tasks are not claimed again");
+}
+
+async fn overdue_pending_tasks_expire(store: TaskStore) {
+    let overdue = Task::new("1", Some(Utc::now() - Duration::seconds(5)));
+    let in_time = Task::new("2", Some(Utc::now() + Duration::seconds(60)));
+    let no_deadline = Task::new("3", None);
+    for task in [&overdue, &in_time, &no_deadline] {
+        store.insert(task).await.unwrap();
+    }
+    let expired = store.expire_overdue(Utc::now()).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!((expired[0].id, expired[0].status), (overdue.id, TaskStatus::Expired));
+    assert!(expired[0].error.as_deref().unwrap().contains("deadline"));
+    assert!(store.expire_overdue(Utc::now()).await.unwrap().is_empty());
+}
+
+async fn open_tasks_can_be_queued_again_after_a_restart(store: TaskStore) {
+    let pending = Task::new("1", None);
+    store.insert(&pending).await.unwrap();
+    store.mark_published(pending.id, Utc::now()).await.unwrap();
+    assert_eq!(store.forget_publishes_of_open_tasks().await.unwrap(), 1);
+    let batch = store.claim_unpublished(Utc::now() + Duration::seconds(1), 10).await.unwrap();
+    assert_eq!(batch.tasks.len(), 1);
+    batch.finish(&[], Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_sweepers_never_claim_the_same_task_on_postgres() {
+    let store = postgres().await;
+    for n in 0..4 {
+        store.insert(&Task::new(n.to_string(), None)).await.unwrap();
+    }
+    let cutoff = Utc::now() + Duration::seconds(1);
+    let first = store.claim_unpublished(cutoff, 2).await.unwrap();
+    let second = store.claim_unpublished(cutoff, 10).await.unwrap();
+    assert_eq!(first.tasks.len(), 2);
+    assert_eq!(second.tasks.len(), 2, "locked rows are skipped, not waited for");
+    for task in &first.tasks {
+        assert!(second.tasks.iter().all(|other| other.id != task.id));
+    }
+    first.finish(&[], Utc::now()).await.unwrap();
+    second.finish(&[], Utc::now()).await.unwrap();
 }
