@@ -7,6 +7,7 @@
 mod convert;
 mod error;
 mod service;
+mod sweeper;
 mod tasks;
 mod wait;
 mod waiters;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use error::ApiError;
+pub use sweeper::{SweepReport, sweep_once};
 pub use waiters::Waiters;
 
 use crate::{service::TaskServiceImpl, tasks::Tasks};
@@ -45,6 +47,14 @@ pub struct GatewayConfig {
     pub poll_interval: Duration,
     /// On shutdown, how long in-flight calls may take to finish.
     pub shutdown_grace: Duration,
+    /// How often the recovery sweeper looks for tasks whose publish was never confirmed.
+    pub sweep_interval: Duration,
+    /// How old such a task must be before it is republished (its own gateway may still be
+    /// about to confirm it).
+    pub sweep_grace: Duration,
+    /// TEST ONLY: abort the process after storing a task and before publishing it, to prove
+    /// the sweeper recovers it. Never set in production.
+    pub fault_abort_before_publish: bool,
 }
 
 impl GatewayConfig {
@@ -57,6 +67,9 @@ impl GatewayConfig {
             task_ttl: Duration::from_secs(3600),
             poll_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(25),
+            sweep_interval: Duration::from_secs(5),
+            sweep_grace: Duration::from_secs(10),
+            fault_abort_before_publish: false,
         }
     }
 }
@@ -93,13 +106,26 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    tokio::spawn(sweeper::run(
+        store.clone(),
+        publisher.clone(),
+        waiters.clone(),
+        config.sweep_interval,
+        config.sweep_grace,
+        shutdown.clone(),
+    ));
+
     let grace = config.shutdown_grace;
+    // Cancelled shortly before the grace period ends: waiting calls then answer with the task
+    // as it stands instead of being cut off.
+    let draining = CancellationToken::new();
     let tasks = Arc::new(Tasks {
         config,
         store,
         publisher,
         waiters,
         reply_to,
+        draining: draining.clone(),
     });
     let task_service = TaskServiceServer::new(TaskServiceImpl { tasks });
 
@@ -127,15 +153,21 @@ pub async fn run(
         .add_service(task_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stopping.cancelled().await;
-            info!("gateway stopping: no new calls");
+            info!("gateway stopping: NOT_SERVING, no new calls");
             health
                 .set_not_serving::<TaskServiceServer<TaskServiceImpl>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
         });
     // tonic waits for in-flight calls without a deadline; bound it.
     let bounded_drain = async {
         shutdown.cancelled().await;
-        tokio::time::sleep(grace).await;
+        let answer_margin = (grace / 5).min(Duration::from_secs(2));
+        tokio::time::sleep(grace.saturating_sub(answer_margin)).await;
+        draining.cancel();
+        tokio::time::sleep(answer_margin).await;
         warn!(
             ?grace,
             "gateway grace period over; dropping remaining calls"

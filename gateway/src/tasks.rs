@@ -7,6 +7,7 @@ use dalc_domain::{Task, TaskId};
 use dalc_queue::{TaskMessage, TaskPublisher};
 use dalc_storage::{Outcome, TaskStore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{instrument, warn};
 
 use crate::{ApiError, GatewayConfig, waiters::Waiters};
@@ -22,6 +23,8 @@ pub(crate) struct Tasks {
     pub(crate) waiters: Waiters,
     /// This gateway's reply queue: where workers send the results of tasks it accepted.
     pub(crate) reply_to: String,
+    /// Cancelled near the end of the shutdown grace period: waits answer at once.
+    pub(crate) draining: CancellationToken,
 }
 
 impl Tasks {
@@ -46,6 +49,10 @@ impl Tasks {
         // Subscribe before publishing: the reply can beat us back.
         let subscription = wait.map(|_| self.waiters.subscribe(task.id));
         self.store.insert(&task).await?;
+        if self.config.fault_abort_before_publish {
+            // Test-only fault: die like `kill -9` in the gap the sweeper exists for.
+            std::process::abort();
+        }
         let message = TaskMessage::for_task(&task, Some(self.reply_to.clone()));
         if let Err(err) = self.publisher.publish_task(&message).await {
             self.abandon(&task, &err.to_string()).await;
@@ -91,6 +98,7 @@ impl Tasks {
         while !task.is_terminal() {
             let next_poll = (Instant::now() + poll).min(until);
             tokio::select! {
+                () = self.draining.cancelled() => return task,
                 update = subscription.next() => {
                     if update.is_terminal() {
                         return update;

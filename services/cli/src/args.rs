@@ -99,9 +99,16 @@ pub struct ApiArgs {
     /// Deadline of a task whose request sets no timeout: past it, a worker marks it EXPIRED.
     #[arg(long, env = "DALC_TASK_TTL", default_value = "1h", value_parser = parse_duration)]
     pub task_ttl: Duration,
-    /// On SIGTERM, how long in-flight calls may take to finish.
-    #[arg(long, env = "DALC_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    /// How often the recovery sweeper republishes tasks whose publish was never confirmed
+    /// (and expires PENDING tasks past their deadline).
+    #[arg(long, env = "DALC_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// How old an unconfirmed task must be before the sweeper republishes it.
+    #[arg(long, env = "DALC_SWEEP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub sweep_grace: Duration,
+    /// TEST ONLY: abort after storing a task, before publishing it (proves the sweeper).
+    #[arg(long, hide = true)]
+    pub fault_abort_before_publish: bool,
 }
 
 /// Task execution.
@@ -116,6 +123,10 @@ pub struct WorkArgs {
     /// Attempts before a task is given up on (FAILED, dead-lettered).
     #[arg(long, env = "DALC_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// TEST ONLY: evaluation panics for expressions containing this text (proves that a
+    /// poison task ends).
+    #[arg(long, hide = true)]
+    pub fault_crash_on: Option<String>,
 }
 
 /// The task database.
@@ -158,6 +169,9 @@ pub struct TopologyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
+    /// On SIGTERM, how long in-flight calls and tasks may take to finish.
+    #[arg(long, env = "DALC_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Log format: text or json (level: DALC_LOG or RUST_LOG, default info).
     #[arg(long, env = "DALC_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,

@@ -1,6 +1,6 @@
 //! `dalc up`, `dalc gateway` and `dalc worker`: wire the pieces together and run until a signal.
 
-use std::{io::Write, sync::Arc};
+use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use dalc_gateway::GatewayConfig;
@@ -15,7 +15,9 @@ use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::args::{ApiArgs, GatewayArgs, StoreArgs, TopologyArgs, UpArgs, WorkArgs, WorkerArgs};
+use crate::args::{
+    ApiArgs, CommonArgs, GatewayArgs, StoreArgs, TopologyArgs, UpArgs, WorkArgs, WorkerArgs,
+};
 
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     let store = open_store(&args.store).await?;
@@ -30,9 +32,29 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
         None => {
             info!("using the in-process queue (set --amqp-url for RabbitMQ)");
             let broker = Arc::new(MemoryBroker::new());
+            requeue_open_tasks(&store, broker.as_ref()).await?;
             run_all_in_one(&args, broker, store, listener, shutdown).await
         }
     }
+}
+
+/// The in-process queue died with the previous process: queue its open tasks again.
+async fn requeue_open_tasks(store: &TaskStore, queue: &MemoryBroker) -> Result<()> {
+    let open = store
+        .forget_publishes_of_open_tasks()
+        .await
+        .context("cannot read open tasks")?;
+    if open > 0 {
+        let report = dalc_gateway::sweep_once(store, queue, Duration::ZERO)
+            .await
+            .context("cannot requeue open tasks")?;
+        info!(
+            requeued = report.republished,
+            expired = report.expired,
+            "resumed tasks left open by the last run"
+        );
+    }
+    Ok(())
 }
 
 /// A gateway and `--workers` worker loops sharing one broker and one database.
@@ -48,7 +70,7 @@ where
 {
     let mut services = JoinSet::new();
     for n in 0..args.workers.max(1) {
-        let config = worker_config(&args.work, Some(n));
+        let config = worker_config(&args.work, &args.common, Some(n));
         let worker = dalc_worker::run(
             config,
             store.clone(),
@@ -61,7 +83,7 @@ where
             Ok(())
         });
     }
-    let config = gateway_config(&args.api);
+    let config = gateway_config(&args.api, &args.common);
     let gateway = dalc_gateway::run(
         config,
         listener,
@@ -80,7 +102,7 @@ pub async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(
         connect_broker(&args.broker.amqp_url, &args.broker.topology, "dalc-gateway").await?,
     );
     let listener = bind(&args.api.listen).await?;
-    let config = gateway_config(&args.api);
+    let config = gateway_config(&args.api, &args.common);
     let result = dalc_gateway::run(
         config,
         listener,
@@ -100,7 +122,7 @@ pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()>
         connect_broker(&args.broker.amqp_url, &args.broker.topology, "dalc-worker").await?,
     );
     dalc_worker::run(
-        worker_config(&args.work, None),
+        worker_config(&args.work, &args.common, None),
         store,
         broker.clone(),
         broker.clone(),
@@ -147,18 +169,21 @@ async fn bind(listen: &str) -> Result<TcpListener> {
     Ok(listener)
 }
 
-fn gateway_config(args: &ApiArgs) -> GatewayConfig {
+fn gateway_config(args: &ApiArgs, common: &CommonArgs) -> GatewayConfig {
     let id = args.gateway_id.clone().unwrap_or_else(|| unique_name("gw"));
     let mut config = GatewayConfig::new(id);
     config.limits.max_expression_bytes = args.max_expression_bytes;
     config.default_wait = args.default_wait;
     config.max_wait = args.max_wait;
     config.task_ttl = args.task_ttl;
-    config.shutdown_grace = args.shutdown_grace;
+    config.shutdown_grace = common.shutdown_grace;
+    config.sweep_interval = args.sweep_interval;
+    config.sweep_grace = args.sweep_grace;
+    config.fault_abort_before_publish = args.fault_abort_before_publish;
     config
 }
 
-fn worker_config(args: &WorkArgs, index: Option<u16>) -> WorkerConfig {
+fn worker_config(args: &WorkArgs, common: &CommonArgs, index: Option<u16>) -> WorkerConfig {
     let id = args
         .worker_id
         .clone()
@@ -170,6 +195,8 @@ fn worker_config(args: &WorkArgs, index: Option<u16>) -> WorkerConfig {
     let mut config = WorkerConfig::new(id);
     config.concurrency = args.concurrency.max(1);
     config.max_attempts = args.max_attempts;
+    config.shutdown_grace = common.shutdown_grace;
+    config.fault_crash_on = args.fault_crash_on.clone();
     config
 }
 

@@ -368,6 +368,12 @@ impl TaskPublisher for AmqpBroker {
         if let Some(reply_to) = &message.reply_to {
             properties = properties.with_reply_to(reply_to.as_str().into());
         }
+        if let Some(deadline) = message.deadline {
+            // Per-message TTL: past its deadline the broker dead-letters the task instead of
+            // handing it to a worker; the gateway's sweeper then records it as EXPIRED.
+            let remaining_ms = (deadline - chrono::Utc::now()).num_milliseconds().max(0);
+            properties = properties.with_expiration(remaining_ms.to_string().into());
+        }
         let queue = self.config.names.tasks();
         // Mandatory: if the request queue is missing the task must not silently vanish.
         self.publish_confirmed("", &queue, true, &message.encode_body(), properties)

@@ -261,3 +261,25 @@ async fn unreachable_rabbitmq_is_unavailable_quickly() {
     );
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+#[tokio::test]
+async fn rabbitmq_dead_letters_tasks_past_their_deadline() {
+    let (a, b) = amqp_pair().await;
+    let task = Task::new(
+        "5",
+        Some(chrono::Utc::now() + chrono::Duration::milliseconds(100)),
+    );
+    a.publish_task(&TaskMessage::for_task(&task, None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut deliveries = b.consume_tasks(1).await.unwrap();
+    assert!(
+        tokio::time::timeout(QUIET, deliveries.next())
+            .await
+            .is_err(),
+        "expired in the queue"
+    );
+    assert_eq!(dead_letter_depth(&a.config().names).await, 1);
+    a.delete_topology().await.unwrap();
+}

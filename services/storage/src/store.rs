@@ -280,7 +280,10 @@ impl TaskStore {
             .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
             .all(&transaction)
             .await?;
-        let tasks = models.into_iter().map(entity::Model::into_task).collect::<Result<_, _>>()?;
+        let tasks = models
+            .into_iter()
+            .map(entity::Model::into_task)
+            .collect::<Result<_, _>>()?;
         Ok(UnpublishedBatch { transaction, tasks })
     }
 
@@ -305,7 +308,10 @@ impl TaskStore {
     /// in-process queue after a restart: whatever it held died with the process.
     pub async fn forget_publishes_of_open_tasks(&self) -> Result<u64, StorageError> {
         let result = Tasks::update_many()
-            .col_expr(Column::PublishedAt, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(
+                Column::PublishedAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
             .filter(Column::Status.is_in(open_statuses()))
             .exec(&self.db)
             .await?;

@@ -255,21 +255,39 @@ async fn the_sweeper_claims_unpublished_open_tasks_past_the_grace_period(store: 
     for task in [&stranded, &published, &finished] {
         store.insert(task).await.unwrap();
     }
-    store.mark_published(published.id, Utc::now()).await.unwrap();
+    store
+        .mark_published(published.id, Utc::now())
+        .await
+        .unwrap();
     let done = Outcome::Failed { error: "x".into() };
-    store.finish_unstarted(finished.id, &done, Utc::now()).await.unwrap();
+    store
+        .finish_unstarted(finished.id, &done, Utc::now())
+        .await
+        .unwrap();
 
     // Within the grace period nothing is claimed.
-    let early = store.claim_unpublished(Utc::now() - Duration::seconds(60), 10).await.unwrap();
+    let early = store
+        .claim_unpublished(Utc::now() - Duration::seconds(60), 10)
+        .await
+        .unwrap();
     assert!(early.tasks.is_empty());
     early.finish(&[], Utc::now()).await.unwrap();
 
-    let batch = store.claim_unpublished(Utc::now() + Duration::seconds(1), 10).await.unwrap();
+    let batch = store
+        .claim_unpublished(Utc::now() + Duration::seconds(1), 10)
+        .await
+        .unwrap();
     let ids: Vec<_> = batch.tasks.iter().map(|t| t.id).collect();
     assert_eq!(ids, [stranded.id]);
     batch.finish(&ids, Utc::now()).await.unwrap();
-    let again = store.claim_unpublished(Utc::now() + Duration::seconds(1), 10).await.unwrap();
-    assert!(again.tasks.is_empty(), "republished tasks are not claimed again");
+    let again = store
+        .claim_unpublished(Utc::now() + Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    assert!(
+        again.tasks.is_empty(),
+        "republished tasks are not claimed again"
+    );
 }
 
 async fn overdue_pending_tasks_expire(store: TaskStore) {
@@ -281,7 +299,10 @@ async fn overdue_pending_tasks_expire(store: TaskStore) {
     }
     let expired = store.expire_overdue(Utc::now()).await.unwrap();
     assert_eq!(expired.len(), 1);
-    assert_eq!((expired[0].id, expired[0].status), (overdue.id, TaskStatus::Expired));
+    assert_eq!(
+        (expired[0].id, expired[0].status),
+        (overdue.id, TaskStatus::Expired)
+    );
     assert!(expired[0].error.as_deref().unwrap().contains("deadline"));
     assert!(store.expire_overdue(Utc::now()).await.unwrap().is_empty());
 }
@@ -291,7 +312,10 @@ async fn open_tasks_can_be_queued_again_after_a_restart(store: TaskStore) {
     store.insert(&pending).await.unwrap();
     store.mark_published(pending.id, Utc::now()).await.unwrap();
     assert_eq!(store.forget_publishes_of_open_tasks().await.unwrap(), 1);
-    let batch = store.claim_unpublished(Utc::now() + Duration::seconds(1), 10).await.unwrap();
+    let batch = store
+        .claim_unpublished(Utc::now() + Duration::seconds(1), 10)
+        .await
+        .unwrap();
     assert_eq!(batch.tasks.len(), 1);
     batch.finish(&[], Utc::now()).await.unwrap();
 }
@@ -306,7 +330,11 @@ async fn concurrent_sweepers_never_claim_the_same_task_on_postgres() {
     let first = store.claim_unpublished(cutoff, 2).await.unwrap();
     let second = store.claim_unpublished(cutoff, 10).await.unwrap();
     assert_eq!(first.tasks.len(), 2);
-    assert_eq!(second.tasks.len(), 2, "locked rows are skipped, not waited for");
+    assert_eq!(
+        second.tasks.len(),
+        2,
+        "locked rows are skipped, not waited for"
+    );
     for task in &first.tasks {
         assert!(second.tasks.iter().all(|other| other.id != task.id));
     }

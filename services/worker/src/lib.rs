@@ -31,9 +31,15 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// The expression engine's limits.
     pub limits: dalc_calc::Limits,
-    /// How long to wait before handing a task back after a database or broker fault, so an
-    /// outage does not turn into a hot redelivery loop.
+    /// The first pause before handing a task back after a fault (doubling while faults
+    /// persist, up to 10 s), so an outage does not turn into a hot redelivery loop.
     pub retry_delay: Duration,
+    /// On shutdown, how long held tasks may take to finish before the worker exits anyway
+    /// (unsettled tasks then go back to the queue).
+    pub shutdown_grace: Duration,
+    /// TEST ONLY: evaluation panics for expressions containing this text, to prove that a
+    /// poison task ends. Never set in production.
+    pub fault_crash_on: Option<String>,
 }
 
 impl WorkerConfig {
@@ -43,7 +49,9 @@ impl WorkerConfig {
             concurrency: 4,
             max_attempts: 3,
             limits: dalc_calc::Limits::default(),
-            retry_delay: Duration::from_secs(1),
+            retry_delay: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(25),
+            fault_crash_on: None,
         }
     }
 }
@@ -66,6 +74,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let concurrency = config.concurrency.max(1);
+    let grace = config.shutdown_grace;
     let processor = Arc::new(Processor::new(config, store, updates));
     let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
     let mut in_flight = JoinSet::new();
@@ -125,6 +134,12 @@ pub async fn run(
         in_flight = in_flight.len(),
         "worker stopping; finishing held tasks"
     );
-    while in_flight.join_next().await.is_some() {}
+    let drain = async { while in_flight.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        warn!(
+            ?grace,
+            "grace period over; unfinished tasks go back to the queue"
+        );
+    }
     info!("worker stopped");
 }

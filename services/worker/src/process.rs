@@ -1,11 +1,20 @@
 //! One delivery, from the queue to its settlement.
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use dalc_domain::Task;
 use dalc_queue::{Delivery, QueueError, TaskMessage, UpdatePublisher};
 use dalc_storage::{Outcome, StartOutcome, StorageError, TaskStore};
+use futures::FutureExt;
 use tracing::{debug, info, instrument, warn};
 
 use crate::WorkerConfig;
@@ -15,26 +24,38 @@ use crate::WorkerConfig;
 pub enum Settlement {
     /// Finished (or nothing left to do): the broker forgets the message.
     Ack,
-    /// A transient fault (database or broker): hand the message back for a later try.
+    /// A transient fault (database, broker, a crash): hand the message back for a later try.
     Requeue,
     /// The message can never succeed: to the dead-letter queue.
     DeadLetter,
 }
 
-/// Faults that make a delivery worth retrying later: the task itself is fine.
+/// Faults that make a delivery worth retrying later: the task itself may be fine.
 #[derive(Debug, thiserror::Error)]
 enum Transient {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("the task crashed its handler: {0}")]
+    Crash(String),
 }
+
+/// The longest pause before handing a task back while the database or broker is out.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// How long a finished result is held, retrying its write, before the task is handed back
+/// (and so re-run) instead. Well under RabbitMQ's 30-minute delivery acknowledgement timeout.
+const MAX_HOLD: Duration = Duration::from_secs(120);
 
 /// Runs tasks: shared by all of a worker's concurrent handlers.
 pub struct Processor {
     config: WorkerConfig,
     store: TaskStore,
     updates: Arc<dyn UpdatePublisher>,
+    /// The current pause before a requeue, in ms: doubles while faults persist, so an outage
+    /// slows the worker down instead of spinning deliveries; back to the base on success.
+    retry_delay_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Processor {
@@ -47,10 +68,12 @@ impl std::fmt::Debug for Processor {
 
 impl Processor {
     pub fn new(config: WorkerConfig, store: TaskStore, updates: Arc<dyn UpdatePublisher>) -> Self {
+        let base = duration_ms(config.retry_delay);
         Processor {
             config,
             store,
             updates,
+            retry_delay_ms: AtomicU64::new(base),
         }
     }
 
@@ -58,18 +81,29 @@ impl Processor {
         &self.config.worker_id
     }
 
-    /// Processes one delivery and settles it. Never panics, never drops it unsettled.
+    /// Processes one delivery and settles it. Never drops it unsettled, even if processing
+    /// panics: a panic is a crash of this attempt, and the task goes back to the queue.
     pub async fn handle(&self, delivery: Delivery) {
         let settlement = match &delivery.message {
-            Ok(message) => self.process(message).await,
+            Ok(message) => match AssertUnwindSafe(self.process(message)).catch_unwind().await {
+                Ok(settlement) => settlement,
+                Err(_) => {
+                    warn!(task_id = %message.task_id, "task handler panicked; requeueing");
+                    Settlement::Requeue
+                }
+            },
             Err(malformed) => {
                 warn!(error = %malformed, "dead-lettering a message that is not a task");
                 Settlement::DeadLetter
             }
         };
         if settlement == Settlement::Requeue {
-            // Pause before handing it back, so an outage is not a hot redelivery loop.
-            tokio::time::sleep(self.config.retry_delay).await;
+            // Pause before handing it back (holding our concurrency slot), so an outage is not
+            // a hot redelivery loop and this worker takes no new work meanwhile.
+            tokio::time::sleep(self.fault_delay()).await;
+        } else {
+            self.retry_delay_ms
+                .store(duration_ms(self.config.retry_delay), Ordering::Relaxed);
         }
         let settled = match settlement {
             Settlement::Ack => delivery.ack().await,
@@ -81,6 +115,18 @@ impl Processor {
             // is left to do.
             warn!(error = %err, "could not settle a delivery");
         }
+    }
+
+    /// The delay before this requeue; doubles the next one, up to a cap.
+    fn fault_delay(&self) -> Duration {
+        let cap = duration_ms(MAX_RETRY_DELAY);
+        let current = self
+            .retry_delay_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |ms| {
+                Some((ms * 2).min(cap))
+            })
+            .unwrap_or(cap);
+        Duration::from_millis(current)
     }
 
     /// Decides what to do with one task message.
@@ -104,13 +150,13 @@ impl Processor {
             let expired = Outcome::Expired {
                 error: "the task's deadline passed before a worker could start it".into(),
             };
-            return self.end_unstarted(message, &expired, Settlement::Ack).await;
+            return self.end_unstarted(message, &expired).await;
         }
-        let task = match self
+        let started = self
             .store
             .start_attempt(message.task_id, &self.config.worker_id, Utc::now())
-            .await?
-        {
+            .await?;
+        let task = match started {
             StartOutcome::Started(task) => task,
             StartOutcome::AlreadyTerminal(task) => {
                 // A redelivery of finished work: only the reply may have been lost.
@@ -131,34 +177,37 @@ impl Processor {
                 .end_attempt(&task, &gave_up, reply_to, Settlement::DeadLetter)
                 .await;
         }
-        let outcome = self.evaluate(&task).await;
+        let outcome = self.evaluate(&task).await?;
         self.end_attempt(&task, &outcome, reply_to, Settlement::Ack)
             .await
     }
 
-    async fn evaluate(&self, task: &Task) -> Outcome {
+    async fn evaluate(&self, task: &Task) -> Result<Outcome, Transient> {
         let expression = task.expression.clone();
         let limits = self.config.limits.clone();
-        // Evaluation is CPU-bound (bounded, but up to milliseconds): keep it off the reactor.
-        let evaluated =
-            tokio::task::spawn_blocking(move || dalc_calc::evaluate(&expression, &limits)).await;
-        match evaluated {
-            Ok(Ok(value)) => Outcome::Succeeded {
-                result: value.to_string(),
-            },
-            Ok(Err(err)) => Outcome::Failed {
-                error: err.to_string(),
-            },
-            Err(join_error) => {
-                warn!(error = %join_error, "evaluation crashed");
-                Outcome::Failed {
-                    error: "internal error while evaluating the expression".into(),
-                }
+        let crash_marker = self.config.fault_crash_on.clone();
+        // Evaluation is CPU-bound (bounded, but up to a fraction of a second): off the reactor.
+        let evaluated = tokio::task::spawn_blocking(move || {
+            if crash_marker.is_some_and(|marker| expression.contains(&marker)) {
+                panic!("injected fault: evaluation crashed (test-only --fault-crash-on)");
             }
+            dalc_calc::evaluate(&expression, &limits)
+        })
+        .await;
+        match evaluated {
+            Ok(Ok(value)) => Ok(Outcome::Succeeded {
+                result: value.to_string(),
+            }),
+            Ok(Err(err)) => Ok(Outcome::Failed {
+                error: err.to_string(),
+            }),
+            // A crash is not an answer: retry it as a new attempt, until the attempts run out.
+            Err(join_error) => Err(Transient::Crash(join_error.to_string())),
         }
     }
 
-    /// Records the end of this attempt, replies, and settles as `then`.
+    /// Records the end of this attempt, replies, and settles as `then`. The work is done, so
+    /// a database or broker outage here is waited out in place rather than redoing the task.
     async fn end_attempt(
         &self,
         task: &Task,
@@ -166,14 +215,17 @@ impl Processor {
         reply_to: Option<&str>,
         then: Settlement,
     ) -> Result<Settlement, Transient> {
-        match self
-            .store
-            .finish_attempt(task.id, task.attempts, outcome, Utc::now())
-            .await?
-        {
+        let recorded = self
+            .hold_through_outage(|| {
+                self.store
+                    .finish_attempt(task.id, task.attempts, outcome, Utc::now())
+            })
+            .await?;
+        match recorded {
             Some(finished) => {
                 info!(status = %finished.status, attempt = finished.attempts, "task finished");
-                self.updates.publish_update(reply_to, &finished).await?;
+                self.hold_through_outage(|| self.updates.publish_update(reply_to, &finished))
+                    .await?;
                 Ok(then)
             }
             None => {
@@ -188,7 +240,6 @@ impl Processor {
         &self,
         message: &TaskMessage,
         outcome: &Outcome,
-        then: Settlement,
     ) -> Result<Settlement, Transient> {
         let reply_to = message.reply_to.as_deref();
         let ended = match self
@@ -207,6 +258,50 @@ impl Processor {
         if let Some(task) = ended {
             self.updates.publish_update(reply_to, &task).await?;
         }
-        Ok(then)
+        Ok(Settlement::Ack)
     }
+
+    /// Retries `operation` while its dependency is unreachable, with capped exponential backoff,
+    /// for up to [`MAX_HOLD`]; other errors, and an outage that outlasts that, are returned.
+    async fn hold_through_outage<T, E, F, Fut>(&self, operation: F) -> Result<T, Transient>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Transient> + RetryHint,
+    {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.is_outage() && started.elapsed() < MAX_HOLD => {
+                    warn!(retry_in = ?pause, "dependency unavailable; holding the result");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
+
+/// Whether an error is an outage worth waiting out.
+trait RetryHint {
+    fn is_outage(&self) -> bool;
+}
+
+impl RetryHint for StorageError {
+    fn is_outage(&self) -> bool {
+        self.is_unavailable()
+    }
+}
+
+impl RetryHint for QueueError {
+    fn is_outage(&self) -> bool {
+        matches!(self, QueueError::Unavailable(_))
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
