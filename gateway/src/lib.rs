@@ -55,6 +55,8 @@ pub struct GatewayConfig {
     /// TEST ONLY: abort the process after storing a task and before publishing it, to prove
     /// the sweeper recovers it. Never set in production.
     pub fault_abort_before_publish: bool,
+    /// Where submissions and waiting calls are counted.
+    pub metrics: Arc<dalc_telemetry::Metrics>,
 }
 
 impl GatewayConfig {
@@ -70,6 +72,7 @@ impl GatewayConfig {
             sweep_interval: Duration::from_secs(5),
             sweep_grace: Duration::from_secs(10),
             fault_abort_before_publish: false,
+            metrics: Arc::default(),
         }
     }
 }

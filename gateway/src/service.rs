@@ -1,13 +1,14 @@
 //! `dalc.v1.TaskService` over tonic: thin handlers that translate and delegate to [`Tasks`].
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use dalc_domain::TaskId;
 use dalc_proto::v1::{
     GetTaskRequest, GetTaskResponse, SubmitTaskRequest, SubmitTaskResponse,
     task_service_server::TaskService,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::{Instrument, Span, field::Empty, info_span};
 
 use crate::{
     ApiError,
@@ -27,12 +28,18 @@ impl TaskService for TaskServiceImpl {
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<SubmitTaskResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let timeout = requested_timeout(request.timeout)?;
-        let config = &self.tasks.config;
-        let wait = request
-            .wait
-            .then(|| wait_budget(timeout, config.default_wait, config.max_wait, &metadata));
-        let task = self.tasks.submit(request.expression, timeout, wait).await?;
+        let caller = caller_trace_context(&metadata);
+        let span = server_span("SubmitTask", &caller);
+        let task = async {
+            let timeout = requested_timeout(request.timeout)?;
+            let wait = request.wait.then(|| self.wait_budget(timeout, &metadata));
+            self.tasks
+                .submit(request.expression, timeout, wait, caller)
+                .await
+        }
+        .instrument(span.clone())
+        .await;
+        let task = record_outcome(&span, task)?;
         Ok(Response::new(SubmitTaskResponse {
             task: Some(task_to_proto(&task)),
         }))
@@ -43,18 +50,80 @@ impl TaskService for TaskServiceImpl {
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let id: TaskId = request
-            .id
-            .parse()
-            .map_err(|err| ApiError::InvalidArgument(format!("{err}")))?;
-        let timeout = requested_timeout(request.timeout)?;
-        let config = &self.tasks.config;
-        let wait = request
-            .wait
-            .then(|| wait_budget(timeout, config.default_wait, config.max_wait, &metadata));
-        let task = self.tasks.get(id, wait).await?;
+        let span = server_span("GetTask", &caller_trace_context(&metadata));
+        let task = async {
+            let id: TaskId = request
+                .id
+                .parse()
+                .map_err(|err| ApiError::InvalidArgument(format!("{err}")))?;
+            let timeout = requested_timeout(request.timeout)?;
+            let wait = request.wait.then(|| self.wait_budget(timeout, &metadata));
+            self.tasks.get(id, wait).await
+        }
+        .instrument(span.clone())
+        .await;
+        let task = record_outcome(&span, task)?;
         Ok(Response::new(GetTaskResponse {
             task: Some(task_to_proto(&task)),
         }))
+    }
+}
+
+impl TaskServiceImpl {
+    fn wait_budget(
+        &self,
+        timeout: Option<std::time::Duration>,
+        metadata: &MetadataMap,
+    ) -> std::time::Duration {
+        let config = &self.tasks.config;
+        wait_budget(timeout, config.default_wait, config.max_wait, metadata)
+    }
+}
+
+/// The caller's W3C trace context (`traceparent`, `tracestate`), if it sent one.
+fn caller_trace_context(metadata: &MetadataMap) -> BTreeMap<String, String> {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|key| {
+            let value = metadata.get(key)?.to_str().ok()?;
+            Some((key.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// The server span of one call, continuing the caller's trace.
+fn server_span(method: &str, caller: &BTreeMap<String, String>) -> Span {
+    let span = info_span!(
+        "rpc",
+        otel.name = format!("dalc.v1.TaskService/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "dalc.v1.TaskService",
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        task_id = Empty,
+        status = Empty,
+        trace_id = Empty,
+    );
+    dalc_telemetry::propagation::continue_trace_from_headers(&span, caller);
+    span
+}
+
+/// Records the call's task (or its error's gRPC code) on the server span.
+fn record_outcome(
+    span: &Span,
+    outcome: Result<dalc_domain::Task, ApiError>,
+) -> Result<dalc_domain::Task, Status> {
+    match outcome {
+        Ok(task) => {
+            span.record("task_id", tracing::field::display(task.id));
+            span.record("status", task.status.as_str());
+            Ok(task)
+        }
+        Err(err) => {
+            let status = Status::from(err);
+            span.record("rpc.grpc.status_code", status.code() as i32);
+            Err(status)
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! What the gateway does with tasks, apart from gRPC: validate, store, publish, wait.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use dalc_domain::{Task, TaskId};
 use dalc_queue::{TaskMessage, TaskPublisher};
 use dalc_storage::{Outcome, TaskStore};
+use dalc_telemetry::metrics::GaugeGuard;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{instrument, warn};
+use tracing::{Instrument, info_span, instrument, warn};
 
 use crate::{ApiError, GatewayConfig, waiters::Waiters};
 
@@ -36,6 +37,7 @@ impl Tasks {
         expression: String,
         timeout: Option<Duration>,
         wait: Option<Duration>,
+        caller_context: BTreeMap<String, String>,
     ) -> Result<Task, ApiError> {
         dalc_calc::parse(&expression, &self.config.limits)
             .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
@@ -53,11 +55,11 @@ impl Tasks {
             // Test-only fault: die like `kill -9` in the gap the sweeper exists for.
             std::process::abort();
         }
-        let message = TaskMessage::for_task(&task, Some(self.reply_to.clone()));
-        if let Err(err) = self.publisher.publish_task(&message).await {
+        if let Err(err) = self.publish(&task, caller_context).await {
             self.abandon(&task, &err.to_string()).await;
             return Err(err.into());
         }
+        self.config.metrics.tasks_submitted.inc();
         self.mark_published(task.id);
 
         match (wait, subscription) {
@@ -85,14 +87,50 @@ impl Tasks {
         }
     }
 
+    /// Publishes in a producer span (OpenTelemetry messaging conventions) whose context rides
+    /// in the message headers, so the worker's span continues this trace.
+    async fn publish(
+        &self,
+        task: &Task,
+        caller_context: BTreeMap<String, String>,
+    ) -> Result<(), dalc_queue::QueueError> {
+        let destination = self.publisher.destination();
+        let span = info_span!(
+            "publish",
+            otel.name = format!("{} publish", destination.queue),
+            otel.kind = "producer",
+            messaging.system = destination.system,
+            messaging.destination.name = %destination.queue,
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.message.id = %task.id,
+            messaging.message.conversation_id = %task.id,
+            messaging.rabbitmq.destination.routing_key = %destination.queue,
+        );
+        async {
+            let mut message = TaskMessage::for_task(task, Some(self.reply_to.clone()));
+            message.headers = dalc_telemetry::propagation::current_context_headers();
+            if message.headers.is_empty() {
+                // Not exporting traces: still pass the caller's context on, so the worker's
+                // log lines name the caller's trace.
+                message.headers = caller_context;
+            }
+            self.publisher.publish_task(&message).await
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Waits for `task` to end, for at most `budget`; never fails: on timeout or a database
     /// fault it returns the task as last seen, and the client can poll on.
+    #[instrument(name = "wait for result", skip_all)]
     async fn wait_for(
         &self,
         mut task: Task,
         mut subscription: crate::waiters::Subscription,
         budget: Duration,
     ) -> Task {
+        let _waiting = GaugeGuard::inc(&self.config.metrics.waiting_calls);
         let until = Instant::now() + budget;
         let mut poll = self.config.poll_interval;
         while !task.is_terminal() {
@@ -141,10 +179,11 @@ impl Tasks {
     /// republished by the recovery sweeper, which workers handle idempotently.
     fn mark_published(&self, id: TaskId) {
         let store = self.store.clone();
-        tokio::spawn(async move {
+        let record = async move {
             if let Err(err) = store.mark_published(id, Utc::now()).await {
                 warn!(task_id = %id, error = %err, "cannot record a confirmed publish");
             }
-        });
+        };
+        tokio::spawn(record.in_current_span());
     }
 }

@@ -169,6 +169,10 @@ pub struct TopologyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
+    /// Serve Prometheus metrics on this address at /metrics (off when unset; port 0 picks a
+    /// free port, and the bound address is printed).
+    #[arg(long, env = "DALC_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// On SIGTERM, how long in-flight calls and tasks may take to finish.
     #[arg(long, env = "DALC_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -4,9 +4,10 @@ mod args;
 mod client;
 mod serve;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
+use dalc_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -26,28 +27,47 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Up(args) => serve_until_signal(&args.common.clone(), |s| serve::up(args, s)).await,
+        Command::Up(args) => {
+            let common = args.common.clone();
+            serve_until_signal(&common, "dalc", |s, m| serve::up(args, s, m)).await
+        }
         Command::Gateway(args) => {
-            serve_until_signal(&args.common.clone(), |s| serve::gateway(args, s)).await
+            let common = args.common.clone();
+            serve_until_signal(&common, "dalc-gateway", |s, m| serve::gateway(args, s, m)).await
         }
         Command::Worker(args) => {
-            serve_until_signal(&args.common.clone(), |s| serve::worker(args, s)).await
+            let common = args.common.clone();
+            serve_until_signal(&common, "dalc-worker", |s, m| serve::worker(args, s, m)).await
         }
         Command::Submit(args) => client::submit(args).await,
         Command::Get(args) => client::get(args).await,
     }
 }
 
-/// Sets up logging, runs a service, and cancels it on SIGINT or SIGTERM.
-async fn serve_until_signal<F, Fut>(common: &CommonArgs, service: F) -> anyhow::Result<u8>
+/// Sets up logs, traces and metrics, runs a service, and cancels it on SIGINT or SIGTERM.
+async fn serve_until_signal<F, Fut>(
+    common: &CommonArgs,
+    service_name: &str,
+    service: F,
+) -> anyhow::Result<u8>
 where
-    F: FnOnce(CancellationToken) -> Fut,
+    F: FnOnce(CancellationToken, Arc<Metrics>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    dalc_telemetry::init(common.log_format)?;
+    let telemetry = dalc_telemetry::init(common.log_format, service_name)?;
+    if telemetry.exporting() {
+        info!("exporting traces with OTLP");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    service(shutdown).await?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(listen) = &common.metrics_listen {
+        serve::metrics(listen, metrics.clone(), shutdown.clone()).await?;
+    }
+    let result = service(shutdown, metrics).await;
+    // Export the last spans before exiting (the exporter blocks, so off the reactor).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result?;
     Ok(0)
 }
 

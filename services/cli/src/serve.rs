@@ -10,6 +10,7 @@ use dalc_queue::{
     memory::MemoryBroker,
 };
 use dalc_storage::TaskStore;
+use dalc_telemetry::Metrics;
 use dalc_worker::WorkerConfig;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -19,13 +20,15 @@ use crate::args::{
     ApiArgs, CommonArgs, GatewayArgs, StoreArgs, TopologyArgs, UpArgs, WorkArgs, WorkerArgs,
 };
 
-pub async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
+pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Result<()> {
     let store = open_store(&args.store).await?;
     let listener = bind(&args.api.listen).await?;
     match &args.amqp_url {
         Some(url) => {
-            let broker = Arc::new(connect_broker(url, &args.topology, "dalc-up").await?);
-            let result = run_all_in_one(&args, broker.clone(), store, listener, shutdown).await;
+            let broker = Arc::new(connect_broker(url, &args.topology, "dalc-up", &metrics).await?);
+            sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
+            let result =
+                run_all_in_one(&args, broker.clone(), store, listener, shutdown, metrics).await;
             broker.close().await;
             result
         }
@@ -33,7 +36,17 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
             info!("using the in-process queue (set --amqp-url for RabbitMQ)");
             let broker = Arc::new(MemoryBroker::new());
             requeue_open_tasks(&store, broker.as_ref()).await?;
-            run_all_in_one(&args, broker, store, listener, shutdown).await
+            let depth = metrics.clone();
+            let queue = broker.clone();
+            tokio::spawn(async move {
+                loop {
+                    depth
+                        .request_queue_depth
+                        .set(i64::try_from(queue.depth()).unwrap_or(i64::MAX));
+                    tokio::time::sleep(QUEUE_DEPTH_INTERVAL).await;
+                }
+            });
+            run_all_in_one(&args, broker, store, listener, shutdown, metrics).await
         }
     }
 }
@@ -64,13 +77,14 @@ async fn run_all_in_one<B>(
     store: TaskStore,
     listener: TcpListener,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> Result<()>
 where
     B: TaskPublisher + TaskConsumer + UpdatePublisher + UpdateConsumer + 'static,
 {
     let mut services = JoinSet::new();
     for n in 0..args.workers.max(1) {
-        let config = worker_config(&args.work, &args.common, Some(n));
+        let config = worker_config(&args.work, &args.common, Some(n), &metrics);
         let worker = dalc_worker::run(
             config,
             store.clone(),
@@ -83,7 +97,7 @@ where
             Ok(())
         });
     }
-    let config = gateway_config(&args.api, &args.common);
+    let config = gateway_config(&args.api, &args.common, &metrics);
     let gateway = dalc_gateway::run(
         config,
         listener,
@@ -96,13 +110,19 @@ where
     wait_all(services, shutdown).await
 }
 
-pub async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<()> {
+pub async fn gateway(
+    args: GatewayArgs,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
     let store = open_store(&args.store).await?;
+    let broker = &args.broker;
     let broker = Arc::new(
-        connect_broker(&args.broker.amqp_url, &args.broker.topology, "dalc-gateway").await?,
+        connect_broker(&broker.amqp_url, &broker.topology, "dalc-gateway", &metrics).await?,
     );
+    sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
     let listener = bind(&args.api.listen).await?;
-    let config = gateway_config(&args.api, &args.common);
+    let config = gateway_config(&args.api, &args.common, &metrics);
     let result = dalc_gateway::run(
         config,
         listener,
@@ -116,19 +136,19 @@ pub async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(
     result.context("gateway")
 }
 
-pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
+pub async fn worker(
+    args: WorkerArgs,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
     let store = open_store(&args.store).await?;
+    let broker = &args.broker;
     let broker = Arc::new(
-        connect_broker(&args.broker.amqp_url, &args.broker.topology, "dalc-worker").await?,
+        connect_broker(&broker.amqp_url, &broker.topology, "dalc-worker", &metrics).await?,
     );
-    dalc_worker::run(
-        worker_config(&args.work, &args.common, None),
-        store,
-        broker.clone(),
-        broker.clone(),
-        shutdown,
-    )
-    .await;
+    sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
+    let config = worker_config(&args.work, &args.common, None, &metrics);
+    dalc_worker::run(config, store, broker.clone(), broker.clone(), shutdown).await;
     broker.close().await;
     Ok(())
 }
@@ -146,8 +166,14 @@ async fn open_store(args: &StoreArgs) -> Result<TaskStore> {
     Ok(store)
 }
 
-async fn connect_broker(url: &str, topology: &TopologyArgs, role: &str) -> Result<AmqpBroker> {
+async fn connect_broker(
+    url: &str,
+    topology: &TopologyArgs,
+    role: &str,
+    metrics: &Arc<Metrics>,
+) -> Result<AmqpBroker> {
     let mut config = AmqpConfig::new(url, QueueNames::new(topology.queue_prefix.clone()));
+    config.metrics = metrics.clone();
     config.queue_type = topology.queue_type;
     config.delivery_limit = topology.delivery_limit;
     config.connection_name = format!("{role}@{}", host_name());
@@ -169,7 +195,7 @@ async fn bind(listen: &str) -> Result<TcpListener> {
     Ok(listener)
 }
 
-fn gateway_config(args: &ApiArgs, common: &CommonArgs) -> GatewayConfig {
+fn gateway_config(args: &ApiArgs, common: &CommonArgs, metrics: &Arc<Metrics>) -> GatewayConfig {
     let id = args.gateway_id.clone().unwrap_or_else(|| unique_name("gw"));
     let mut config = GatewayConfig::new(id);
     config.limits.max_expression_bytes = args.max_expression_bytes;
@@ -180,10 +206,16 @@ fn gateway_config(args: &ApiArgs, common: &CommonArgs) -> GatewayConfig {
     config.sweep_interval = args.sweep_interval;
     config.sweep_grace = args.sweep_grace;
     config.fault_abort_before_publish = args.fault_abort_before_publish;
+    config.metrics = metrics.clone();
     config
 }
 
-fn worker_config(args: &WorkArgs, common: &CommonArgs, index: Option<u16>) -> WorkerConfig {
+fn worker_config(
+    args: &WorkArgs,
+    common: &CommonArgs,
+    index: Option<u16>,
+    metrics: &Arc<Metrics>,
+) -> WorkerConfig {
     let id = args
         .worker_id
         .clone()
@@ -197,7 +229,50 @@ fn worker_config(args: &WorkArgs, common: &CommonArgs, index: Option<u16>) -> Wo
     config.max_attempts = args.max_attempts;
     config.shutdown_grace = common.shutdown_grace;
     config.fault_crash_on = args.fault_crash_on.clone();
+    config.metrics = metrics.clone();
     config
+}
+
+/// How often the request queue's depth is sampled for `dalc_request_queue_depth`.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
+fn sample_queue_depth(broker: Arc<AmqpBroker>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let queue = broker.config().names.tasks();
+        while !shutdown.is_cancelled() {
+            if let Ok(depth) = broker.queue_depth(&queue).await {
+                metrics.request_queue_depth.set(i64::from(depth));
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(QUEUE_DEPTH_INTERVAL) => {}
+            }
+        }
+    });
+}
+
+/// Serves Prometheus metrics on `listen`, printing the bound address like the gRPC listener.
+pub async fn metrics(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "dalc metrics listening on {addr}")?;
+    stdout.flush()?;
+    drop(stdout);
+    tokio::spawn(async move {
+        if let Err(err) =
+            dalc_telemetry::metrics::serve(listener, metrics, shutdown.cancelled_owned()).await
+        {
+            tracing::warn!(error = %err, "metrics endpoint failed");
+        }
+    });
+    Ok(())
 }
 
 /// Runs until every service ends; the first failure stops the others.

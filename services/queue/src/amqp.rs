@@ -35,8 +35,8 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
-    Deliveries, Delivery, MalformedMessage, QueueError, QueueNames, Settle, TaskConsumer,
-    TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher, Updates,
+    Deliveries, Delivery, Destination, MalformedMessage, QueueError, QueueNames, Settle,
+    TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher, Updates,
     message::{decode_update, encode_update},
 };
 
@@ -84,6 +84,8 @@ pub struct AmqpConfig {
     pub reply_queue_expiry: Duration,
     /// Shown in the RabbitMQ management UI.
     pub connection_name: String,
+    /// Where reconnects and publish-confirm latency are counted.
+    pub metrics: Arc<dalc_telemetry::Metrics>,
 }
 
 impl AmqpConfig {
@@ -98,6 +100,7 @@ impl AmqpConfig {
             heartbeat: Duration::from_secs(10),
             reply_queue_expiry: Duration::from_secs(60),
             connection_name: "dalc".to_owned(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct AmqpBroker {
 struct LinkState {
     link: Option<Link>,
     last_failure: Option<(Instant, QueueError)>,
+    /// Whether a connection was ever made: the next one is then a reconnect.
+    connected_before: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +163,10 @@ impl AmqpBroker {
         }
         match tokio::time::timeout(self.config.operation_timeout, self.open_link()).await {
             Ok(Ok(link)) => {
+                if state.connected_before {
+                    self.config.metrics.broker_reconnects.inc();
+                }
+                state.connected_before = true;
                 state.last_failure = None;
                 state.link = Some(link.clone());
                 Ok(link)
@@ -286,8 +295,13 @@ impl AmqpBroker {
                 .await?;
             Ok::<_, lapin::Error>(confirm)
         };
-        let confirmation = match tokio::time::timeout(self.config.operation_timeout, publish).await
-        {
+        let started = Instant::now();
+        let confirmed = tokio::time::timeout(self.config.operation_timeout, publish).await;
+        self.config
+            .metrics
+            .publish_confirm_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let confirmation = match confirmed {
             Ok(Ok(confirmation)) => confirmation,
             Ok(Err(err)) => return Err(err.into()),
             Err(_) => {
@@ -352,6 +366,13 @@ impl AmqpBroker {
 
 #[async_trait]
 impl TaskPublisher for AmqpBroker {
+    fn destination(&self) -> Destination {
+        Destination {
+            system: "rabbitmq",
+            queue: self.config.names.tasks(),
+        }
+    }
+
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError> {
         let id: ShortString = message.task_id.to_string().into();
         let mut headers = FieldTable::default();

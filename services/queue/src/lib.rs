@@ -25,9 +25,26 @@ pub use error::QueueError;
 pub use message::{MalformedMessage, PAYLOAD_VERSION, TaskMessage};
 pub use names::QueueNames;
 
+/// Where tasks go, for traces (OpenTelemetry messaging attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// `messaging.system`, e.g. `rabbitmq`.
+    pub system: &'static str,
+    /// `messaging.destination.name`: the request queue.
+    pub queue: String,
+}
+
 /// Puts tasks on the request queue.
 #[async_trait]
 pub trait TaskPublisher: Send + Sync {
+    /// Where [`TaskPublisher::publish_task`] sends tasks.
+    fn destination(&self) -> Destination {
+        Destination {
+            system: "in-process",
+            queue: QueueNames::default().tasks(),
+        }
+    }
+
     /// Publishes `message` and returns once the broker has confirmed it is stored.
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError>;
 }

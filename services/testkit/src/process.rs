@@ -17,6 +17,8 @@ pub struct DalcProcess {
     child: Child,
     /// The gRPC address, for processes that serve one.
     pub addr: Option<SocketAddr>,
+    /// The Prometheus endpoint's address, for processes started with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl DalcProcess {
@@ -59,24 +61,53 @@ impl DalcProcess {
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let prefixes = [
+                ("grpc", "dalc gateway listening on "),
+                ("metrics", "dalc metrics listening on "),
+            ];
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("dalc gateway listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
+                for (kind, prefix) in prefixes {
+                    if let Some(addr) = line.strip_prefix(prefix) {
+                        let _ = tx.send((kind, addr.trim().to_owned()));
+                    }
                 }
             }
         });
-        let addr = serves_grpc.then(|| {
-            let line = rx
+        let wants_metrics = args.contains(&"--metrics-listen");
+        let (mut addr, mut metrics_addr) = (None, None);
+        while (serves_grpc && addr.is_none()) || (wants_metrics && metrics_addr.is_none()) {
+            let (kind, line) = rx
                 .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("{name} did not report its address"));
-            line.parse()
-                .unwrap_or_else(|e| panic!("{name} address {line:?}: {e}"))
-        });
+                .unwrap_or_else(|_| panic!("{name} did not report its addresses"));
+            let parsed: SocketAddr = line
+                .parse()
+                .unwrap_or_else(|e| panic!("{name} address {line:?}: {e}"));
+            match kind {
+                "grpc" => addr = Some(parsed),
+                _ => metrics_addr = Some(parsed),
+            }
+        }
         DalcProcess {
             name: name.to_owned(),
             child,
             addr,
+            metrics_addr,
         }
+    }
+
+    /// Fetches the process's `/metrics` text.
+    pub fn scrape_metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.metrics_addr.expect("started with --metrics-listen");
+        let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint accepts");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: dalc\r\nConnection: close\r\n\r\n")
+            .expect("send scrape");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read scrape");
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
     }
 
     /// `http://ADDR`, for tonic clients.

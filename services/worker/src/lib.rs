@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     /// TEST ONLY: evaluation panics for expressions containing this text, to prove that a
     /// poison task ends. Never set in production.
     pub fault_crash_on: Option<String>,
+    /// Where finished tasks, latencies and tasks in flight are counted.
+    pub metrics: Arc<dalc_telemetry::Metrics>,
 }
 
 impl WorkerConfig {
@@ -52,6 +54,7 @@ impl WorkerConfig {
             retry_delay: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(25),
             fault_crash_on: None,
+            metrics: Arc::default(),
         }
     }
 }

@@ -14,8 +14,9 @@ use chrono::Utc;
 use dalc_domain::Task;
 use dalc_queue::{Delivery, QueueError, TaskMessage, UpdatePublisher};
 use dalc_storage::{Outcome, StartOutcome, StorageError, TaskStore};
+use dalc_telemetry::metrics::GaugeGuard;
 use futures::FutureExt;
-use tracing::{debug, info, instrument, warn};
+use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 
 use crate::WorkerConfig;
 
@@ -84,6 +85,7 @@ impl Processor {
     /// Processes one delivery and settles it. Never drops it unsettled, even if processing
     /// panics: a panic is a crash of this attempt, and the task goes back to the queue.
     pub async fn handle(&self, delivery: Delivery) {
+        let _in_flight = GaugeGuard::inc(&self.config.metrics.tasks_in_flight);
         let settlement = match &delivery.message {
             Ok(message) => match AssertUnwindSafe(self.process(message)).catch_unwind().await {
                 Ok(settlement) => settlement,
@@ -129,10 +131,28 @@ impl Processor {
         Duration::from_millis(current)
     }
 
-    /// Decides what to do with one task message.
-    #[instrument(skip_all, fields(task_id = %message.task_id, worker_id = %self.config.worker_id))]
+    /// Decides what to do with one task message, in a consumer span that continues the trace
+    /// of the call that submitted it (its context rides in the message headers).
     pub async fn process(&self, message: &TaskMessage) -> Settlement {
-        match self.try_process(message).await {
+        let span = info_span!(
+            "process",
+            otel.name = "dalc.tasks process",
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = "dalc.tasks",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.message.conversation_id = %message.task_id,
+            task_id = %message.task_id,
+            worker_id = %self.config.worker_id,
+            attempt = Empty,
+            status = Empty,
+            trace_id = Empty,
+        );
+        dalc_telemetry::propagation::continue_trace_from_headers(&span, &message.headers);
+        let outcome = self.try_process(message).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match outcome {
             Ok(settlement) => settlement,
             Err(fault) => {
                 warn!(error = %fault, "transient fault; the task goes back to the queue");
@@ -157,7 +177,10 @@ impl Processor {
             .start_attempt(message.task_id, &self.config.worker_id, Utc::now())
             .await?;
         let task = match started {
-            StartOutcome::Started(task) => task,
+            StartOutcome::Started(task) => {
+                tracing::Span::current().record("attempt", task.attempts);
+                task
+            }
             StartOutcome::AlreadyTerminal(task) => {
                 // A redelivery of finished work: only the reply may have been lost.
                 debug!(status = %task.status, "already terminal; replying again");
@@ -186,14 +209,21 @@ impl Processor {
         let expression = task.expression.clone();
         let limits = self.config.limits.clone();
         let crash_marker = self.config.fault_crash_on.clone();
+        let span = info_span!("evaluate", task_id = %task.id, attempt = task.attempts);
+        let started = std::time::Instant::now();
         // Evaluation is CPU-bound (bounded, but up to a fraction of a second): off the reactor.
         let evaluated = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             if crash_marker.is_some_and(|marker| expression.contains(&marker)) {
                 panic!("injected fault: evaluation crashed (test-only --fault-crash-on)");
             }
             dalc_calc::evaluate(&expression, &limits)
         })
         .await;
+        self.config
+            .metrics
+            .evaluation_seconds
+            .observe(started.elapsed().as_secs_f64());
         match evaluated {
             Ok(Ok(value)) => Ok(Outcome::Succeeded {
                 result: value.to_string(),
@@ -224,7 +254,9 @@ impl Processor {
         match recorded {
             Some(finished) => {
                 info!(status = %finished.status, attempt = finished.attempts, "task finished");
+                self.count_finished(&finished);
                 self.hold_through_outage(|| self.updates.publish_update(reply_to, &finished))
+                    .instrument(reply_span(reply_to, &finished))
                     .await?;
                 Ok(then)
             }
@@ -256,7 +288,12 @@ impl Processor {
                 .filter(Task::is_terminal),
         };
         if let Some(task) = ended {
-            self.updates.publish_update(reply_to, &task).await?;
+            self.count_finished(&task);
+            let reply = reply_span(reply_to, &task);
+            self.updates
+                .publish_update(reply_to, &task)
+                .instrument(reply)
+                .await?;
         }
         Ok(Settlement::Ack)
     }
@@ -283,6 +320,35 @@ impl Processor {
             }
         }
     }
+}
+
+impl Processor {
+    /// Counts a task this worker brought to a terminal state, and records it on the span.
+    fn count_finished(&self, task: &Task) {
+        tracing::Span::current().record("status", task.status.as_str());
+        let metrics = &self.config.metrics;
+        metrics.task_finished(task.status.as_str());
+        if let Some(finished_at) = task.finished_at {
+            let latency = (finished_at - task.created_at).to_std().unwrap_or_default();
+            metrics.end_to_end_seconds.observe(latency.as_secs_f64());
+        }
+    }
+}
+
+/// The producer span of a reply (and its status event).
+fn reply_span(reply_to: Option<&str>, task: &Task) -> tracing::Span {
+    let destination = reply_to.unwrap_or("dalc.events");
+    info_span!(
+        "reply",
+        otel.name = format!("{destination} publish"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = destination,
+        messaging.operation.type = "send",
+        messaging.message.conversation_id = %task.id,
+        task_id = %task.id,
+        status = task.status.as_str(),
+    )
 }
 
 /// Whether an error is an outage worth waiting out.
