@@ -32,6 +32,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a task by id (with --wait, until it ends).
     Get(GetArgs),
+    /// Load a running gateway with concurrent submissions and report throughput and latency.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +215,24 @@ pub struct GetArgs {
     /// Wait until the task ends (or the timeout).
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The expression every request submits.
+    #[arg(default_value = "1 + 1")]
+    pub expression: String,
+    /// Requests in all.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Submit asynchronously (measure acceptance only) instead of waiting for results.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -35,7 +35,7 @@ pub async fn get(args: GetArgs) -> Result<u8> {
     report(response.into_inner().task, &args.client)
 }
 
-async fn connect(args: &ClientArgs) -> Result<TaskServiceClient<Channel>> {
+pub async fn connect(args: &ClientArgs) -> Result<TaskServiceClient<Channel>> {
     let endpoint = Channel::from_shared(args.addr.clone())
         .with_context(|| format!("invalid gateway address {:?}", args.addr))?
         .connect_timeout(Duration::from_secs(5));

@@ -1,6 +1,7 @@
 //! `dalc`: run the service (`up`, `gateway`, `worker`) or talk to it (`submit`, `get`).
 
 mod args;
+mod bench;
 mod client;
 mod serve;
 
@@ -41,6 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Submit(args) => client::submit(args).await,
         Command::Get(args) => client::get(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }
 
