@@ -133,12 +133,21 @@ impl Deployment {
     async fn dead_letters(&self) -> u32 {
         let config = AmqpConfig::new(dalc_testkit::amqp_url(), self.names.clone());
         let broker = AmqpBroker::connect(config).await.unwrap();
-        let depth = broker
+        broker
             .queue_depth(&self.names.dead_letters())
             .await
-            .unwrap();
-        broker.delete_topology().await.ok();
-        depth
+            .unwrap()
+    }
+
+    /// Deletes the deployment's queues and exchange, once its processes are gone (so they do
+    /// not log the missing queues).
+    async fn teardown(self, processes: impl IntoIterator<Item = DalcProcess>) {
+        drop(processes.into_iter().collect::<Vec<_>>());
+        let config = AmqpConfig::new(dalc_testkit::amqp_url(), self.names.clone());
+        if let Ok(broker) = AmqpBroker::connect(config).await {
+            broker.delete_topology().await.ok();
+            broker.close().await;
+        }
     }
 }
 
@@ -340,13 +349,12 @@ async fn fault_scenario_kill_9_a_worker_with_2000_tasks_in_flight() {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::new().await;
     let gateway = deployment.start("gateway", "gw", &[]);
-    let mut doomed = deployment.start("worker", "doomed", &[]);
-    let _survivor = deployment.start("worker", "survivor", &[]);
     let clients = [client(&gateway).await];
-
+    // All 2,000 are queued before any worker starts, so they are all in flight at the kill.
     let submitted = submit_many(&clients, 2000, 0).await;
     assert_eq!(submitted.len(), 2000);
-    // Let the workers get going, then kill one mid-flight.
+    let mut doomed = deployment.start("worker", "doomed", &[]);
+    let survivor = deployment.start("worker", "survivor", &[]);
     while deployment
         .store
         .count_by_status(Status::Succeeded)
@@ -354,14 +362,14 @@ async fn fault_scenario_kill_9_a_worker_with_2000_tasks_in_flight() {
         .unwrap()
         < 300
     {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed = Instant::now();
     doomed.signal_and_wait("KILL", Duration::from_secs(10));
     let mut report = deployment.settle(&submitted).await;
     report.recovery = Some(killed.elapsed());
     report.conclude("kill -9 one of two workers, 2000 tasks");
-    deployment.dead_letters().await;
+    deployment.teardown([gateway, doomed, survivor]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +377,7 @@ async fn fault_scenario_restart_rabbitmq_while_tasks_flow() {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::new().await;
     let gateway = deployment.start("gateway", "gw", &[]);
-    let _worker = deployment.start("worker", "w1", &[]);
+    let worker = deployment.start("worker", "w1", &[]);
     let stop = Arc::new(tokio::sync::Notify::new());
     let back = Arc::new(std::sync::Mutex::new(None));
     let submitter = tokio::spawn(submit_steadily(
@@ -403,7 +411,7 @@ async fn fault_scenario_restart_rabbitmq_while_tasks_flow() {
         slowest_refusal < Duration::from_secs(8),
         "refusals are fast: {slowest_refusal:?}"
     );
-    deployment.dead_letters().await;
+    deployment.teardown([gateway, worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,7 +419,7 @@ async fn fault_scenario_restart_postgres_while_tasks_flow() {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::new().await;
     let gateway = deployment.start("gateway", "gw", &[]);
-    let _worker = deployment.start("worker", "w1", &[]);
+    let worker = deployment.start("worker", "w1", &[]);
     let stop = Arc::new(tokio::sync::Notify::new());
     let back = Arc::new(std::sync::Mutex::new(None));
     let submitter = tokio::spawn(submit_steadily(
@@ -447,7 +455,7 @@ async fn fault_scenario_restart_postgres_while_tasks_flow() {
         recovery.is_some(),
         "submissions succeed again after the database is back"
     );
-    deployment.dead_letters().await;
+    deployment.teardown([gateway, worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,12 +463,12 @@ async fn fault_scenario_gateway_dies_between_insert_and_publish() {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::new().await;
     let crashing = deployment.start("gateway", "crashing", &["--fault-abort-before-publish"]);
-    let _sweeping = deployment.start(
+    let sweeping = deployment.start(
         "gateway",
         "sweeping",
         &["--sweep-interval", "500ms", "--sweep-grace", "2s"],
     );
-    let _worker = deployment.start("worker", "w1", &[]);
+    let worker = deployment.start("worker", "w1", &[]);
 
     let mut client = client(&crashing).await;
     let request = SubmitTaskRequest {
@@ -511,7 +519,7 @@ async fn fault_scenario_gateway_dies_between_insert_and_publish() {
         0
     );
     report.conclude("gateway killed between insert and publish");
-    deployment.dead_letters().await;
+    deployment.teardown([crashing, sweeping, worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,7 +528,7 @@ async fn fault_scenario_a_poison_task_ends_while_others_complete() {
     let deployment = Deployment::new().await;
     let gateway = deployment.start("gateway", "gw", &[]);
     let marker = ["--fault-crash-on", "7777777"];
-    let _workers = [
+    let workers = [
         deployment.start("worker", "w1", &marker),
         deployment.start("worker", "w2", &marker),
     ];
@@ -562,6 +570,8 @@ async fn fault_scenario_a_poison_task_ends_while_others_complete() {
         1,
         "the poison message is dead-lettered"
     );
+    let [w1, w2] = workers;
+    deployment.teardown([gateway, w1, w2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,7 +581,7 @@ async fn fault_scenario_sigterm_a_worker_and_a_gateway_under_load() {
     let staying = deployment.start("gateway", "gw-staying", &[]);
     let mut leaving = deployment.start("gateway", "gw-leaving", &["--shutdown-grace", "10s"]);
     let mut retiring = deployment.start("worker", "w-retiring", &[]);
-    let _worker = deployment.start("worker", "w-staying", &[]);
+    let worker = deployment.start("worker", "w-staying", &[]);
     let clients = [client(&staying).await, client(&leaving).await];
 
     // Sync calls in flight on the gateway that is about to leave.
@@ -621,5 +631,7 @@ async fn fault_scenario_sigterm_a_worker_and_a_gateway_under_load() {
     assert_eq!(worker_exit, Some(0), "the worker exits 0");
     assert_eq!(gateway_exit, Some(0), "the gateway exits 0");
     assert_eq!(report.run_twice, 0, "nothing ran twice");
-    deployment.dead_letters().await;
+    deployment
+        .teardown([staying, leaving, retiring, worker])
+        .await;
 }
