@@ -49,7 +49,7 @@ impl Tasks {
         tracing::Span::current().record("task_id", tracing::field::display(task.id));
 
         // Subscribe before publishing: the reply can beat us back.
-        let subscription = wait.map(|_| self.waiters.subscribe(task.id));
+        let waiting = wait.map(|budget| (budget, self.waiters.subscribe(task.id)));
         self.store.insert(&task).await?;
         if self.config.fault_abort_before_publish {
             // Test-only fault: die like `kill -9` in the gap the sweeper exists for.
@@ -62,25 +62,24 @@ impl Tasks {
         self.config.metrics.tasks_submitted.inc();
         self.mark_published(task.id);
 
-        match (wait, subscription) {
-            (Some(budget), Some(subscription)) => {
-                Ok(self.wait_for(task, subscription, budget).await)
-            }
-            _ => Ok(task),
+        match waiting {
+            Some((budget, subscription)) => Ok(self.wait_for(task, subscription, budget).await),
+            None => Ok(task),
         }
     }
 
     /// Reads a task; with `wait`, long-polls until it is terminal or the wait ends.
     #[instrument(skip_all, fields(task_id = %id))]
     pub(crate) async fn get(&self, id: TaskId, wait: Option<Duration>) -> Result<Task, ApiError> {
-        let subscription = wait.map(|_| self.waiters.subscribe(id));
+        // Subscribe before reading, so an update landing in between is not missed.
+        let waiting = wait.map(|budget| (budget, self.waiters.subscribe(id)));
         let task = self
             .store
             .get(id)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
-        match (wait, subscription) {
-            (Some(budget), Some(subscription)) if !task.is_terminal() => {
+        match waiting {
+            Some((budget, subscription)) if !task.is_terminal() => {
                 Ok(self.wait_for(task, subscription, budget).await)
             }
             _ => Ok(task),
