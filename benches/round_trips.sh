@@ -22,7 +22,7 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; r
 trap cleanup EXIT
 
 target/release/examples/otlp_sink 127.0.0.1:4399 > "$WORK/sink.log" &
-PIDS+=($!)
+PIDS+=("$!")
 
 wait_for_line() { # file prefix -> address
   for _ in $(seq 1 200); do
@@ -60,7 +60,7 @@ done
 echo "--- embedded (dalc up, SQLite + in-process queue)"
 (cd "$WORK" && "$OLDPWD/$DALC" up --listen 127.0.0.1:0 > up.out 2>/dev/null) &
 UP=$!
-PIDS+=($UP)
+PIDS+=("$UP")
 addr=$(wait_for_line "$WORK/up.out" "dalc gateway listening on ")
 for _ in $(seq 1 "$ROUNDS"); do
   "$DALC" bench "1 + 1" --requests "$REQUESTS" --concurrency "$CONCURRENCY" --addr "http://$addr" | tee -a "$WORK/embedded.txt"

@@ -56,7 +56,7 @@ ensure_postgres() {
     fi
     log "starting PostgreSQL"
     local version
-    version=$(ls /etc/postgresql | sort -V | tail -1)
+    version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)
     pg_ctlcluster --skip-systemctl-redirect "$version" main start
     wait_for_port 5432 PostgreSQL
   fi

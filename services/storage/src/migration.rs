@@ -30,8 +30,16 @@ enum Tasks {
     PublishedAt,
 }
 
-#[derive(Debug, DeriveMigrationName)]
+#[derive(Debug)]
 struct CreateTasks;
+
+impl MigrationName for CreateTasks {
+    // Explicit and dated: every migration needs a unique, ordered name in `seaql_migrations`
+    // (the derive would name every migration in this module "migration").
+    fn name(&self) -> &str {
+        "m20261122_000001_create_tasks"
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for CreateTasks {
