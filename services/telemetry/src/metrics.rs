@@ -184,6 +184,7 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -207,26 +208,19 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_served_over_http() {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.tasks_submitted.inc();
         tokio::spawn(serve(listener, metrics, std::future::pending()));
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        stream.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(
             response.contains("dalc_tasks_submitted_total 1"),
