@@ -404,6 +404,10 @@ impl TaskPublisher for AmqpBroker {
 
 #[async_trait]
 impl TaskConsumer for AmqpBroker {
+    fn source(&self) -> Destination {
+        self.destination()
+    }
+
     async fn consume_tasks(&self, prefetch: u16) -> Result<Deliveries, QueueError> {
         let link = self.link().await?;
         let channel = link.connection.create_channel().await?;

@@ -52,6 +52,14 @@ pub trait TaskPublisher: Send + Sync {
 /// Takes tasks off the request queue.
 #[async_trait]
 pub trait TaskConsumer: Send + Sync {
+    /// Where [`TaskConsumer::consume_tasks`] takes tasks from.
+    fn source(&self) -> Destination {
+        Destination {
+            system: "in-process",
+            queue: QueueNames::default().tasks(),
+        }
+    }
+
     /// Starts a consumer with at most `prefetch` unsettled deliveries at a time. The stream ends
     /// when the connection is lost; call again (with backoff) to resume.
     async fn consume_tasks(&self, prefetch: u16) -> Result<Deliveries, QueueError>;

@@ -78,7 +78,7 @@ pub async fn run(
 ) {
     let concurrency = config.concurrency.max(1);
     let grace = config.shutdown_grace;
-    let processor = Arc::new(Processor::new(config, store, updates));
+    let processor = Arc::new(Processor::new(config, store, updates).with_source(tasks.source()));
     let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
     let mut in_flight = JoinSet::new();
     let mut failures = 0usize;

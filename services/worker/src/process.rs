@@ -12,7 +12,7 @@ use std::{
 
 use chrono::Utc;
 use dalc_domain::Task;
-use dalc_queue::{Delivery, QueueError, TaskMessage, UpdatePublisher};
+use dalc_queue::{Delivery, Destination, QueueError, TaskMessage, UpdatePublisher};
 use dalc_storage::{Outcome, StartOutcome, StorageError, TaskStore};
 use dalc_telemetry::metrics::GaugeGuard;
 use futures::FutureExt;
@@ -52,6 +52,8 @@ const MAX_HOLD: Duration = Duration::from_secs(120);
 /// Runs tasks: shared by all of a worker's concurrent handlers.
 pub struct Processor {
     config: WorkerConfig,
+    /// The queue tasks come from, for the consumer span's messaging attributes.
+    source: Destination,
     store: TaskStore,
     updates: Arc<dyn UpdatePublisher>,
     /// The current pause before a requeue, in ms: doubles while faults persist, so an outage
@@ -74,8 +76,18 @@ impl Processor {
             config,
             store,
             updates,
+            source: Destination {
+                system: "in-process",
+                queue: "dalc.tasks".to_owned(),
+            },
             retry_delay_ms: AtomicU64::new(base),
         }
+    }
+
+    /// Names the queue tasks come from, in traces.
+    pub fn with_source(mut self, source: Destination) -> Self {
+        self.source = source;
+        self
     }
 
     pub fn worker_id(&self) -> &str {
@@ -136,10 +148,10 @@ impl Processor {
     pub async fn process(&self, message: &TaskMessage) -> Settlement {
         let span = info_span!(
             "process",
-            otel.name = "dalc.tasks process",
+            otel.name = format!("{} process", self.source.queue),
             otel.kind = "consumer",
-            messaging.system = "rabbitmq",
-            messaging.destination.name = "dalc.tasks",
+            messaging.system = self.source.system,
+            messaging.destination.name = %self.source.queue,
             messaging.operation.type = "process",
             messaging.operation.name = "process",
             messaging.message.conversation_id = %message.task_id,
@@ -256,7 +268,7 @@ impl Processor {
                 info!(status = %finished.status, attempt = finished.attempts, "task finished");
                 self.count_finished(&finished);
                 self.hold_through_outage(|| self.updates.publish_update(reply_to, &finished))
-                    .instrument(reply_span(reply_to, &finished))
+                    .instrument(reply_span(self.source.system, reply_to, &finished))
                     .await?;
                 Ok(then)
             }
@@ -289,7 +301,7 @@ impl Processor {
         };
         if let Some(task) = ended {
             self.count_finished(&task);
-            let reply = reply_span(reply_to, &task);
+            let reply = reply_span(self.source.system, reply_to, &task);
             self.updates
                 .publish_update(reply_to, &task)
                 .instrument(reply)
@@ -335,14 +347,14 @@ impl Processor {
     }
 }
 
-/// The producer span of a reply (and its status event).
-fn reply_span(reply_to: Option<&str>, task: &Task) -> tracing::Span {
+/// The producer span of a reply (and its status event) over `system`.
+fn reply_span(system: &'static str, reply_to: Option<&str>, task: &Task) -> tracing::Span {
     let destination = reply_to.unwrap_or("dalc.events");
     info_span!(
         "reply",
         otel.name = format!("{destination} publish"),
         otel.kind = "producer",
-        messaging.system = "rabbitmq",
+        messaging.system = system,
         messaging.destination.name = destination,
         messaging.operation.type = "send",
         messaging.message.conversation_id = %task.id,
