@@ -374,71 +374,46 @@ async fn fault_scenario_kill_9_a_worker_with_2000_tasks_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_scenario_restart_rabbitmq_while_tasks_flow() {
-    let _serial = SERIAL.lock().await;
-    let deployment = Deployment::new().await;
-    let gateway = deployment.start("gateway", "gw", &[]);
-    let worker = deployment.start("worker", "w1", &[]);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let back = Arc::new(std::sync::Mutex::new(None));
-    let submitter = tokio::spawn(submit_steadily(
-        client(&gateway).await,
-        stop.clone(),
-        back.clone(),
-    ));
-
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    {
-        let _stopped = BrokerStopped::new();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
-    *back.lock().unwrap() = Some(Instant::now());
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    stop.notify_one();
-    let (submitted, recovery, slowest_refusal) = submitter.await.unwrap();
-
-    let mut report = deployment.settle(&submitted).await;
-    report.recovery = recovery;
-    let _ = writeln!(
-        std::io::stderr(),
-        "  slowest UNAVAILABLE while the broker was away: {slowest_refusal:?}"
-    );
-    report.conclude("restart RabbitMQ while tasks flow");
-    assert!(
-        recovery.is_some(),
-        "submissions succeed again after the broker is back"
-    );
+    let slowest_refusal =
+        restart_while_tasks_flow("RabbitMQ", || Box::new(BrokerStopped::new())).await;
     assert!(
         slowest_refusal < Duration::from_secs(8),
         "refusals are fast: {slowest_refusal:?}"
     );
-    deployment.teardown([gateway, worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_scenario_restart_postgres_while_tasks_flow() {
+    restart_while_tasks_flow("PostgreSQL", || Box::new(DatabaseStopped::new())).await;
+}
+
+/// Submits steadily through one gateway to one worker while `stop` keeps a service down for
+/// 3 s; then checks every accepted task. Returns the slowest refusal seen during the outage.
+async fn restart_while_tasks_flow(service: &str, stop: impl FnOnce() -> Box<dyn Send>) -> Duration {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::new().await;
     let gateway = deployment.start("gateway", "gw", &[]);
     let worker = deployment.start("worker", "w1", &[]);
-    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = Arc::new(tokio::sync::Notify::new());
     let back = Arc::new(std::sync::Mutex::new(None));
     let submitter = tokio::spawn(submit_steadily(
         client(&gateway).await,
-        stop.clone(),
+        stopping.clone(),
         back.clone(),
     ));
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     {
-        let _stopped = DatabaseStopped::new();
+        // Restarted when this guard drops, pass or fail.
+        let _stopped = stop();
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     *back.lock().unwrap() = Some(Instant::now());
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop.notify_one();
+    stopping.notify_one();
     let (submitted, recovery, slowest_refusal) = submitter.await.unwrap();
 
-    // The test's own pool saw the restart too; reconnect for the check.
+    // The test's own pool may have seen a database restart too; check over a fresh one.
     let store = TaskStore::connect(&deployment.database).await.unwrap();
     let deployment = Deployment {
         store,
@@ -448,14 +423,15 @@ async fn fault_scenario_restart_postgres_while_tasks_flow() {
     report.recovery = recovery;
     let _ = writeln!(
         std::io::stderr(),
-        "  slowest UNAVAILABLE while the database was away: {slowest_refusal:?}"
+        "  slowest UNAVAILABLE while {service} was away: {slowest_refusal:?}"
     );
-    report.conclude("restart PostgreSQL while tasks flow");
+    report.conclude(&format!("restart {service} while tasks flow"));
     assert!(
         recovery.is_some(),
-        "submissions succeed again after the database is back"
+        "submissions succeed again after {service} is back"
     );
     deployment.teardown([gateway, worker]).await;
+    slowest_refusal
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
