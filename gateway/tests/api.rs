@@ -30,13 +30,15 @@ impl Drop for Stack {
 
 /// A gateway, and a worker unless `workers` is false, sharing one queue and one database.
 async fn stack(workers: bool) -> Stack {
-    stack_with(workers, None).await
+    stack_with(&dalc_testkit::fresh_sqlite_database(), workers, None).await
 }
 
-async fn stack_with(workers: bool, publisher: Option<Arc<dyn TaskPublisher>>) -> Stack {
-    let store = TaskStore::connect(&dalc_testkit::fresh_sqlite_database())
-        .await
-        .unwrap();
+async fn stack_with(
+    database_url: &str,
+    workers: bool,
+    publisher: Option<Arc<dyn TaskPublisher>>,
+) -> Stack {
+    let store = TaskStore::connect(database_url).await.unwrap();
     store.migrate().await.unwrap();
     let broker = Arc::new(MemoryBroker::new());
     let shutdown = CancellationToken::new();
@@ -300,7 +302,8 @@ async fn a_sync_call_ends_before_its_grpc_deadline() {
 
 #[tokio::test]
 async fn a_broker_outage_is_unavailable_and_strands_nothing() {
-    let mut stack = stack_with(true, Some(Arc::new(FailingPublisher))).await;
+    let database = dalc_testkit::fresh_sqlite_database();
+    let mut stack = stack_with(&database, true, Some(Arc::new(FailingPublisher))).await;
     let status = stack
         .client
         .submit_task(submit("1 + 1", true))
@@ -327,41 +330,23 @@ async fn a_broker_outage_is_unavailable_and_strands_nothing() {
 
 #[tokio::test]
 async fn a_database_outage_is_unavailable() {
-    let url = dalc_testkit::fresh_postgres_database().await;
-    let store = TaskStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    let broker = Arc::new(MemoryBroker::new());
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let config = GatewayConfig::new("gw");
-    tokio::spawn(dalc_gateway::run(
-        config,
-        listener,
-        store,
-        broker.clone(),
-        broker,
-        shutdown.clone(),
-    ));
-    let mut client = connect(&addr).await;
+    let database = dalc_testkit::fresh_postgres_database().await;
+    let mut stack = stack_with(&database, false, None).await;
     // Take the database away under the gateway's feet.
-    let name = url.rsplit('/').next().unwrap();
-    let admin = TaskStore::connect(&format!("{}/postgres", dalc_testkit::postgres_server_url()))
-        .await
-        .unwrap();
-    admin
-        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    dalc_testkit::drop_postgres_database(&database).await;
 
-    let status = client.submit_task(submit("1 + 1", true)).await.unwrap_err();
+    let status = stack
+        .client
+        .submit_task(submit("1 + 1", true))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let status = client
+    let status = stack
+        .client
         .get_task(get("67e55044-10b1-426f-9247-bb680e5fe0c8", false, None))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    shutdown.cancel();
 }
 
 #[tokio::test]

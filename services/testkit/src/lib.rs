@@ -48,6 +48,20 @@ pub async fn fresh_postgres_database() -> String {
     format!("{}/{name}", postgres_server_url())
 }
 
+/// Drops a database made by [`fresh_postgres_database`], closing its connections: a database
+/// outage, as far as anyone connected to it can tell.
+pub async fn drop_postgres_database(url: &str) {
+    let name = url.rsplit('/').next().expect("a database URL");
+    let admin = Database::connect(format!("{}/postgres", postgres_server_url()))
+        .await
+        .expect("PostgreSQL is reachable");
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .expect("drop test database");
+    admin.close().await.ok();
+}
+
 /// A SQLite database file in a fresh temporary directory, as a URL that creates it.
 pub fn fresh_sqlite_database() -> String {
     let dir = std::env::temp_dir().join(format!("dalc-test-{}", unique_token()));

@@ -140,14 +140,7 @@ async fn a_database_fault_hands_the_task_back() {
     let broker = Arc::new(MemoryBroker::new());
     let processor = Processor::new(WorkerConfig::new("w1"), store.clone(), broker);
     let (_, message) = stored(&store, "1").await;
-    let name = url.rsplit('/').next().unwrap();
-    let admin = TaskStore::connect(&format!("{}/postgres", dalc_testkit::postgres_server_url()))
-        .await
-        .unwrap();
-    admin
-        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    dalc_testkit::drop_postgres_database(&url).await;
     assert_eq!(processor.process(&message).await, Settlement::Requeue);
 }
 
