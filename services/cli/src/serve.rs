@@ -25,8 +25,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>
     let listener = bind(&args.api.listen).await?;
     match &args.amqp_url {
         Some(url) => {
-            let broker = Arc::new(connect_broker(url, &args.topology, "dalc-up", &metrics).await?);
-            sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
+            let broker =
+                connect_broker(url, &args.topology, "dalc-up", &metrics, &shutdown).await?;
             let result =
                 run_all_in_one(&args, broker.clone(), store, listener, shutdown, metrics).await;
             broker.close().await;
@@ -117,10 +117,14 @@ pub async fn gateway(
 ) -> Result<()> {
     let store = open_store(&args.store).await?;
     let broker = &args.broker;
-    let broker = Arc::new(
-        connect_broker(&broker.amqp_url, &broker.topology, "dalc-gateway", &metrics).await?,
-    );
-    sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
+    let broker = connect_broker(
+        &broker.amqp_url,
+        &broker.topology,
+        "dalc-gateway",
+        &metrics,
+        &shutdown,
+    )
+    .await?;
     let listener = bind(&args.api.listen).await?;
     let config = gateway_config(&args.api, &args.common, &metrics);
     let result = dalc_gateway::run(
@@ -143,10 +147,14 @@ pub async fn worker(
 ) -> Result<()> {
     let store = open_store(&args.store).await?;
     let broker = &args.broker;
-    let broker = Arc::new(
-        connect_broker(&broker.amqp_url, &broker.topology, "dalc-worker", &metrics).await?,
-    );
-    sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
+    let broker = connect_broker(
+        &broker.amqp_url,
+        &broker.topology,
+        "dalc-worker",
+        &metrics,
+        &shutdown,
+    )
+    .await?;
     let config = worker_config(&args.work, &args.common, None, &metrics);
     dalc_worker::run(config, store, broker.clone(), broker.clone(), shutdown).await;
     broker.close().await;
@@ -166,20 +174,26 @@ async fn open_store(args: &StoreArgs) -> Result<TaskStore> {
     Ok(store)
 }
 
+/// Connects to RabbitMQ, and samples the request queue's depth for the metrics until
+/// `shutdown`.
 async fn connect_broker(
     url: &str,
     topology: &TopologyArgs,
     role: &str,
     metrics: &Arc<Metrics>,
-) -> Result<AmqpBroker> {
+    shutdown: &CancellationToken,
+) -> Result<Arc<AmqpBroker>> {
     let mut config = AmqpConfig::new(url, QueueNames::new(topology.queue_prefix.clone()));
     config.metrics = metrics.clone();
     config.queue_type = topology.queue_type;
     config.delivery_limit = topology.delivery_limit;
     config.connection_name = format!("{role}@{}", host_name());
-    AmqpBroker::connect(config)
+    let broker = AmqpBroker::connect(config)
         .await
-        .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))?;
+    let broker = Arc::new(broker);
+    sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
+    Ok(broker)
 }
 
 /// Binds the gRPC listener and prints the bound address on stdout, so scripts and tests that

@@ -34,15 +34,22 @@ pub struct Destination {
     pub queue: String,
 }
 
+impl Destination {
+    /// The in-process queue of `dalc up`.
+    pub fn in_process() -> Self {
+        Destination {
+            system: "in-process",
+            queue: QueueNames::default().tasks(),
+        }
+    }
+}
+
 /// Puts tasks on the request queue.
 #[async_trait]
 pub trait TaskPublisher: Send + Sync {
     /// Where [`TaskPublisher::publish_task`] sends tasks.
     fn destination(&self) -> Destination {
-        Destination {
-            system: "in-process",
-            queue: QueueNames::default().tasks(),
-        }
+        Destination::in_process()
     }
 
     /// Publishes `message` and returns once the broker has confirmed it is stored.
@@ -54,10 +61,7 @@ pub trait TaskPublisher: Send + Sync {
 pub trait TaskConsumer: Send + Sync {
     /// Where [`TaskConsumer::consume_tasks`] takes tasks from.
     fn source(&self) -> Destination {
-        Destination {
-            system: "in-process",
-            queue: QueueNames::default().tasks(),
-        }
+        Destination::in_process()
     }
 
     /// Starts a consumer with at most `prefetch` unsettled deliveries at a time. The stream ends

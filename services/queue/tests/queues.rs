@@ -17,6 +17,15 @@ impl<T: TaskPublisher + TaskConsumer + UpdatePublisher + UpdateConsumer> Broker 
 const PATIENCE: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(300);
 
+/// The next delivery, which must come within [`PATIENCE`].
+async fn next_delivery(deliveries: &mut dalc_queue::Deliveries) -> dalc_queue::Delivery {
+    tokio::time::timeout(PATIENCE, deliveries.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the consumer is open")
+        .expect("a delivery, not an error")
+}
+
 async fn amqp_pair() -> (AmqpBroker, AmqpBroker) {
     let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
     let config = AmqpConfig::new(dalc_testkit::amqp_url(), names);
@@ -69,11 +78,7 @@ async fn published_tasks_arrive_whole(a: &impl Broker, b: &impl Broker) {
     let sent = message("1 + 1");
     a.publish_task(&sent).await.unwrap();
     let mut deliveries = b.consume_tasks(4).await.unwrap();
-    let delivery = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let delivery = next_delivery(&mut deliveries).await;
     assert!(!delivery.redelivered);
     assert_eq!(delivery.message.as_ref().unwrap(), &sent);
     delivery.ack().await.unwrap();
@@ -82,11 +87,7 @@ async fn published_tasks_arrive_whole(a: &impl Broker, b: &impl Broker) {
 async fn acked_tasks_are_gone(a: &impl Broker, b: &impl Broker) {
     a.publish_task(&message("1")).await.unwrap();
     let mut deliveries = b.consume_tasks(4).await.unwrap();
-    let delivery = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let delivery = next_delivery(&mut deliveries).await;
     delivery.ack().await.unwrap();
     assert!(
         tokio::time::timeout(QUIET, deliveries.next())
@@ -100,17 +101,9 @@ async fn requeued_tasks_come_back_redelivered(a: &impl Broker, b: &impl Broker) 
     let sent = message("2");
     a.publish_task(&sent).await.unwrap();
     let mut deliveries = b.consume_tasks(4).await.unwrap();
-    let first = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_delivery(&mut deliveries).await;
     first.reject(true).await.unwrap();
-    let again = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let again = next_delivery(&mut deliveries).await;
     assert!(again.redelivered);
     assert_eq!(again.message.as_ref().unwrap(), &sent);
     again.ack().await.unwrap();
@@ -121,16 +114,8 @@ async fn prefetch_bounds_unsettled_deliveries(a: &impl Broker, b: &impl Broker) 
         a.publish_task(&message(&n.to_string())).await.unwrap();
     }
     let mut deliveries = b.consume_tasks(2).await.unwrap();
-    let first = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let second = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_delivery(&mut deliveries).await;
+    let second = next_delivery(&mut deliveries).await;
     assert!(
         tokio::time::timeout(QUIET, deliveries.next())
             .await
@@ -138,11 +123,7 @@ async fn prefetch_bounds_unsettled_deliveries(a: &impl Broker, b: &impl Broker) 
         "prefetch is 2"
     );
     first.ack().await.unwrap();
-    let third = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let third = next_delivery(&mut deliveries).await;
     second.ack().await.unwrap();
     third.ack().await.unwrap();
 }
@@ -183,18 +164,10 @@ async fn rabbitmq_redelivers_what_a_dead_consumer_held() {
     let (a, b) = amqp_pair().await;
     a.publish_task(&message("3")).await.unwrap();
     let mut held = b.consume_tasks(1).await.unwrap();
-    let _unacked = tokio::time::timeout(PATIENCE, held.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let _unacked = next_delivery(&mut held).await;
     b.close().await;
     let mut deliveries = a.consume_tasks(1).await.unwrap();
-    let again = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let again = next_delivery(&mut deliveries).await;
     assert!(again.redelivered);
     again.ack().await.unwrap();
     a.delete_topology().await.unwrap();
@@ -205,11 +178,7 @@ async fn rabbitmq_dead_letters_rejected_tasks() {
     let (a, b) = amqp_pair().await;
     a.publish_task(&message("4")).await.unwrap();
     let mut deliveries = b.consume_tasks(1).await.unwrap();
-    let delivery = tokio::time::timeout(PATIENCE, deliveries.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let delivery = next_delivery(&mut deliveries).await;
     delivery.reject(false).await.unwrap();
     // The dead-letter queue is not ours to consume, so count it by declaring it passively.
     let names = a.config().names.clone();

@@ -76,10 +76,7 @@ impl Processor {
             config,
             store,
             updates,
-            source: Destination {
-                system: "in-process",
-                queue: "dalc.tasks".to_owned(),
-            },
+            source: Destination::in_process(),
             retry_delay_ms: AtomicU64::new(base),
         }
     }
