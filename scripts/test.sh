@@ -90,17 +90,23 @@ ensure_python_tools() {
   command -v grpcurl >/dev/null || die "grpcurl is not on PATH after installing it"
 }
 
-# Leftovers of earlier runs: test databases and the durable queues of test prefixes.
+# Leftovers of earlier runs: test databases and the durable queues of test prefixes. Finding
+# none is the normal case on a fresh machine, never an error.
 clean_leftovers() {
-  local databases
+  local databases queues
   databases=$(PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -tAc \
-    "select datname from pg_database where datname like 'dalc_test_%'" 2>/dev/null || true)
+    "select datname from pg_database where datname like 'dalc_test_%'") \
+    || die "cannot list PostgreSQL databases on 127.0.0.1:5432 as postgres"
   for db in $databases; do
-    PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null \
+      || die "cannot drop the leftover test database $db"
   done
   if command -v rabbitmqctl >/dev/null && is_root; then
-    rabbitmqctl -q list_queues name 2>/dev/null | grep '^test-' | while read -r queue; do
-      rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+    queues=$(rabbitmqctl -q list_queues name) || die "rabbitmqctl list_queues failed"
+    for queue in $queues; do
+      case $queue in
+        test-*) rabbitmqctl -q delete_queue "$queue" >/dev/null || die "cannot delete the leftover queue $queue" ;;
+      esac
     done
   fi
 }
