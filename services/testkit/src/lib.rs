@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod process;
+pub mod proxy;
 
 use sea_orm::{ConnectionTrait, Database};
 use uuid::Uuid;
