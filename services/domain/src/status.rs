@@ -38,16 +38,40 @@ impl TaskStatus {
         !matches!(self, TaskStatus::Pending | TaskStatus::Running)
     }
 
-    /// Whether a task may move from `self` to `next`.
+    /// Whether a task may move from `self` to `next`: the one statement of the state machine.
     ///
-    /// RUNNING → RUNNING is allowed: a worker that died mid-task leaves the task RUNNING, and the
-    /// redelivered message starts it again as a new attempt.
+    /// ```text
+    /// PENDING ──▶ RUNNING ──▶ SUCCEEDED | FAILED | EXPIRED
+    ///    │           ▲ │
+    ///    │           └─┘ a new attempt takes over (only once the old one's lease ran out)
+    ///    └──▶ FAILED (could not be queued) | EXPIRED (deadline before any start) | CANCELLED
+    /// ```
+    ///
+    /// The store's compare-and-set updates filter on [`TaskStatus::sources_of`], so no write can
+    /// make a move this function refuses.
     pub fn can_become(self, next: TaskStatus) -> bool {
-        match (self, next) {
-            (TaskStatus::Pending, _) => next != TaskStatus::Pending,
-            (TaskStatus::Running, _) => next != TaskStatus::Pending,
-            _ => false,
-        }
+        use TaskStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Running | Failed | Expired | Cancelled)
+                | (Running, Running | Succeeded | Failed | Expired)
+        )
+    }
+
+    /// Every status that may move to `next`: what a compare-and-set update to `next` accepts.
+    pub fn sources_of(next: TaskStatus) -> Vec<TaskStatus> {
+        TaskStatus::ALL
+            .into_iter()
+            .filter(|from| from.can_become(next))
+            .collect()
+    }
+
+    /// The statuses that never change again.
+    pub fn terminal() -> Vec<TaskStatus> {
+        TaskStatus::ALL
+            .into_iter()
+            .filter(|status| status.is_terminal())
+            .collect()
     }
 
     /// The stable upper-case name used in the database, in messages and in logs.
@@ -117,10 +141,28 @@ mod tests {
 
     #[test]
     fn open_states_move_forward() {
-        assert!(TaskStatus::Pending.can_become(TaskStatus::Running));
-        assert!(TaskStatus::Pending.can_become(TaskStatus::Expired));
-        assert!(TaskStatus::Running.can_become(TaskStatus::Running));
-        assert!(TaskStatus::Running.can_become(TaskStatus::Succeeded));
-        assert!(!TaskStatus::Running.can_become(TaskStatus::Pending));
+        use TaskStatus::*;
+        assert!(Pending.can_become(Running));
+        assert!(Pending.can_become(Expired));
+        assert!(Pending.can_become(Cancelled));
+        assert!(Running.can_become(Running));
+        assert!(Running.can_become(Succeeded));
+        assert!(!Running.can_become(Pending));
+        assert!(
+            !Running.can_become(Cancelled),
+            "a running task cannot be cancelled"
+        );
+        assert!(!Pending.can_become(Succeeded), "a result needs an attempt");
+    }
+
+    #[test]
+    fn sources_follow_the_transitions() {
+        use TaskStatus::*;
+        assert_eq!(TaskStatus::sources_of(Running), [Pending, Running]);
+        assert_eq!(TaskStatus::sources_of(Succeeded), [Running]);
+        assert_eq!(TaskStatus::sources_of(Expired), [Pending, Running]);
+        assert_eq!(TaskStatus::sources_of(Cancelled), [Pending]);
+        assert!(TaskStatus::sources_of(Pending).is_empty());
+        assert_eq!(TaskStatus::terminal().len(), 4);
     }
 }

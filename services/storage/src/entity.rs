@@ -28,6 +28,13 @@ pub struct Model {
     /// When the broker confirmed the task's publish; NULL means it may never have reached the
     /// queue, which is what the recovery sweeper looks for.
     pub published_at: Option<DateTime<Utc>>,
+    /// RUNNING: until when the current attempt owns the task (the database's clock). Only a
+    /// new attempt after this instant may take the task over.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// No recovery sweeper looks at the task before this instant (the database's clock): the
+    /// accepting gateway's grace to confirm its publish, a sweeper's claim, or a running
+    /// attempt's lease plus a margin.
+    pub sweep_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -54,22 +61,5 @@ impl Model {
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             deadline: self.deadline,
         })
-    }
-
-    pub(crate) fn from_new_task(task: &Task) -> Self {
-        Model {
-            id: task.id.as_uuid(),
-            expression: task.expression.clone(),
-            status: task.status.as_str().to_owned(),
-            result: task.result.clone(),
-            error: task.error.clone(),
-            created_at: task.created_at,
-            started_at: task.started_at,
-            finished_at: task.finished_at,
-            worker_id: task.worker_id.clone(),
-            attempts: i32::try_from(task.attempts).unwrap_or(i32::MAX),
-            deadline: task.deadline,
-            published_at: None,
-        }
     }
 }

@@ -10,4 +10,4 @@ pub mod migration;
 mod store;
 
 pub use error::StorageError;
-pub use store::{Outcome, StartOutcome, TaskStore, UnpublishedBatch};
+pub use store::{StartOutcome, StoreOptions, TaskStore};

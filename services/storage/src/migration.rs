@@ -9,7 +9,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTasks)]
+        vec![Box::new(CreateTasks), Box::new(AddLeases)]
     }
 }
 
@@ -28,6 +28,8 @@ enum Tasks {
     Attempts,
     Deadline,
     PublishedAt,
+    LeaseUntil,
+    SweepAfter,
 }
 
 #[derive(Debug)]
@@ -82,5 +84,75 @@ impl MigrationTrait for CreateTasks {
         manager
             .drop_table(Table::drop().table(Tasks::Table).to_owned())
             .await
+    }
+}
+
+/// Leases on running attempts, sweep claims on the database's clock, and the index retention
+/// deletes by.
+#[derive(Debug)]
+struct AddLeases;
+
+impl MigrationName for AddLeases {
+    fn name(&self) -> &str {
+        "m20261201_000002_add_leases"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddLeases {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite's ALTER TABLE adds one at a time.
+        for column in [Tasks::LeaseUntil, Tasks::SweepAfter] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Tasks::Table)
+                        .add_column(timestamp_with_time_zone_null(column))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        // The sweeper looks for open tasks whose sweep time has come.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tasks_status_sweep_after")
+                    .table(Tasks::Table)
+                    .col(Tasks::Status)
+                    .col(Tasks::SweepAfter)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        // Retention deletes finished tasks oldest first.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tasks_finished_at")
+                    .table(Tasks::Table)
+                    .col(Tasks::FinishedAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for index in ["idx_tasks_finished_at", "idx_tasks_status_sweep_after"] {
+            manager
+                .drop_index(Index::drop().name(index).table(Tasks::Table).to_owned())
+                .await?;
+        }
+        for column in [Tasks::SweepAfter, Tasks::LeaseUntil] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Tasks::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }

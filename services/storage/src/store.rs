@@ -1,14 +1,19 @@
 //! [`TaskStore`]: every read and write of task state.
+//!
+//! Every state change is one compare-and-set UPDATE whose filter is the state machine's
+//! ([`TaskStatus::sources_of`]) plus, where it matters, the lease: two writers can never both
+//! move a task, and a write the state machine forbids matches no row. Every instant that decides
+//! who may act (leases, sweep times, retention) is taken from the database's clock, so processes
+//! whose clocks disagree still agree on who owns a task.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dalc_domain::{Task, TaskId, TaskStatus};
+use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
 use sea_orm::{
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
-    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseBackend,
+    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
@@ -20,9 +25,29 @@ use crate::{
     migration::Migrator,
 };
 
-/// How long to wait for a connection before calling the database unavailable. Short, so that a
-/// client hears `UNAVAILABLE` promptly instead of hanging.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connection settings. [`StoreOptions::default`] holds the documented defaults.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long to wait for a connection (new or from the pool) before calling the database
+    /// unavailable. Short, so that a client hears `UNAVAILABLE` promptly instead of hanging.
+    pub connect_timeout: Duration,
+    /// PostgreSQL cancels any statement that runs longer (SQLite waits this long for a lock).
+    pub statement_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
 
 /// Any fixed number, the same in every dalc process: the PostgreSQL advisory lock that serialises
 /// concurrent migrations.
@@ -35,55 +60,10 @@ pub enum StartOutcome {
     Started(Task),
     /// The task was already terminal: it must not run again.
     AlreadyTerminal(Task),
+    /// Another attempt holds a live lease on the task: it must not run twice at once.
+    Busy(Task),
     /// No such task (e.g. its row was never committed).
     Missing,
-}
-
-/// How an attempt (or a task that never ran) ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded { result: String },
-    Failed { error: String },
-    Expired { error: String },
-}
-
-impl Outcome {
-    fn error(&self) -> Option<&str> {
-        match self {
-            Outcome::Succeeded { .. } => None,
-            Outcome::Failed { error } | Outcome::Expired { error } => Some(error),
-        }
-    }
-
-    fn status(&self) -> TaskStatus {
-        match self {
-            Outcome::Succeeded { .. } => TaskStatus::Succeeded,
-            Outcome::Failed { .. } => TaskStatus::Failed,
-            Outcome::Expired { .. } => TaskStatus::Expired,
-        }
-    }
-}
-
-/// Open tasks claimed by the recovery sweeper, locked until [`UnpublishedBatch::finish`].
-#[derive(Debug)]
-pub struct UnpublishedBatch {
-    transaction: DatabaseTransaction,
-    pub tasks: Vec<Task>,
-}
-
-impl UnpublishedBatch {
-    /// Records the confirmed republishes of `published` and releases the batch.
-    pub async fn finish(self, published: &[TaskId], at: DateTime<Utc>) -> Result<(), StorageError> {
-        if !published.is_empty() {
-            Tasks::update_many()
-                .col_expr(Column::PublishedAt, Expr::value(at))
-                .filter(Column::Id.is_in(published.iter().map(TaskId::as_uuid)))
-                .exec(&self.transaction)
-                .await?;
-        }
-        self.transaction.commit().await?;
-        Ok(())
-    }
 }
 
 /// The repository over the `tasks` table. Cheap to clone: it shares one connection pool.
@@ -93,21 +73,32 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    /// Connects to `url`: `postgres://…` or `sqlite://path?mode=rwc` (or `sqlite::memory:`).
+    /// Connects to `url` (`postgres://…` or `sqlite://path?mode=rwc`, or `sqlite::memory:`)
+    /// with the default [`StoreOptions`].
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
-        let mut options = ConnectOptions::new(url.to_owned());
-        options
-            .connect_timeout(CONNECT_TIMEOUT)
-            .acquire_timeout(CONNECT_TIMEOUT)
+        Self::connect_with(url, &StoreOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Self, StorageError> {
+        let statement_timeout_ms = options.statement_timeout.as_millis().to_string();
+        let sqlite_busy_timeout = options.statement_timeout;
+        let mut connect = ConnectOptions::new(url.to_owned());
+        connect
+            .connect_timeout(options.connect_timeout)
+            .acquire_timeout(options.connect_timeout)
             .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|opts| {
+            .map_sqlx_postgres_opts(move |opts| {
+                // A query stuck behind a lock or a sick server must not hold a caller forever.
+                opts.options([("statement_timeout", statement_timeout_ms.as_str())])
+            })
+            .map_sqlx_sqlite_opts(move |opts| {
                 // WAL lets readers (GetTask) run while a worker writes; NORMAL sync is durable
                 // across process crashes, which is what the embedded default promises.
                 opts.journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
+                    .busy_timeout(sqlite_busy_timeout)
             });
-        let db = Database::connect(options).await?;
+        let db = Database::connect(connect).await?;
         Ok(TaskStore { db })
     }
 
@@ -140,12 +131,79 @@ impl TaskStore {
         Ok(())
     }
 
+    /// The database's clock `after` from now: the clock every lease and sweep time is on.
+    /// SQLite is a file on this host, so this process's clock is the database's.
+    fn db_now_plus(&self, after: Duration) -> SimpleExpr {
+        match self.backend() {
+            DatabaseBackend::Postgres => {
+                let ms = after.as_millis();
+                Expr::cust(format!(
+                    "(clock_timestamp() + {ms} * interval '1 millisecond')"
+                ))
+            }
+            _ => Expr::value(
+                chrono::Duration::from_std(after)
+                    .ok()
+                    .and_then(|after| Utc::now().checked_add_signed(after))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            ),
+        }
+    }
+
+    fn db_now(&self) -> SimpleExpr {
+        self.db_now_plus(Duration::ZERO)
+    }
+
+    /// `column` is unset or earlier than the database's clock.
+    fn passed(&self, column: Column) -> Condition {
+        Condition::any()
+            .add(column.is_null())
+            .add(Expr::col(column).lt(self.db_now()))
+    }
+
+    /// Stores a new PENDING task. No sweeper republishes it for `publish_grace`: the accepting
+    /// gateway is about to publish it and record the confirm.
     #[instrument(skip_all, fields(task_id = %task.id))]
-    pub async fn insert(&self, task: &Task) -> Result<(), StorageError> {
-        let model: entity::ActiveModel = entity::Model::from_new_task(task).into();
-        Tasks::insert(model)
-            .exec_without_returning(&self.db)
-            .await?;
+    pub async fn insert(&self, task: &Task, publish_grace: Duration) -> Result<(), StorageError> {
+        self.insert_all(std::slice::from_ref(task), publish_grace)
+            .await
+    }
+
+    /// Stores new PENDING tasks in one statement (one commit), as [`TaskStore::insert`] does one.
+    #[instrument(skip_all, fields(tasks = tasks.len()))]
+    pub async fn insert_all(
+        &self,
+        tasks: &[Task],
+        publish_grace: Duration,
+    ) -> Result<(), StorageError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut insert = Query::insert();
+        insert.into_table(Tasks).columns([
+            Column::Id,
+            Column::Expression,
+            Column::Status,
+            Column::CreatedAt,
+            Column::Attempts,
+            Column::Deadline,
+            Column::SweepAfter,
+        ]);
+        for task in tasks {
+            insert
+                .values([
+                    Expr::value(task.id.as_uuid()),
+                    Expr::value(task.expression.as_str()),
+                    Expr::value(TaskStatus::Pending.as_str()),
+                    Expr::value(task.created_at),
+                    Expr::value(0),
+                    Expr::value(task.deadline),
+                    // On the database's clock, like every instant a sweeper compares.
+                    self.db_now_plus(publish_grace),
+                ])
+                .map_err(|err| StorageError::Corrupt(format!("cannot build an insert: {err}")))?;
+        }
+        self.db.execute(&insert).await?;
         Ok(())
     }
 
@@ -158,34 +216,60 @@ impl TaskStore {
             .transpose()
     }
 
-    /// Records that the broker confirmed the task's publish, so the sweeper leaves it alone.
-    #[instrument(skip_all, fields(task_id = %id))]
-    pub async fn mark_published(&self, id: TaskId, at: DateTime<Utc>) -> Result<(), StorageError> {
+    /// Records that the broker confirmed the publishes of `ids`, so the sweeper leaves them
+    /// alone: one statement for the whole batch.
+    #[instrument(skip_all, fields(tasks = ids.len()))]
+    pub async fn mark_published(&self, ids: &[TaskId]) -> Result<(), StorageError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         Tasks::update_many()
-            .col_expr(Column::PublishedAt, Expr::value(at))
-            .filter(Column::Id.eq(id.as_uuid()))
+            .col_expr(Column::PublishedAt, self.db_now())
+            .filter(Column::Id.is_in(ids.iter().map(TaskId::as_uuid)))
+            .filter(Column::PublishedAt.is_null())
             .exec(&self.db)
             .await?;
         Ok(())
     }
 
-    /// Starts a new attempt: PENDING or RUNNING → RUNNING with `attempts + 1`, as one
-    /// compare-and-set. RUNNING is accepted because a worker that died mid-task leaves it so,
-    /// and the broker's redelivery is exactly the retry we want.
+    /// Starts a new attempt holding a `lease`: PENDING → RUNNING, or RUNNING → RUNNING when the
+    /// previous attempt's lease ran out (its worker died), with `attempts + 1`, as one
+    /// compare-and-set. A RUNNING task whose lease is live is [`StartOutcome::Busy`]: a duplicate
+    /// message never runs a task twice at once.
     #[instrument(skip_all, fields(task_id = %id, worker_id))]
     pub async fn start_attempt(
         &self,
         id: TaskId,
         worker_id: &str,
-        now: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<StartOutcome, StorageError> {
+        let takeable = Condition::any()
+            .add(Column::Status.eq(TaskStatus::Pending.as_str()))
+            .add(
+                Condition::all()
+                    .add(Column::Status.eq(TaskStatus::Running.as_str()))
+                    .add(self.passed(Column::LeaseUntil)),
+            );
         let updated = Tasks::update_many()
             .col_expr(Column::Status, Expr::value(TaskStatus::Running.as_str()))
             .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
             .col_expr(Column::WorkerId, Expr::value(worker_id))
-            .col_expr(Column::StartedAt, Expr::value(now))
+            .col_expr(Column::StartedAt, self.db_now())
+            .col_expr(Column::LeaseUntil, self.db_now_plus(lease))
+            // A sweeper looks again one lease after this one runs out, should the attempt
+            // vanish with its message.
+            .col_expr(
+                Column::SweepAfter,
+                self.db_now_plus(lease.saturating_mul(2)),
+            )
+            // A worker has it, so it was published, whatever became of the gateway's mark.
+            .col_expr(
+                Column::PublishedAt,
+                Expr::col(Column::PublishedAt).if_null(self.db_now()),
+            )
             .filter(Column::Id.eq(id.as_uuid()))
-            .filter(Column::Status.is_in(open_statuses()))
+            .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
+            .filter(takeable)
             .exec_with_returning(&self.db)
             .await?;
         if let Some(model) = updated.into_iter().next() {
@@ -194,12 +278,31 @@ impl TaskStore {
         match self.get(id).await? {
             None => Ok(StartOutcome::Missing),
             Some(task) if task.is_terminal() => Ok(StartOutcome::AlreadyTerminal(task)),
-            // The filter matched no open task, yet the task is open: it changed in between.
+            Some(task) if task.status == TaskStatus::Running => Ok(StartOutcome::Busy(task)),
+            // PENDING, yet the filter matched nothing: it changed in between.
             Some(task) => Err(StorageError::Corrupt(format!(
                 "task {} is {} but could not be started",
                 task.id, task.status
             ))),
         }
+    }
+
+    /// Gives up attempt number `attempt` without ending the task (its worker hands the message
+    /// back after a fault): the next delivery may take over at once instead of waiting out the
+    /// lease. Best effort: a lease that is not released simply runs out.
+    #[instrument(skip_all, fields(task_id = %id, attempt))]
+    pub async fn release_lease(&self, id: TaskId, attempt: u32) -> Result<(), StorageError> {
+        Tasks::update_many()
+            .col_expr(
+                Column::LeaseUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::Status.eq(TaskStatus::Running.as_str()))
+            .filter(Column::Attempts.eq(attempt_number(attempt)))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Ends attempt number `attempt` with `outcome`, as one compare-and-set: it only succeeds if
@@ -211,108 +314,203 @@ impl TaskStore {
         id: TaskId,
         attempt: u32,
         outcome: &Outcome,
-        now: DateTime<Utc>,
     ) -> Result<Option<Task>, StorageError> {
-        self.set_terminal(id, outcome, now, |update| {
-            update
-                .filter(Column::Status.eq(TaskStatus::Running.as_str()))
-                .filter(Column::Attempts.eq(i32::try_from(attempt).unwrap_or(i32::MAX)))
-        })
-        .await
+        let this_attempt = Condition::all()
+            .add(Column::Status.eq(TaskStatus::Running.as_str()))
+            .add(Column::Attempts.eq(attempt_number(attempt)));
+        self.set_terminal(Some(id), outcome, this_attempt)
+            .await
+            .map(|mut tasks| tasks.pop())
     }
 
-    /// Ends a task that no attempt will run (deadline passed, publish failed, gave up): any
-    /// open state → `outcome`. Returns `None` when the task was already terminal.
+    /// Ends a task that no attempt has started (deadline passed, publish failed): PENDING →
+    /// `outcome`. Returns `None` when the task is not PENDING: a started attempt is never
+    /// overwritten from outside.
     #[instrument(skip_all, fields(task_id = %id, status = %outcome.status()))]
     pub async fn finish_unstarted(
         &self,
         id: TaskId,
         outcome: &Outcome,
-        now: DateTime<Utc>,
     ) -> Result<Option<Task>, StorageError> {
-        self.set_terminal(id, outcome, now, |update| {
-            update.filter(Column::Status.is_in(open_statuses()))
-        })
-        .await
+        let pending = Condition::all().add(Column::Status.eq(TaskStatus::Pending.as_str()));
+        self.set_terminal(Some(id), outcome, pending)
+            .await
+            .map(|mut tasks| tasks.pop())
     }
 
-    async fn set_terminal(
+    /// Ends a task nobody works on any more (its message was dead-lettered): PENDING, or RUNNING
+    /// whose attempt's lease ran out → `outcome`. A live attempt is left alone.
+    #[instrument(skip_all, fields(task_id = %id, status = %outcome.status()))]
+    pub async fn finish_abandoned(
         &self,
         id: TaskId,
         outcome: &Outcome,
-        now: DateTime<Utc>,
-        guard: impl FnOnce(sea_orm::UpdateMany<Tasks>) -> sea_orm::UpdateMany<Tasks>,
     ) -> Result<Option<Task>, StorageError> {
-        let (result, error) = match outcome {
-            Outcome::Succeeded { result } => (Some(result.as_str()), None),
-            Outcome::Failed { error } | Outcome::Expired { error } => (None, Some(error.as_str())),
-        };
-        let update = Tasks::update_many()
-            .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
-            .col_expr(Column::Result, Expr::value(result))
-            .col_expr(Column::Error, Expr::value(error))
-            .col_expr(Column::FinishedAt, Expr::value(now))
-            .filter(Column::Id.eq(id.as_uuid()));
-        let updated = guard(update).exec_with_returning(&self.db).await?;
-        updated
-            .into_iter()
-            .next()
-            .map(entity::Model::into_task)
-            .transpose()
+        self.set_terminal(Some(id), outcome, self.abandoned())
+            .await
+            .map(|mut tasks| tasks.pop())
     }
 
-    /// Locks up to `limit` open tasks whose publish was never confirmed and that were created
-    /// before `created_before` (the grace period), for the recovery sweeper to republish. On
-    /// PostgreSQL the rows are locked `FOR UPDATE SKIP LOCKED`, so several gateways can sweep at
-    /// once without republishing the same task twice; the lock holds until the batch is done.
-    pub async fn claim_unpublished(
+    /// PENDING, or RUNNING with no live lease.
+    fn abandoned(&self) -> Condition {
+        Condition::any()
+            .add(Column::Status.eq(TaskStatus::Pending.as_str()))
+            .add(
+                Condition::all()
+                    .add(Column::Status.eq(TaskStatus::Running.as_str()))
+                    .add(self.passed(Column::LeaseUntil)),
+            )
+    }
+
+    /// Moves the task `id` (every task matching `guard`, when `id` is `None`) to `outcome`,
+    /// within what the state machine allows; returns the tasks it changed.
+    async fn set_terminal(
         &self,
-        created_before: DateTime<Utc>,
+        id: Option<TaskId>,
+        outcome: &Outcome,
+        guard: Condition,
+    ) -> Result<Vec<Task>, StorageError> {
+        let mut update = Tasks::update_many()
+            .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
+            .col_expr(Column::Result, Expr::value(outcome.result()))
+            .col_expr(Column::Error, Expr::value(outcome.error()))
+            .col_expr(Column::FinishedAt, self.db_now())
+            .filter(status_in(TaskStatus::sources_of(outcome.status())))
+            .filter(guard);
+        if let Some(id) = id {
+            update = update.filter(Column::Id.eq(id.as_uuid()));
+        }
+        let updated = update.exec_with_returning(&self.db).await?;
+        updated.into_iter().map(entity::Model::into_task).collect()
+    }
+
+    /// Claims up to `limit` tasks that need the recovery sweeper, for `claim` (the database's
+    /// clock): PENDING tasks whose publish was never confirmed and whose accepting gateway's grace
+    /// is over, and RUNNING tasks whose attempt's lease ran out a lease ago (the attempt and
+    /// its message may both be gone). One short statement, no lock held afterwards: on
+    /// PostgreSQL the rows are picked `FOR UPDATE SKIP LOCKED`, so gateways sweeping at once
+    /// claim disjoint sets, and a claimed task is not claimed again until `claim` runs out.
+    pub async fn claim_for_sweep(
+        &self,
         limit: u64,
-    ) -> Result<UnpublishedBatch, StorageError> {
-        let transaction = self.db.begin().await?;
-        let models = Tasks::find()
-            .filter(Column::Status.is_in(open_statuses()))
-            .filter(Column::PublishedAt.is_null())
-            .filter(Column::CreatedAt.lt(created_before))
-            .order_by_asc(Column::CreatedAt)
-            .limit(limit)
-            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-            .all(&transaction)
+        claim: Duration,
+    ) -> Result<Vec<Task>, StorageError> {
+        let needs_sweep = Condition::any()
+            .add(
+                Condition::all()
+                    .add(Column::Status.eq(TaskStatus::Pending.as_str()))
+                    .add(Column::PublishedAt.is_null()),
+            )
+            .add(
+                Condition::all()
+                    .add(Column::Status.eq(TaskStatus::Running.as_str()))
+                    .add(self.passed(Column::LeaseUntil)),
+            );
+        let not_overdue = Condition::any()
+            .add(Column::Deadline.is_null())
+            .add(Expr::col(Column::Deadline).gt(self.db_now()));
+        let mut due = Query::select();
+        due.column(Column::Id)
+            .from(Tasks)
+            .cond_where(
+                Condition::all()
+                    .add(needs_sweep)
+                    .add(not_overdue)
+                    .add(self.passed(Column::SweepAfter)),
+            )
+            .order_by(Column::SweepAfter, sea_orm::Order::Asc)
+            .limit(limit);
+        if self.backend() == DatabaseBackend::Postgres {
+            due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let claimed = Tasks::update_many()
+            .col_expr(Column::SweepAfter, self.db_now_plus(claim))
+            .filter(Column::Id.in_subquery(due))
+            .exec_with_returning(&self.db)
             .await?;
-        let tasks = models
+        let mut tasks: Vec<Task> = claimed
             .into_iter()
             .map(entity::Model::into_task)
             .collect::<Result<_, _>>()?;
-        Ok(UnpublishedBatch { transaction, tasks })
+        tasks.sort_by_key(|task| task.created_at);
+        Ok(tasks)
     }
 
-    /// Ends every PENDING task whose deadline passed before `now` as EXPIRED: its message
-    /// expired in the queue (or was never delivered), so no worker will see it. Returns them.
-    pub async fn expire_overdue(&self, now: DateTime<Utc>) -> Result<Vec<Task>, StorageError> {
-        let expired = Outcome::Expired {
-            error: "the task's deadline passed before a worker could start it".into(),
-        };
-        let models = Tasks::update_many()
-            .col_expr(Column::Status, Expr::value(expired.status().as_str()))
-            .col_expr(Column::Error, Expr::value(expired.error()))
-            .col_expr(Column::FinishedAt, Expr::value(now))
-            .filter(Column::Status.eq(TaskStatus::Pending.as_str()))
-            .filter(Column::Deadline.lt(now))
-            .exec_with_returning(&self.db)
+    /// Ends every task whose deadline passed and that no live attempt holds: PENDING tasks
+    /// (their message expired in the queue, or was never delivered) and RUNNING tasks whose
+    /// attempt's lease ran out. Returns them.
+    pub async fn expire_overdue(&self) -> Result<Vec<Task>, StorageError> {
+        let overdue = Expr::col(Column::Deadline).lt(self.db_now());
+        let mut expired = self
+            .set_terminal(
+                None,
+                &Outcome::expired_unstarted(),
+                Condition::all()
+                    .add(Column::Status.eq(TaskStatus::Pending.as_str()))
+                    .add(overdue.clone()),
+            )
             .await?;
-        models.into_iter().map(entity::Model::into_task).collect()
+        let abandoned = Condition::all()
+            .add(Column::Status.eq(TaskStatus::Running.as_str()))
+            .add(self.passed(Column::LeaseUntil))
+            .add(overdue);
+        expired.extend(
+            self.set_terminal(None, &Outcome::expired_abandoned(), abandoned)
+                .await?,
+        );
+        Ok(expired)
     }
 
-    /// Forgets that open tasks were ever published, so the sweeper queues them again. For an
-    /// in-process queue after a restart: whatever it held died with the process.
+    /// Deletes up to `limit` terminal tasks that finished more than `retention` ago (the
+    /// database's clock), oldest first; returns how many went.
+    pub async fn delete_finished(
+        &self,
+        retention: Duration,
+        limit: u64,
+    ) -> Result<u64, StorageError> {
+        let cutoff = match self.backend() {
+            DatabaseBackend::Postgres => Expr::cust(format!(
+                "(clock_timestamp() - {} * interval '1 millisecond')",
+                retention.as_millis()
+            )),
+            _ => Expr::value(
+                chrono::Duration::from_std(retention)
+                    .ok()
+                    .and_then(|retention| Utc::now().checked_sub_signed(retention))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            ),
+        };
+        let mut old = Query::select();
+        old.column(Column::Id)
+            .from(Tasks)
+            .and_where(Expr::col(Column::FinishedAt).lt(cutoff))
+            .and_where(Expr::col(Column::Status).is_in(status_names(TaskStatus::terminal())))
+            .order_by(Column::FinishedAt, sea_orm::Order::Asc)
+            .limit(limit);
+        let deleted = Tasks::delete_many()
+            .filter(Column::Id.in_subquery(old))
+            .exec(&self.db)
+            .await?;
+        Ok(deleted.rows_affected)
+    }
+
+    /// Forgets that open tasks were ever published, so the sweeper queues them again at once.
+    /// For an in-process queue after a restart: whatever it held died with the process.
     pub async fn forget_publishes_of_open_tasks(&self) -> Result<u64, StorageError> {
         let result = Tasks::update_many()
             .col_expr(
                 Column::PublishedAt,
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
-            .filter(Column::Status.is_in(open_statuses()))
+            .col_expr(
+                Column::LeaseUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(
+                Column::SweepAfter,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(status_in(vec![TaskStatus::Pending, TaskStatus::Running]))
             .exec(&self.db)
             .await?;
         Ok(result.rows_affected)
@@ -326,6 +524,17 @@ impl TaskStore {
             .await?)
     }
 
+    /// Every task, oldest first; for tests and operational tooling on small databases.
+    pub async fn all(&self) -> Result<Vec<Task>, StorageError> {
+        Tasks::find()
+            .order_by_asc(Column::CreatedAt)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(entity::Model::into_task)
+            .collect()
+    }
+
     /// Runs a raw statement; for tests and operational tooling.
     pub async fn execute_unprepared(&self, sql: &str) -> Result<(), StorageError> {
         self.db.execute_unprepared(sql).await?;
@@ -333,6 +542,14 @@ impl TaskStore {
     }
 }
 
-fn open_statuses() -> [&'static str; 2] {
-    [TaskStatus::Pending.as_str(), TaskStatus::Running.as_str()]
+fn status_names(statuses: Vec<TaskStatus>) -> Vec<&'static str> {
+    statuses.into_iter().map(TaskStatus::as_str).collect()
+}
+
+fn status_in(statuses: Vec<TaskStatus>) -> SimpleExpr {
+    Column::Status.is_in(status_names(statuses))
+}
+
+fn attempt_number(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
 }

@@ -1,9 +1,16 @@
 //! The repository against real databases: every test runs once on SQLite and once on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration as StdDuration;
+
 use chrono::{Duration, Utc};
-use dalc_domain::{Task, TaskId, TaskStatus};
-use dalc_storage::{Outcome, StartOutcome, TaskStore};
+use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
+use dalc_storage::{StartOutcome, StoreOptions, TaskStore};
+
+/// Long enough that nothing runs out during a test.
+const LEASE: StdDuration = StdDuration::from_secs(60);
+/// No grace: the sweeper may claim at once.
+const NOW: StdDuration = StdDuration::ZERO;
 
 async fn sqlite() -> TaskStore {
     store(&dalc_testkit::fresh_sqlite_database()).await
@@ -14,7 +21,13 @@ async fn postgres() -> TaskStore {
 }
 
 async fn store(url: &str) -> TaskStore {
-    let store = TaskStore::connect(url).await.expect("connect");
+    store_with(url, &StoreOptions::default()).await
+}
+
+async fn store_with(url: &str, options: &StoreOptions) -> TaskStore {
+    let store = TaskStore::connect_with(url, options)
+        .await
+        .expect("connect");
     store.migrate().await.expect("migrate");
     // A second run finds nothing to do: start-up migrations are idempotent.
     store.migrate().await.expect("migrate again");
@@ -33,15 +46,22 @@ on_both_backends!(
     insert_then_get_round_trips,
     unknown_id_is_none,
     start_moves_pending_to_running,
-    redelivery_after_a_crash_is_a_new_attempt,
+    a_live_lease_keeps_duplicates_out,
+    an_attempt_whose_lease_ran_out_is_taken_over,
+    a_released_lease_is_taken_over_at_once,
     terminal_tasks_are_never_started_again,
     only_the_current_attempt_may_finish,
     unstarted_tasks_can_expire_once,
+    finishing_from_outside_never_overwrites_a_live_attempt,
     missing_tasks_cannot_start,
     published_tasks_are_marked,
     the_sweeper_claims_unpublished_open_tasks_past_the_grace_period,
+    the_sweeper_claims_running_tasks_whose_attempt_vanished,
     overdue_pending_tasks_expire,
+    overdue_running_tasks_expire_only_once_their_lease_ran_out,
     open_tasks_can_be_queued_again_after_a_restart,
+    retention_deletes_only_old_finished_tasks,
+    the_state_machine_is_enforced_by_the_store,
 );
 
 /// What a database can hold: PostgreSQL keeps microseconds.
@@ -57,7 +77,7 @@ fn truncate_to_micros(task: &mut Task) {
 async fn insert_then_get_round_trips(store: TaskStore) {
     let mut task = Task::new("1 + 1", Some(Utc::now() + Duration::seconds(30)));
     truncate_to_micros(&mut task);
-    store.insert(&task).await.unwrap();
+    store.insert(&task, NOW).await.unwrap();
     assert_eq!(store.get(task.id).await.unwrap(), Some(task));
 }
 
@@ -67,11 +87,8 @@ async fn unknown_id_is_none(store: TaskStore) {
 
 async fn start_moves_pending_to_running(store: TaskStore) {
     let task = Task::new("2 * 3", None);
-    store.insert(&task).await.unwrap();
-    let StartOutcome::Started(running) = store
-        .start_attempt(task.id, "w1", Utc::now())
-        .await
-        .unwrap()
+    store.insert(&task, NOW).await.unwrap();
+    let StartOutcome::Started(running) = store.start_attempt(task.id, "w1", LEASE).await.unwrap()
     else {
         panic!("expected the task to start");
     };
@@ -81,12 +98,7 @@ async fn start_moves_pending_to_running(store: TaskStore) {
     assert!(running.started_at.is_some());
 
     let done = store
-        .finish_attempt(
-            task.id,
-            1,
-            &Outcome::Succeeded { result: "6".into() },
-            Utc::now(),
-        )
+        .finish_attempt(task.id, 1, &Outcome::Succeeded { result: "6".into() })
         .await
         .unwrap()
         .expect("the current attempt finishes the task");
@@ -97,45 +109,65 @@ async fn start_moves_pending_to_running(store: TaskStore) {
     assert_eq!(store.get(task.id).await.unwrap(), Some(done));
 }
 
-async fn redelivery_after_a_crash_is_a_new_attempt(store: TaskStore) {
+async fn a_live_lease_keeps_duplicates_out(store: TaskStore) {
     let task = Task::new("1", None);
-    store.insert(&task).await.unwrap();
+    store.insert(&task, NOW).await.unwrap();
+    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    // A duplicate message reaches w2 while w1's attempt is alive: it must not run.
+    let StartOutcome::Busy(busy) = store.start_attempt(task.id, "w2", LEASE).await.unwrap() else {
+        panic!("a live attempt is not superseded");
+    };
+    assert_eq!((busy.attempts, busy.worker_id.as_deref()), (1, Some("w1")));
+}
+
+async fn an_attempt_whose_lease_ran_out_is_taken_over(store: TaskStore) {
+    let task = Task::new("1", None);
+    store.insert(&task, NOW).await.unwrap();
     store
-        .start_attempt(task.id, "w1", Utc::now())
+        .start_attempt(task.id, "w1", StdDuration::from_millis(50))
         .await
         .unwrap();
-    // w1 dies; the broker redelivers to w2.
-    let StartOutcome::Started(second) = store
-        .start_attempt(task.id, "w2", Utc::now())
-        .await
-        .unwrap()
+    // w1 dies; once its lease runs out, the redelivery to w2 takes over.
+    tokio::time::sleep(StdDuration::from_millis(120)).await;
+    let StartOutcome::Started(second) = store.start_attempt(task.id, "w2", LEASE).await.unwrap()
     else {
-        panic!("a RUNNING task is restarted on redelivery");
+        panic!("a RUNNING task whose lease ran out is taken over");
     };
     assert_eq!(second.attempts, 2);
     assert_eq!(second.worker_id.as_deref(), Some("w2"));
 }
 
+async fn a_released_lease_is_taken_over_at_once(store: TaskStore) {
+    let task = Task::new("1", None);
+    store.insert(&task, NOW).await.unwrap();
+    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    // A stale attempt number releases nothing.
+    store.release_lease(task.id, 7).await.unwrap();
+    assert!(matches!(
+        store.start_attempt(task.id, "w2", LEASE).await.unwrap(),
+        StartOutcome::Busy(_)
+    ));
+    store.release_lease(task.id, 1).await.unwrap();
+    assert!(matches!(
+        store.start_attempt(task.id, "w2", LEASE).await.unwrap(),
+        StartOutcome::Started(t) if t.attempts == 2
+    ));
+}
+
 async fn terminal_tasks_are_never_started_again(store: TaskStore) {
     let task = Task::new("1 / 0", None);
-    store.insert(&task).await.unwrap();
-    store
-        .start_attempt(task.id, "w1", Utc::now())
-        .await
-        .unwrap();
+    store.insert(&task, NOW).await.unwrap();
+    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
     let failed = Outcome::Failed {
         error: "division by zero".into(),
     };
     let done = store
-        .finish_attempt(task.id, 1, &failed, Utc::now())
+        .finish_attempt(task.id, 1, &failed)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        store
-            .start_attempt(task.id, "w2", Utc::now())
-            .await
-            .unwrap(),
+        store.start_attempt(task.id, "w2", LEASE).await.unwrap(),
         StartOutcome::AlreadyTerminal(done.clone())
     );
     assert_eq!(store.get(task.id).await.unwrap().unwrap().attempts, 1);
@@ -143,40 +175,30 @@ async fn terminal_tasks_are_never_started_again(store: TaskStore) {
 
 async fn only_the_current_attempt_may_finish(store: TaskStore) {
     let task = Task::new("7", None);
-    store.insert(&task).await.unwrap();
-    store
-        .start_attempt(task.id, "slow", Utc::now())
-        .await
-        .unwrap();
-    store
-        .start_attempt(task.id, "fast", Utc::now())
-        .await
-        .unwrap();
+    store.insert(&task, NOW).await.unwrap();
+    store.start_attempt(task.id, "slow", LEASE).await.unwrap();
+    // The slow attempt is presumed dead (its lease released) and a second one takes over.
+    store.release_lease(task.id, 1).await.unwrap();
+    store.start_attempt(task.id, "fast", LEASE).await.unwrap();
     let fast = Outcome::Succeeded { result: "7".into() };
     let stale = Outcome::Failed {
         error: "stale".into(),
     };
     // The stale first attempt cannot record anything...
     assert_eq!(
-        store
-            .finish_attempt(task.id, 1, &stale, Utc::now())
-            .await
-            .unwrap(),
+        store.finish_attempt(task.id, 1, &stale).await.unwrap(),
         None
     );
     // ...the current one can, exactly once.
     assert!(
         store
-            .finish_attempt(task.id, 2, &fast, Utc::now())
+            .finish_attempt(task.id, 2, &fast)
             .await
             .unwrap()
             .is_some()
     );
     assert_eq!(
-        store
-            .finish_attempt(task.id, 2, &stale, Utc::now())
-            .await
-            .unwrap(),
+        store.finish_attempt(task.id, 2, &stale).await.unwrap(),
         None
     );
     let stored = store.get(task.id).await.unwrap().unwrap();
@@ -188,30 +210,44 @@ async fn only_the_current_attempt_may_finish(store: TaskStore) {
 
 async fn unstarted_tasks_can_expire_once(store: TaskStore) {
     let task = Task::new("1", Some(Utc::now()));
-    store.insert(&task).await.unwrap();
+    store.insert(&task, NOW).await.unwrap();
     let expired = Outcome::Expired {
         error: "deadline passed".into(),
     };
     let done = store
-        .finish_unstarted(task.id, &expired, Utc::now())
+        .finish_unstarted(task.id, &expired)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(done.status, TaskStatus::Expired);
     assert_eq!(done.error.as_deref(), Some("deadline passed"));
     assert_eq!(
-        store
-            .finish_unstarted(task.id, &expired, Utc::now())
-            .await
-            .unwrap(),
+        store.finish_unstarted(task.id, &expired).await.unwrap(),
         None
     );
+}
+
+async fn finishing_from_outside_never_overwrites_a_live_attempt(store: TaskStore) {
+    let task = Task::new("6 * 7", Some(Utc::now() - Duration::seconds(1)));
+    store.insert(&task, NOW).await.unwrap();
+    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    let late = Outcome::expired_unstarted();
+    // A late duplicate past its deadline, a gateway abandoning a publish, a dead letter, the
+    // sweeper: none of them may end a task a live attempt is running.
+    assert_eq!(store.finish_unstarted(task.id, &late).await.unwrap(), None);
+    assert_eq!(store.finish_abandoned(task.id, &late).await.unwrap(), None);
+    assert!(store.expire_overdue().await.unwrap().is_empty());
+    let done = Outcome::Succeeded {
+        result: "42".into(),
+    };
+    let finished = store.finish_attempt(task.id, 1, &done).await.unwrap();
+    assert_eq!(finished.unwrap().result.as_deref(), Some("42"));
 }
 
 async fn missing_tasks_cannot_start(store: TaskStore) {
     assert_eq!(
         store
-            .start_attempt(TaskId::new(), "w1", Utc::now())
+            .start_attempt(TaskId::new(), "w1", LEASE)
             .await
             .unwrap(),
         StartOutcome::Missing
@@ -220,8 +256,8 @@ async fn missing_tasks_cannot_start(store: TaskStore) {
 
 async fn published_tasks_are_marked(store: TaskStore) {
     let task = Task::new("1", None);
-    store.insert(&task).await.unwrap();
-    store.mark_published(task.id, Utc::now()).await.unwrap();
+    store.insert(&task, NOW).await.unwrap();
+    store.mark_published(&[task.id]).await.unwrap();
     // Marking changes nothing a client sees.
     assert_eq!(
         store.get(task.id).await.unwrap().unwrap().status,
@@ -252,42 +288,42 @@ async fn the_sweeper_claims_unpublished_open_tasks_past_the_grace_period(store: 
     let stranded = Task::new("1", None);
     let published = Task::new("2", None);
     let finished = Task::new("3", None);
-    for task in [&stranded, &published, &finished] {
-        store.insert(task).await.unwrap();
+    let overdue = Task::new("4", Some(Utc::now() - Duration::seconds(1)));
+    for task in [&stranded, &published, &finished, &overdue] {
+        store.insert(task, NOW).await.unwrap();
     }
-    store
-        .mark_published(published.id, Utc::now())
-        .await
-        .unwrap();
+    let fresh = Task::new("5", None);
+    store.insert(&fresh, LEASE).await.unwrap();
+    store.mark_published(&[published.id]).await.unwrap();
     let done = Outcome::Failed { error: "x".into() };
-    store
-        .finish_unstarted(finished.id, &done, Utc::now())
-        .await
-        .unwrap();
+    store.finish_unstarted(finished.id, &done).await.unwrap();
 
-    // Within the grace period nothing is claimed.
-    let early = store
-        .claim_unpublished(Utc::now() - Duration::seconds(60), 10)
-        .await
-        .unwrap();
-    assert!(early.tasks.is_empty());
-    early.finish(&[], Utc::now()).await.unwrap();
-
-    let batch = store
-        .claim_unpublished(Utc::now() + Duration::seconds(1), 10)
-        .await
-        .unwrap();
-    let ids: Vec<_> = batch.tasks.iter().map(|t| t.id).collect();
+    // Only the stranded one: not the one within its gateway's grace, nor the published, the
+    // finished or the overdue one (that one expires instead).
+    let claimed = store.claim_for_sweep(10, LEASE).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|t| t.id).collect();
     assert_eq!(ids, [stranded.id]);
-    batch.finish(&ids, Utc::now()).await.unwrap();
-    let again = store
-        .claim_unpublished(Utc::now() + Duration::seconds(1), 10)
+    // Claimed: no other sweeper takes it until the claim runs out, published or not.
+    assert!(store.claim_for_sweep(10, LEASE).await.unwrap().is_empty());
+    store.mark_published(&ids).await.unwrap();
+}
+
+async fn the_sweeper_claims_running_tasks_whose_attempt_vanished(store: TaskStore) {
+    let task = Task::new("1", None);
+    store.insert(&task, NOW).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", StdDuration::from_millis(50))
         .await
         .unwrap();
     assert!(
-        again.tasks.is_empty(),
-        "republished tasks are not claimed again"
+        store.claim_for_sweep(10, LEASE).await.unwrap().is_empty(),
+        "a live attempt is left alone"
     );
+    // The lease ran out a lease ago: the attempt and its message may both be gone.
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    let claimed = store.claim_for_sweep(10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].status, TaskStatus::Running);
 }
 
 async fn overdue_pending_tasks_expire(store: TaskStore) {
@@ -295,49 +331,170 @@ async fn overdue_pending_tasks_expire(store: TaskStore) {
     let in_time = Task::new("2", Some(Utc::now() + Duration::seconds(60)));
     let no_deadline = Task::new("3", None);
     for task in [&overdue, &in_time, &no_deadline] {
-        store.insert(task).await.unwrap();
+        store.insert(task, NOW).await.unwrap();
     }
-    let expired = store.expire_overdue(Utc::now()).await.unwrap();
+    let expired = store.expire_overdue().await.unwrap();
     assert_eq!(expired.len(), 1);
     assert_eq!(
         (expired[0].id, expired[0].status),
         (overdue.id, TaskStatus::Expired)
     );
     assert!(expired[0].error.as_deref().unwrap().contains("deadline"));
-    assert!(store.expire_overdue(Utc::now()).await.unwrap().is_empty());
+    assert!(store.expire_overdue().await.unwrap().is_empty());
+}
+
+async fn overdue_running_tasks_expire_only_once_their_lease_ran_out(store: TaskStore) {
+    let task = Task::new("1", Some(Utc::now() + Duration::milliseconds(100)));
+    store.insert(&task, NOW).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", StdDuration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    assert!(
+        store.expire_overdue().await.unwrap().is_empty(),
+        "past its deadline, but its attempt may still finish"
+    );
+    // The worker died: its lease runs out and the task ends, not RUNNING forever.
+    tokio::time::sleep(StdDuration::from_millis(250)).await;
+    let expired = store.expire_overdue().await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].status, TaskStatus::Expired);
+    assert!(
+        expired[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("stopped responding")
+    );
 }
 
 async fn open_tasks_can_be_queued_again_after_a_restart(store: TaskStore) {
     let pending = Task::new("1", None);
-    store.insert(&pending).await.unwrap();
-    store.mark_published(pending.id, Utc::now()).await.unwrap();
+    store.insert(&pending, LEASE).await.unwrap();
+    store.mark_published(&[pending.id]).await.unwrap();
     assert_eq!(store.forget_publishes_of_open_tasks().await.unwrap(), 1);
-    let batch = store
-        .claim_unpublished(Utc::now() + Duration::seconds(1), 10)
-        .await
-        .unwrap();
-    assert_eq!(batch.tasks.len(), 1);
-    batch.finish(&[], Utc::now()).await.unwrap();
+    assert_eq!(store.claim_for_sweep(10, LEASE).await.unwrap().len(), 1);
+}
+
+async fn retention_deletes_only_old_finished_tasks(store: TaskStore) {
+    let old = Task::new("1", None);
+    let open = Task::new("2", None);
+    for task in [&old, &open] {
+        store.insert(task, NOW).await.unwrap();
+    }
+    let failed = Outcome::Failed { error: "x".into() };
+    store.finish_unstarted(old.id, &failed).await.unwrap();
+    assert_eq!(store.delete_finished(LEASE, 100).await.unwrap(), 0);
+    tokio::time::sleep(StdDuration::from_millis(50)).await;
+    let retention = StdDuration::from_millis(10);
+    assert_eq!(store.delete_finished(retention, 100).await.unwrap(), 1);
+    assert_eq!(store.get(old.id).await.unwrap(), None);
+    assert!(
+        store.get(open.id).await.unwrap().is_some(),
+        "open tasks stay"
+    );
+}
+
+async fn the_state_machine_is_enforced_by_the_store(store: TaskStore) {
+    // Every write the store offers, tried from every reachable state: the stored transition is
+    // always one TaskStatus::can_become allows.
+    let task = Task::new("1", None);
+    store.insert(&task, NOW).await.unwrap();
+    let mut seen = vec![TaskStatus::Pending];
+    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    seen.push(store.get(task.id).await.unwrap().unwrap().status);
+    let ok = Outcome::Succeeded { result: "1".into() };
+    store.finish_attempt(task.id, 1, &ok).await.unwrap();
+    seen.push(store.get(task.id).await.unwrap().unwrap().status);
+    for outcome in [
+        Outcome::Failed { error: "x".into() },
+        Outcome::expired_unstarted(),
+    ] {
+        store.finish_unstarted(task.id, &outcome).await.unwrap();
+        store.finish_abandoned(task.id, &outcome).await.unwrap();
+        store.finish_attempt(task.id, 1, &outcome).await.unwrap();
+    }
+    store.start_attempt(task.id, "w2", LEASE).await.unwrap();
+    seen.push(store.get(task.id).await.unwrap().unwrap().status);
+    for pair in seen.windows(2) {
+        assert!(
+            pair[0] == pair[1] || pair[0].can_become(pair[1]),
+            "{pair:?}"
+        );
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&TaskStatus::Succeeded),
+        "terminal stays terminal"
+    );
 }
 
 #[tokio::test]
 async fn concurrent_sweepers_never_claim_the_same_task_on_postgres() {
     let store = postgres().await;
-    for n in 0..4 {
-        store.insert(&Task::new(n.to_string(), None)).await.unwrap();
+    let tasks: Vec<Task> = (0..200).map(|n| Task::new(n.to_string(), None)).collect();
+    store.insert_all(&tasks, NOW).await.unwrap();
+    let mut sweeps = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        sweeps.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim_for_sweep(7, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.into_iter().map(|t| t.id));
+            }
+        }));
     }
-    let cutoff = Utc::now() + Duration::seconds(1);
-    let first = store.claim_unpublished(cutoff, 2).await.unwrap();
-    let second = store.claim_unpublished(cutoff, 10).await.unwrap();
-    assert_eq!(first.tasks.len(), 2);
-    assert_eq!(
-        second.tasks.len(),
-        2,
-        "locked rows are skipped, not waited for"
-    );
-    for task in &first.tasks {
-        assert!(second.tasks.iter().all(|other| other.id != task.id));
+    let mut all = Vec::new();
+    for sweep in sweeps {
+        all.extend(sweep.await.unwrap());
     }
-    first.finish(&[], Utc::now()).await.unwrap();
-    second.finish(&[], Utc::now()).await.unwrap();
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 200, "every task claimed");
+    assert_eq!(distinct.len(), 200, "none claimed twice");
+}
+
+#[tokio::test]
+async fn a_statement_timeout_on_postgres_is_an_outage_not_a_bug() {
+    let options = StoreOptions {
+        statement_timeout: StdDuration::from_millis(100),
+        ..StoreOptions::default()
+    };
+    let store = store_with(&dalc_testkit::fresh_postgres_database().await, &options).await;
+    let err = store
+        .execute_unprepared("SELECT pg_sleep(2)")
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let err = store
+        .execute_unprepared("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    assert!(!err.is_unavailable(), "{err}");
+}
+
+#[tokio::test]
+async fn a_locked_sqlite_database_is_an_outage_not_a_bug() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let url = dalc_testkit::fresh_sqlite_database();
+    let options = StoreOptions {
+        statement_timeout: StdDuration::from_millis(100),
+        ..StoreOptions::default()
+    };
+    let store = store_with(&url, &options).await;
+    // Another process holds the write lock (SQLite allows one writer at a time).
+    let other = Database::connect(&url).await.unwrap();
+    let holding = other.begin().await.unwrap();
+    holding
+        .execute_unprepared("UPDATE tasks SET attempts = attempts")
+        .await
+        .unwrap();
+    let err = store.insert(&Task::new("1", None), NOW).await.unwrap_err();
+    assert!(err.is_unavailable(), "SQLITE_BUSY is transient: {err}");
+    holding.rollback().await.unwrap();
+    store.insert(&Task::new("1", None), NOW).await.unwrap();
 }
