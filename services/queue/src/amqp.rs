@@ -7,7 +7,10 @@
 //! - `dalc.events`: a topic exchange of status events (routing key = status); each gateway binds
 //!   its own expiring queue `dalc.events.<gateway>` to it.
 //!
-//! One connection per broker handle, re-established on demand after a failure; every publish
+//! Two connections per broker handle, each re-established on demand after a failure: one that
+//! publishes (tasks, replies, events) and one that consumes and acks. RabbitMQ blocks publishing
+//! connections during a memory or disk alarm; acks and consumers on the other connection carry on,
+//! and publishes fail fast with [`QueueError::Unavailable`] while the block lasts. Every publish
 //! awaits its publisher confirm, bounded by a timeout so no caller hangs on a dead broker.
 
 use std::{
@@ -35,8 +38,9 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
-    Deliveries, Delivery, Destination, MalformedMessage, QueueError, QueueNames, Settle,
-    TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher, Updates,
+    DeadLetterConsumer, Deliveries, Delivery, Destination, MalformedMessage, QueueError,
+    QueueNames, Settle, TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher,
+    Updates,
     message::{decode_update, encode_update},
 };
 
@@ -66,7 +70,7 @@ impl FromStr for QueueType {
 }
 
 /// How to reach the broker and shape the topology.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AmqpConfig {
     /// e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`
     pub url: String,
@@ -82,23 +86,58 @@ pub struct AmqpConfig {
     pub heartbeat: Duration,
     /// An unused reply or events queue is deleted after this long.
     pub reply_queue_expiry: Duration,
-    /// Shown in the RabbitMQ management UI.
+    /// The most updates a gateway's reply or events queue holds; past it the oldest are dropped
+    /// (waiters fall back to the database).
+    pub update_queue_max_length: u32,
+    /// The most messages `dalc.tasks.dead` holds (the oldest go first) ...
+    pub dead_letter_max_length: u32,
+    /// ... and how long each stays there if no gateway consumes them.
+    pub dead_letter_ttl: Duration,
+    /// Shown in the RabbitMQ management UI (with " publish" or " consume" appended).
     pub connection_name: String,
     /// Where reconnects and publish-confirm latency are counted.
     pub metrics: Arc<dalc_telemetry::Metrics>,
 }
 
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            // Never the password: configs end up in logs.
+            .field("url", &redact_url(&self.url))
+            .field("names", &self.names)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("max_priority", &self.max_priority)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("reply_queue_expiry", &self.reply_queue_expiry)
+            .field("update_queue_max_length", &self.update_queue_max_length)
+            .field("dead_letter_max_length", &self.dead_letter_max_length)
+            .field("dead_letter_ttl", &self.dead_letter_ttl)
+            .field("connection_name", &self.connection_name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AmqpConfig {
+    pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+    pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u32 = 100_000;
+    pub const DEFAULT_DEAD_LETTER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
     pub fn new(url: impl Into<String>, names: QueueNames) -> Self {
         AmqpConfig {
             url: url.into(),
             names,
             queue_type: QueueType::Classic,
-            delivery_limit: 5,
+            delivery_limit: Self::DEFAULT_DELIVERY_LIMIT,
             max_priority: 9,
-            operation_timeout: Duration::from_secs(5),
+            operation_timeout: Self::DEFAULT_OPERATION_TIMEOUT,
             heartbeat: Duration::from_secs(10),
             reply_queue_expiry: Duration::from_secs(60),
+            update_queue_max_length: 10_000,
+            dead_letter_max_length: Self::DEFAULT_DEAD_LETTER_MAX_LENGTH,
+            dead_letter_ttl: Self::DEFAULT_DEAD_LETTER_TTL,
             connection_name: "dalc".to_owned(),
             metrics: Arc::default(),
         }
@@ -109,11 +148,31 @@ impl AmqpConfig {
 /// another connect attempt: a client hears UNAVAILABLE at once while the broker is away.
 const FAIL_FAST_WINDOW: Duration = Duration::from_millis(500);
 
-/// A handle on the broker. Clones share one connection.
+/// How many updates a gateway's update consumer holds unacked: bounds what lapin buffers when
+/// routing lags.
+const UPDATE_PREFETCH: u16 = 256;
+
+/// A handle on the broker. Clones share its two connections.
 #[derive(Debug, Clone)]
 pub struct AmqpBroker {
     config: Arc<AmqpConfig>,
-    link: Arc<Mutex<LinkState>>,
+    /// Publishes tasks, replies and events, on a confirm channel.
+    publishing: Arc<Lane>,
+    /// Consumes and acks; never publishes, so a broker alarm never blocks it.
+    consuming: Arc<Lane>,
+}
+
+/// One connection, opened on demand and re-opened after a failure.
+#[derive(Debug)]
+struct Lane {
+    role: Role,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publish,
+    Consume,
 }
 
 #[derive(Debug, Default)]
@@ -127,18 +186,39 @@ struct LinkState {
 #[derive(Debug, Clone)]
 struct Link {
     connection: Arc<Connection>,
-    /// In confirm mode; shared by all publishes (lapin multiplexes confirms on one channel).
-    publisher: Channel,
+    /// Publishing lane: in confirm mode, shared by all publishes (lapin multiplexes confirms on
+    /// one channel). Consuming lane: for declares and passive queue inspections.
+    channel: Channel,
+}
+
+impl Link {
+    fn is_live(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+}
+
+fn blocked_error() -> QueueError {
+    QueueError::Unavailable(
+        "the broker is refusing publishes (a memory or disk alarm); try again later".into(),
+    )
 }
 
 impl AmqpBroker {
-    /// Connects and declares the topology, so a misconfiguration shows at start-up.
+    /// Connects both lanes and declares the topology, so a misconfiguration shows at start-up.
     pub async fn connect(config: AmqpConfig) -> Result<Self, QueueError> {
+        let lane = |role| {
+            Arc::new(Lane {
+                role,
+                state: Mutex::new(LinkState::default()),
+            })
+        };
         let broker = AmqpBroker {
             config: Arc::new(config),
-            link: Arc::new(Mutex::new(LinkState::default())),
+            publishing: lane(Role::Publish),
+            consuming: lane(Role::Consume),
         };
-        broker.link().await?;
+        broker.link(&broker.publishing).await?;
+        broker.link(&broker.consuming).await?;
         Ok(broker)
     }
 
@@ -146,14 +226,31 @@ impl AmqpBroker {
         &self.config
     }
 
-    /// The live connection, re-established (topology included) if it was lost.
-    async fn link(&self) -> Result<Link, QueueError> {
-        let mut state = self.link.lock().await;
+    /// Whether a publish has a chance right now, without waiting: `Err` while the broker blocks
+    /// publishing or just refused a connection. Lets a gateway refuse a call before writing it.
+    pub fn ready_to_publish(&self) -> Result<(), QueueError> {
+        let Ok(state) = self.publishing.state.try_lock() else {
+            // Someone is connecting: the publish will find out.
+            return Ok(());
+        };
+        match (&state.link, &state.last_failure) {
+            (Some(link), _) if link.is_live() && link.connection.status().blocked() => {
+                Err(blocked_error())
+            }
+            (Some(link), _) if link.is_live() => Ok(()),
+            (_, Some((at, err))) if at.elapsed() < FAIL_FAST_WINDOW => Err(err.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lane's live connection, re-established (topology included) if it was lost.
+    async fn link(&self, lane: &Lane) -> Result<Link, QueueError> {
+        let mut state = lane.state.lock().await;
         if let Some(link) = &state.link {
-            if link.connection.status().connected() && link.publisher.status().connected() {
+            if link.is_live() {
                 return Ok(link.clone());
             }
-            warn!("AMQP connection lost; reconnecting");
+            warn!(lane = ?lane.role, "AMQP connection lost; reconnecting");
             state.link = None;
         }
         if let Some((at, err)) = &state.last_failure
@@ -161,7 +258,7 @@ impl AmqpBroker {
         {
             return Err(err.clone());
         }
-        match tokio::time::timeout(self.config.operation_timeout, self.open_link()).await {
+        match tokio::time::timeout(self.config.operation_timeout, self.open_link(lane.role)).await {
             Ok(Ok(link)) => {
                 if state.connected_before {
                     self.config.metrics.broker_reconnects.inc();
@@ -183,26 +280,32 @@ impl AmqpBroker {
         }
     }
 
-    async fn open_link(&self) -> Result<Link, QueueError> {
+    async fn open_link(&self, role: Role) -> Result<Link, QueueError> {
         let mut uri = AMQPUri::from_str(&self.config.url)
             .map_err(|e| QueueError::Broker(format!("invalid AMQP URL: {e}")))?;
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat =
                 Some(u16::try_from(self.config.heartbeat.as_secs()).unwrap_or(10));
         }
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.config.connection_name.clone().into());
+        let suffix = match role {
+            Role::Publish => "publish",
+            Role::Consume => "consume",
+        };
+        let name = format!("{} {suffix}", self.config.connection_name);
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect_uri(uri, properties).await?;
-        let publisher = connection.create_channel().await?;
-        self.declare_topology(&publisher).await?;
-        // Confirms turn "sent" into "stored by the broker": the basis of not losing tasks.
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        info!(url = %redact_url(&self.config.url), "connected to the message broker");
+        let channel = connection.create_channel().await?;
+        self.declare_topology(&channel).await?;
+        if role == Role::Publish {
+            // Confirms turn "sent" into "stored by the broker": the basis of not losing tasks.
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
+        info!(url = %redact_url(&self.config.url), lane = suffix, "connected to the message broker");
         Ok(Link {
             connection: Arc::new(connection),
-            publisher,
+            channel,
         })
     }
 
@@ -226,8 +329,21 @@ impl AmqpBroker {
             durable: true,
             ..Default::default()
         };
+        let mut dead_letter_args = FieldTable::default();
+        // Bounded: dead letters are finalised and acked by the gateways' dead-letter consumer;
+        // if none runs, the oldest go first and none stays longer than the TTL.
+        dead_letter_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(self.config.dead_letter_max_length)),
+        );
+        dead_letter_args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(
+                i64::try_from(self.config.dead_letter_ttl.as_millis()).unwrap_or(i64::MAX),
+            ),
+        );
         channel
-            .queue_declare(names.dead_letters().into(), durable, FieldTable::default())
+            .queue_declare(names.dead_letters().into(), durable, dead_letter_args)
             .await?;
         channel
             .queue_declare(names.tasks().into(), durable, self.task_queue_arguments())
@@ -276,14 +392,18 @@ impl AmqpBroker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), QueueError> {
-        let link = self.link().await?;
+        let link = self.link(&self.publishing).await?;
+        if link.connection.status().blocked() {
+            // A publish now would wait for the alarm to clear: answer at once instead.
+            return Err(blocked_error());
+        }
         let options = BasicPublishOptions {
             mandatory,
             ..Default::default()
         };
         let publish = async {
             let confirm = link
-                .publisher
+                .channel
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
@@ -326,14 +446,14 @@ impl AmqpBroker {
 
     /// Deletes this deployment's durable queues and exchange; for tests and teardown.
     pub async fn delete_topology(&self) -> Result<(), QueueError> {
-        let link = self.link().await?;
+        let link = self.link(&self.consuming).await?;
         let names = &self.config.names;
         for queue in [names.tasks(), names.dead_letters()] {
-            link.publisher
+            link.channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;
         }
-        link.publisher
+        link.channel
             .exchange_delete(names.events().into(), Default::default())
             .await?;
         Ok(())
@@ -341,7 +461,7 @@ impl AmqpBroker {
 
     /// Messages ready in `queue` (e.g. [`QueueNames::tasks`] or [`QueueNames::dead_letters`]).
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, QueueError> {
-        let link = self.link().await?;
+        let link = self.link(&self.consuming).await?;
         // A passive declare on a throwaway channel: if the queue is missing the broker closes
         // that channel, not the shared publisher.
         let channel = link.connection.create_channel().await?;
@@ -356,10 +476,12 @@ impl AmqpBroker {
         Ok(queue.message_count())
     }
 
-    /// Closes the connection politely (the broker requeues anything unacked at once).
+    /// Closes both connections politely (the broker requeues anything unacked at once).
     pub async fn close(&self) {
-        if let Some(link) = self.link.lock().await.link.take() {
-            let _ = link.connection.close(200, "shutting down".into()).await;
+        for lane in [&self.publishing, &self.consuming] {
+            if let Some(link) = lane.state.lock().await.link.take() {
+                let _ = link.connection.close(200, "shutting down".into()).await;
+            }
         }
     }
 }
@@ -371,6 +493,10 @@ impl TaskPublisher for AmqpBroker {
             system: "rabbitmq",
             queue: self.config.names.tasks(),
         }
+    }
+
+    fn ready(&self) -> Result<(), QueueError> {
+        self.ready_to_publish()
     }
 
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError> {
@@ -392,8 +518,7 @@ impl TaskPublisher for AmqpBroker {
         if let Some(deadline) = message.deadline {
             // Per-message TTL: past its deadline the broker dead-letters the task instead of
             // handing it to a worker; the gateway's sweeper then records it as EXPIRED.
-            let remaining_ms = (deadline - chrono::Utc::now()).num_milliseconds().max(0);
-            properties = properties.with_expiration(remaining_ms.to_string().into());
+            properties = properties.with_expiration(expiration_ms(deadline).to_string().into());
         }
         let queue = self.config.names.tasks();
         // Mandatory: if the request queue is missing the task must not silently vanish.
@@ -409,7 +534,7 @@ impl TaskConsumer for AmqpBroker {
     }
 
     async fn consume_tasks(&self, prefetch: u16) -> Result<Deliveries, QueueError> {
-        let link = self.link().await?;
+        let link = self.link(&self.consuming).await?;
         let channel = link.connection.create_channel().await?;
         // Bounded prefetch: a worker holds at most this many unacked tasks, the rest stay
         // queued for other workers.
@@ -454,6 +579,7 @@ fn into_delivery(delivery: LapinDelivery) -> Delivery {
     let message: Result<TaskMessage, MalformedMessage> =
         TaskMessage::decode_body(&delivery.data, reply_to, headers);
     let redelivered = delivery.redelivered;
+    let death = properties.headers().as_ref().and_then(death_reason);
     Delivery::new(
         message,
         redelivered,
@@ -461,6 +587,26 @@ fn into_delivery(delivery: LapinDelivery) -> Delivery {
             acker: delivery.acker,
         }),
     )
+    .dead_lettered_for(death)
+}
+
+/// Why RabbitMQ dead-lettered a message (`rejected`, `expired`, `maxlen`, `delivery_limit`):
+/// `x-first-death-reason`, or the newest `x-death` entry's `reason`.
+fn death_reason(headers: &FieldTable) -> Option<String> {
+    let table = headers.inner();
+    if let Some(AMQPValue::LongString(reason)) = table.get("x-first-death-reason") {
+        return Some(reason.to_string());
+    }
+    let Some(AMQPValue::FieldArray(deaths)) = table.get("x-death") else {
+        return None;
+    };
+    deaths.as_slice().iter().find_map(|death| match death {
+        AMQPValue::FieldTable(death) => match death.inner().get("reason") {
+            Some(AMQPValue::LongString(reason)) => Some(reason.to_string()),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 struct AmqpSettle {
@@ -513,14 +659,24 @@ impl UpdatePublisher for AmqpBroker {
 impl UpdateConsumer for AmqpBroker {
     async fn consume_updates(&self, gateway_id: &str) -> Result<Updates, QueueError> {
         let names = &self.config.names;
-        let link = self.link().await?;
+        let link = self.link(&self.consuming).await?;
         let channel = link.connection.create_channel().await?;
+        // Manual acks with a bounded prefetch: lapin buffers at most this many updates if the
+        // router lags, instead of whatever the broker pushes.
+        channel
+            .basic_qos(UPDATE_PREFETCH, BasicQosOptions::default())
+            .await?;
 
         let mut args = FieldTable::default();
         // A gateway that vanishes leaves no garbage: its queues go once unused for this long.
         let expiry_ms =
             i64::try_from(self.config.reply_queue_expiry.as_millis()).unwrap_or(i64::MAX);
         args.insert("x-expires".into(), AMQPValue::LongLongInt(expiry_ms));
+        // Bounded: past this many the oldest updates are dropped; waiters read the database.
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(self.config.update_queue_max_length)),
+        );
         // Not durable, not exclusive: the queue outlives a brief disconnect (so replies sent
         // meanwhile wait for us) but not a broker restart, and x-expires cleans it up.
         let options = QueueDeclareOptions::default();
@@ -543,34 +699,95 @@ impl UpdateConsumer for AmqpBroker {
             )
             .await?;
 
-        // Auto-ack: a lost update costs nothing (waiters fall back to the database), and
-        // acking each one would double the traffic on the hot path.
-        let no_ack = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        let mut streams = Vec::new();
+        let mut consumers = Vec::new();
         for queue in [&reply_queue, &events_queue] {
             let consumer = channel
                 .basic_consume(
                     queue.as_str().into(),
                     "".into(),
-                    no_ack,
+                    BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
-            streams.push(consumer.boxed());
+            // Each consumer's end (cancelled by the broker, or its channel closed) is marked, so
+            // the merged stream ends with the first of them: the caller then rebuilds both,
+            // re-declaring the queues, instead of living on with half its updates.
+            consumers.push(
+                consumer
+                    .map(Some)
+                    .chain(stream::once(std::future::ready(None)))
+                    .boxed(),
+            );
         }
-        let updates = stream::select_all(streams)
-            .take_while(|delivery| std::future::ready(delivery.is_ok()))
-            .filter_map(|delivery| {
-                std::future::ready(delivery.ok().and_then(|d| decode_update(&d.data)))
+        let closer = CloseOnDrop(Some(channel));
+        let updates = stream::select_all(consumers)
+            .take_while(|delivery| std::future::ready(matches!(delivery, Some(Ok(_)))))
+            .filter_map(move |delivery| {
+                let _closes_the_channel_when_the_stream_goes = &closer;
+                async move {
+                    let delivery = delivery?.ok()?;
+                    // A lost update costs nothing (waiters fall back to the database), so
+                    // acking before routing is fine; the ack is not waited on by the broker.
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    decode_update(&delivery.data)
+                }
             });
         Ok(Updates {
             reply_to: reply_queue,
             stream: updates.boxed(),
         })
     }
+}
+
+#[async_trait]
+impl DeadLetterConsumer for AmqpBroker {
+    async fn consume_dead_letters(&self, prefetch: u16) -> Result<Deliveries, QueueError> {
+        let link = self.link(&self.consuming).await?;
+        let channel = link.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.config.names.dead_letters().into(),
+                "".into(),
+                // Manual acks: a dead letter is removed only once its task is finalised.
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let closer = CloseOnDrop(Some(channel));
+        let deliveries = consumer.map(move |delivery| {
+            let _closes_the_channel_when_the_stream_goes = &closer;
+            delivery.map(into_delivery).map_err(QueueError::from)
+        });
+        Ok(deliveries.boxed())
+    }
+}
+
+/// Closes a consumer's channel when its stream is dropped: a resubscription must not leave the
+/// old channel's consumers pulling messages nobody reads.
+struct CloseOnDrop(Option<Channel>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(channel) = self.0.take()
+            && channel.status().connected()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = channel.close(200, "resubscribing".into()).await;
+            });
+        }
+    }
+}
+
+/// The per-message TTL for a task due at `deadline`, in the range RabbitMQ accepts: a larger
+/// expiration closes the publishing channel (PRECONDITION_FAILED) and fails every publish in
+/// flight on it, so it is clamped whatever the caller computed.
+pub(crate) fn expiration_ms(deadline: chrono::DateTime<chrono::Utc>) -> u32 {
+    let remaining = (deadline - chrono::Utc::now()).num_milliseconds();
+    u32::try_from(remaining.max(0)).unwrap_or(u32::MAX)
 }
 
 fn long_string(value: &str) -> AMQPValue {
@@ -600,6 +817,24 @@ mod tests {
             "amqp://guest:***@host:5672/%2f"
         );
         assert_eq!(redact_url("amqp://host:5672"), "amqp://host:5672");
+    }
+
+    #[test]
+    fn configs_print_without_the_password() {
+        let config = AmqpConfig::new("amqp://guest:secret@host/%2f", QueueNames::default());
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("secret"), "{printed}");
+        assert!(printed.contains("guest:***@host"), "{printed}");
+    }
+
+    #[test]
+    fn expirations_stay_in_the_brokers_range() {
+        let now = chrono::Utc::now();
+        assert_eq!(expiration_ms(now - chrono::Duration::hours(1)), 0);
+        let far = now + chrono::Duration::days(3650);
+        assert_eq!(expiration_ms(far), u32::MAX);
+        let soon = expiration_ms(now + chrono::Duration::seconds(10));
+        assert!((9_000..=10_000).contains(&soon), "{soon}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod names;
 
 use async_trait::async_trait;
 use dalc_domain::Task;
-use futures::stream::BoxStream;
+use futures::{StreamExt, stream::BoxStream};
 
 pub use error::QueueError;
 pub use message::{MalformedMessage, PAYLOAD_VERSION, TaskMessage};
@@ -52,6 +52,12 @@ pub trait TaskPublisher: Send + Sync {
         Destination::in_process()
     }
 
+    /// `Err` when a publish is known to fail right now (the broker is out of reach or refusing
+    /// publishes), without waiting: lets a gateway refuse a call before writing anything.
+    fn ready(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Publishes `message` and returns once the broker has confirmed it is stored.
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError>;
 }
@@ -75,6 +81,18 @@ pub trait UpdatePublisher: Send + Sync {
     /// Replies to `reply_to` (when there is one) and publishes a status event, awaiting the
     /// broker's confirms for both.
     async fn publish_update(&self, reply_to: Option<&str>, task: &Task) -> Result<(), QueueError>;
+}
+
+/// Takes messages off the dead-letter queue, each with why it was dead-lettered
+/// ([`Delivery::dead_letter_reason`]), so that their tasks can be finalised.
+#[async_trait]
+pub trait DeadLetterConsumer: Send + Sync {
+    /// Starts a consumer with at most `prefetch` unsettled dead letters. The in-process queue
+    /// has nothing to finalise (its dead letters are tasks a worker already ended), so by default
+    /// the stream never yields.
+    async fn consume_dead_letters(&self, _prefetch: u16) -> Result<Deliveries, QueueError> {
+        Ok(futures::stream::pending().boxed())
+    }
 }
 
 /// Receives task updates at a gateway.
@@ -109,6 +127,9 @@ pub struct Delivery {
     pub message: Result<TaskMessage, MalformedMessage>,
     /// Whether the broker delivered this message before (its consumer died unsettled).
     pub redelivered: bool,
+    /// For a dead letter: why the broker dead-lettered it (`rejected`, `expired`, `maxlen`,
+    /// `delivery_limit`).
+    pub dead_letter_reason: Option<String>,
     settle: Box<dyn Settle>,
 }
 
@@ -117,6 +138,7 @@ impl std::fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("message", &self.message)
             .field("redelivered", &self.redelivered)
+            .field("dead_letter_reason", &self.dead_letter_reason)
             .finish_non_exhaustive()
     }
 }
@@ -130,8 +152,14 @@ impl Delivery {
         Delivery {
             message,
             redelivered,
+            dead_letter_reason: None,
             settle,
         }
+    }
+
+    pub(crate) fn dead_lettered_for(mut self, reason: Option<String>) -> Self {
+        self.dead_letter_reason = reason;
+        self
     }
 
     /// Done with: the broker forgets the message.

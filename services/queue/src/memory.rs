@@ -16,13 +16,17 @@ use futures::{StreamExt, stream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use crate::{
-    Deliveries, Delivery, QueueError, QueueNames, Settle, TaskConsumer, TaskMessage, TaskPublisher,
-    UpdateConsumer, UpdatePublisher, Updates,
+    DeadLetterConsumer, Deliveries, Delivery, QueueError, QueueNames, Settle, TaskConsumer,
+    TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher, Updates,
 };
 
 /// How many events a slow gateway may fall behind before it skips some (its waiters then fall
 /// back to reading the database).
 const EVENT_BACKLOG: usize = 4096;
+
+/// How many dead letters are kept for inspection; past it the oldest go. They are tasks a worker
+/// already ended (FAILED), so dropping them loses nothing.
+const DEAD_LETTERS_KEPT: usize = 1000;
 
 /// An in-process broker. Clones share the same queues.
 #[derive(Debug, Clone)]
@@ -33,7 +37,7 @@ pub struct MemoryBroker {
 #[derive(Debug)]
 struct Inner {
     ready: Mutex<VecDeque<Queued>>,
-    dead: Mutex<Vec<TaskMessage>>,
+    dead: Mutex<VecDeque<TaskMessage>>,
     available: Notify,
     reply_queues: Mutex<HashMap<String, mpsc::UnboundedSender<Task>>>,
     events: broadcast::Sender<Task>,
@@ -71,7 +75,7 @@ impl MemoryBroker {
 
     /// Messages rejected without requeue.
     pub fn dead_letters(&self) -> Vec<TaskMessage> {
-        lock(&self.inner.dead).clone()
+        lock(&self.inner.dead).iter().cloned().collect()
     }
 }
 
@@ -170,7 +174,11 @@ impl Settle for MemorySettle {
                     true,
                 );
             } else {
-                lock(&self.inner.dead).push(message);
+                let mut dead = lock(&self.inner.dead);
+                if dead.len() == DEAD_LETTERS_KEPT {
+                    dead.pop_front();
+                }
+                dead.push_back(message);
             }
         }
         Ok(())
@@ -191,6 +199,9 @@ impl Drop for MemorySettle {
         }
     }
 }
+
+/// Its dead letters need no finalising: nothing to consume.
+impl DeadLetterConsumer for MemoryBroker {}
 
 #[async_trait]
 impl UpdatePublisher for MemoryBroker {

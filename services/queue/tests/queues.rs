@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use dalc_domain::{Task, TaskStatus};
 use dalc_queue::{
-    QueueNames, TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher,
+    DeadLetterConsumer, QueueNames, TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer,
+    UpdatePublisher,
     amqp::{AmqpBroker, AmqpConfig},
     memory::MemoryBroker,
 };
@@ -250,5 +251,60 @@ async fn rabbitmq_dead_letters_tasks_past_their_deadline() {
         "expired in the queue"
     );
     assert_eq!(dead_letter_depth(&a.config().names).await, 1);
+    // The dead letter says why: its deadline passed in the queue.
+    let mut dead = b.consume_dead_letters(4).await.unwrap();
+    let letter = next_delivery(&mut dead).await;
+    assert_eq!(letter.dead_letter_reason.as_deref(), Some("expired"));
+    assert_eq!(letter.message.as_ref().unwrap().task_id, task.id);
+    letter.ack().await.unwrap();
+    a.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn rejected_dead_letters_say_so() {
+    let (a, b) = amqp_pair().await;
+    a.publish_task(&message("9")).await.unwrap();
+    let mut deliveries = b.consume_tasks(1).await.unwrap();
+    next_delivery(&mut deliveries)
+        .await
+        .reject(false)
+        .await
+        .unwrap();
+    let mut dead = a.consume_dead_letters(4).await.unwrap();
+    let letter = next_delivery(&mut dead).await;
+    assert_eq!(letter.dead_letter_reason.as_deref(), Some("rejected"));
+    letter.ack().await.unwrap();
+    a.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_update_stream_ends_when_either_consumer_is_cancelled() {
+    use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
+    let (a, _b) = amqp_pair().await;
+    let mut updates = a.consume_updates("gw-half").await.unwrap();
+    // The broker cancels the events consumer (its queue is deleted under it)...
+    let connection =
+        Connection::connect(&dalc_testkit::amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let events_queue = a.config().names.events_queue("gw-half");
+    channel
+        .queue_delete(events_queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    // ...so the whole stream ends, and the gateway rebuilds both instead of living on with
+    // replies only.
+    let ended = tokio::time::timeout(PATIENCE, updates.stream.next()).await;
+    assert!(matches!(ended, Ok(None)), "the stream ends");
+    let mut rebuilt = a.consume_updates("gw-half").await.unwrap();
+    let mut task = Task::new("1", None);
+    task.status = TaskStatus::Succeeded;
+    a.publish_update(None, &task).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, rebuilt.stream.next())
+        .await
+        .unwrap();
+    assert_eq!(got.unwrap().id, task.id, "events flow again");
+    connection.close(200, "done".into()).await.ok();
     a.delete_topology().await.unwrap();
 }
