@@ -122,7 +122,10 @@ export DALC_TEST_POSTGRES_URL="${DALC_TEST_POSTGRES_URL:-postgres://postgres:pos
 
 # The fault scenarios stop and restart the shared RabbitMQ and PostgreSQL, so they run on their
 # own, after everything else (cargo runs test binaries one at a time, never two at once).
+# The test-only fault hooks (`fault-injection`) are compiled into this build of `dalc`, and only
+# into this one: a plain `cargo build`, what users run, rejects those flags.
+FEATURES=(--features dalc-cli/fault-injection)
 log "cargo test --workspace $* (all but the fault scenarios)"
-cargo test --workspace "$@" -- --skip fault_scenario_
-log "fault scenarios: kill -9, broker and database restarts, poison, SIGTERM"
-cargo test -p dalc-cli --test faults "$@" -- --test-threads 1
+cargo test --workspace "${FEATURES[@]}" "$@" -- --skip fault_scenario_
+log "fault scenarios: kill -9, broker and database restarts and alarms, poison, SIGTERM"
+cargo test -p dalc-cli --test faults "${FEATURES[@]}" "$@" -- --test-threads 1

@@ -5,7 +5,10 @@
 //! [`run`] is what the binary and the tests call, on a listener they bound (port 0 in tests).
 
 mod convert;
+mod dead_letters;
 mod error;
+mod health;
+mod marks;
 mod service;
 mod sweeper;
 mod tasks;
@@ -14,8 +17,9 @@ mod waiters;
 
 use std::{sync::Arc, time::Duration};
 
+use dalc_domain::Backoff;
 use dalc_proto::v1::task_service_server::TaskServiceServer;
-use dalc_queue::{TaskPublisher, UpdateConsumer};
+use dalc_queue::{DeadLetterConsumer, TaskPublisher, UpdateConsumer};
 use dalc_storage::TaskStore;
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -24,12 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use error::ApiError;
-pub use sweeper::{SweepReport, sweep_once};
+pub use sweeper::{SweepPolicy, SweepReport, sweep_once};
 pub use waiters::Waiters;
 
-use crate::{service::TaskServiceImpl, tasks::Tasks};
+use crate::{marks::PublishMarks, service::TaskServiceImpl, tasks::Tasks};
 
-/// How a gateway behaves. Every field has a documented default (see `dalc gateway --help`).
+/// How a gateway behaves. The `DEFAULT_*` constants are the documented defaults (`dalc gateway
+/// --help` shows them; the CLI takes them from here).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Names this gateway's reply queue; unique per running gateway.
@@ -42,38 +47,82 @@ pub struct GatewayConfig {
     pub max_wait: Duration,
     /// The deadline of a task whose request gives no `timeout`.
     pub task_ttl: Duration,
+    /// The longest `timeout` a request may give; past it the call is INVALID_ARGUMENT.
+    pub max_task_ttl: Duration,
     /// First pause between database reads while waiting (doubles up to 4 s): the fallback
     /// for a lost reply.
     pub poll_interval: Duration,
     /// On shutdown, how long in-flight calls may take to finish.
     pub shutdown_grace: Duration,
-    /// How often the recovery sweeper looks for tasks whose publish was never confirmed.
+    /// On shutdown, how long the gateway keeps accepting calls after reporting NOT_SERVING, so
+    /// load balancers and readiness probes stop sending before the listener closes.
+    pub drain_delay: Duration,
+    /// How often the database and the broker are checked for the health service.
+    pub health_interval: Duration,
+    /// How often the recovery sweeper runs.
     pub sweep_interval: Duration,
-    /// How old such a task must be before it is republished (its own gateway may still be
-    /// about to confirm it).
+    /// How long a new task's gateway has to confirm its publish before a sweeper republishes
+    /// it; also how long a sweeper's claim lasts.
     pub sweep_grace: Duration,
+    /// Finished tasks are deleted this long after they ended; `None` keeps them for ever.
+    pub retention: Option<Duration>,
     /// TEST ONLY: abort the process after storing a task and before publishing it, to prove
-    /// the sweeper recovers it. Never set in production.
+    /// the sweeper recovers it. Compiled in only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
     pub fault_abort_before_publish: bool,
     /// Where submissions and waiting calls are counted.
     pub metrics: Arc<dalc_telemetry::Metrics>,
 }
 
 impl GatewayConfig {
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(300);
+    pub const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+    pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(2);
+    pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
     pub fn new(gateway_id: impl Into<String>) -> Self {
         GatewayConfig {
             gateway_id: gateway_id.into(),
             limits: dalc_calc::Limits::default(),
-            default_wait: Duration::from_secs(30),
-            max_wait: Duration::from_secs(300),
-            task_ttl: Duration::from_secs(3600),
+            default_wait: Self::DEFAULT_WAIT,
+            max_wait: Self::DEFAULT_MAX_WAIT,
+            task_ttl: Self::DEFAULT_TASK_TTL,
+            max_task_ttl: Self::DEFAULT_MAX_TASK_TTL,
             poll_interval: Duration::from_millis(500),
-            shutdown_grace: Duration::from_secs(25),
-            sweep_interval: Duration::from_secs(5),
-            sweep_grace: Duration::from_secs(10),
+            shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+            drain_delay: Self::DEFAULT_DRAIN_DELAY,
+            health_interval: Self::DEFAULT_HEALTH_INTERVAL,
+            sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
+            sweep_grace: Self::DEFAULT_SWEEP_GRACE,
+            retention: Some(Self::DEFAULT_RETENTION),
+            #[cfg(feature = "fault-injection")]
             fault_abort_before_publish: false,
             metrics: Arc::default(),
         }
+    }
+}
+
+/// What a gateway talks to.
+#[derive(Clone)]
+pub struct GatewayBackends {
+    pub store: TaskStore,
+    pub publisher: Arc<dyn TaskPublisher>,
+    pub updates: Arc<dyn UpdateConsumer>,
+    pub dead_letters: Arc<dyn DeadLetterConsumer>,
+}
+
+impl std::fmt::Debug for GatewayBackends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBackends")
+            .field("store", &self.store)
+            .field("queue", &self.publisher.destination())
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,16 +137,20 @@ pub enum GatewayError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, then stops accepting calls and gives
-/// in-flight ones `shutdown_grace` to finish.
+/// Serves on `listener` until `shutdown` is cancelled; then reports NOT_SERVING, keeps accepting
+/// for `drain_delay`, stops accepting and gives in-flight calls the rest of `shutdown_grace`.
 pub async fn run(
     config: GatewayConfig,
     listener: TcpListener,
-    store: TaskStore,
-    publisher: Arc<dyn TaskPublisher>,
-    updates: Arc<dyn UpdateConsumer>,
+    backends: GatewayBackends,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let GatewayBackends {
+        store,
+        publisher,
+        updates,
+        dead_letters,
+    } = backends;
     let waiters = Waiters::default();
     let first = updates.consume_updates(&config.gateway_id).await?;
     let reply_to = first.reply_to.clone();
@@ -108,34 +161,53 @@ pub async fn run(
         config.gateway_id.clone(),
         waiters.clone(),
     ));
-
+    let policy = SweepPolicy {
+        claim: config.sweep_grace,
+        retention: config.retention,
+    };
     tokio::spawn(sweeper::run(
         store.clone(),
         publisher.clone(),
         waiters.clone(),
+        config.metrics.clone(),
         config.sweep_interval,
-        config.sweep_grace,
+        policy,
+        shutdown.clone(),
+    ));
+    tokio::spawn(dead_letters::run(
+        store.clone(),
+        dead_letters,
+        waiters.clone(),
+        config.metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health::report(&health, tonic_health::ServingStatus::Serving).await;
+    tokio::spawn(health::watch(
+        health.clone(),
+        store.clone(),
+        publisher.clone(),
+        config.health_interval,
         shutdown.clone(),
     ));
 
     let grace = config.shutdown_grace;
+    let drain_delay = config.drain_delay.min(grace);
     // Cancelled shortly before the grace period ends: waiting calls then answer with the task
     // as it stands instead of being cut off.
     let draining = CancellationToken::new();
+    let marks = PublishMarks::start(store.clone());
     let tasks = Arc::new(Tasks {
         config,
         store,
         publisher,
         waiters,
+        marks,
         reply_to,
         draining: draining.clone(),
     });
     let task_service = TaskServiceServer::new(TaskServiceImpl { tasks });
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<TaskServiceServer<TaskServiceImpl>>()
-        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(dalc_proto::FILE_DESCRIPTOR_SET)
@@ -156,13 +228,13 @@ pub async fn run(
         .add_service(task_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stopping.cancelled().await;
-            info!("gateway stopping: NOT_SERVING, no new calls");
-            health
-                .set_not_serving::<TaskServiceServer<TaskServiceImpl>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            info!(
+                ?drain_delay,
+                "gateway stopping: NOT_SERVING, still accepting while balancers notice"
+            );
+            health::report(&health, tonic_health::ServingStatus::NotServing).await;
+            tokio::time::sleep(drain_delay).await;
+            info!("gateway no longer accepting calls");
         });
     // tonic waits for in-flight calls without a deadline; bound it.
     let bounded_drain = async {
@@ -185,31 +257,31 @@ pub async fn run(
 }
 
 /// The one long-lived update consumer: routes replies and events to waiters by task id, and
-/// resubscribes (with backoff) whenever the broker connection drops.
+/// resubscribes (with backoff, re-declaring its queues) whenever the stream ends: the broker
+/// connection dropped, or the broker cancelled either consumer.
 async fn route_updates(
     mut current: dalc_queue::Updates,
     updates: Arc<dyn UpdateConsumer>,
     gateway_id: String,
     waiters: Waiters,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::reconnect();
     loop {
         while let Some(task) = current.stream.next().await {
             waiters.deliver(task);
         }
         warn!("task update stream ended; resubscribing");
         loop {
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.next_delay()).await;
             match updates.consume_updates(&gateway_id).await {
                 Ok(next) => {
                     info!("task updates resubscribed");
                     current = next;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     break;
                 }
                 Err(err) => {
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    warn!(error = %err, retry_in = ?backoff, "cannot resubscribe to task updates");
+                    warn!(error = %err, retry_in = ?backoff.peek(), "cannot resubscribe to task updates");
                 }
             }
         }

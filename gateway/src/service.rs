@@ -14,7 +14,7 @@ use crate::{
     ApiError,
     convert::task_to_proto,
     tasks::Tasks,
-    wait::{requested_timeout, wait_budget},
+    wait::{CallBudget, requested_timeout},
 };
 
 pub(crate) struct TaskServiceImpl {
@@ -31,10 +31,10 @@ impl TaskService for TaskServiceImpl {
         let caller = caller_trace_context(&metadata);
         let span = server_span("SubmitTask", &caller);
         let task = async {
-            let timeout = requested_timeout(request.timeout)?;
-            let wait = request.wait.then(|| self.wait_budget(timeout, &metadata));
+            let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
+            let budget = self.budget(&metadata, request.wait, timeout);
             self.tasks
-                .submit(request.expression, timeout, wait, caller)
+                .submit(request.expression, timeout, budget, caller)
                 .await
         }
         .instrument(span.clone())
@@ -56,9 +56,9 @@ impl TaskService for TaskServiceImpl {
                 .id
                 .parse()
                 .map_err(|err| ApiError::InvalidArgument(format!("{err}")))?;
-            let timeout = requested_timeout(request.timeout)?;
-            let wait = request.wait.then(|| self.wait_budget(timeout, &metadata));
-            self.tasks.get(id, wait).await
+            let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
+            let budget = self.budget(&metadata, request.wait, timeout);
+            self.tasks.get(id, budget).await
         }
         .instrument(span.clone())
         .await;
@@ -70,13 +70,21 @@ impl TaskService for TaskServiceImpl {
 }
 
 impl TaskServiceImpl {
-    fn wait_budget(
+    /// The call's time, fixed on arrival.
+    fn budget(
         &self,
-        timeout: Option<std::time::Duration>,
         metadata: &MetadataMap,
-    ) -> std::time::Duration {
+        wait: bool,
+        timeout: Option<std::time::Duration>,
+    ) -> CallBudget {
         let config = &self.tasks.config;
-        wait_budget(timeout, config.default_wait, config.max_wait, metadata)
+        CallBudget::on_arrival(
+            metadata,
+            wait,
+            timeout,
+            config.default_wait,
+            config.max_wait,
+        )
     }
 }
 

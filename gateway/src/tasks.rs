@@ -3,18 +3,21 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use dalc_domain::{Task, TaskId};
+use dalc_domain::{Backoff, Outcome, Task, TaskId};
 use dalc_queue::{TaskMessage, TaskPublisher};
-use dalc_storage::{Outcome, TaskStore};
+use dalc_storage::TaskStore;
 use dalc_telemetry::metrics::GaugeGuard;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, instrument, warn};
 
-use crate::{ApiError, GatewayConfig, waiters::Waiters};
+use crate::{ApiError, GatewayConfig, marks::PublishMarks, wait::CallBudget, waiters::Waiters};
 
 /// The longest pause between database reads while waiting: the fallback for a lost reply.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(4);
+
+/// A waiting call's last read starts this long before its wait ends, so it can finish in time.
+const LAST_READ_ALLOWANCE: Duration = Duration::from_millis(50);
 
 /// The gateway's task logic, shared by all calls.
 pub(crate) struct Tasks {
@@ -22,6 +25,7 @@ pub(crate) struct Tasks {
     pub(crate) store: TaskStore,
     pub(crate) publisher: Arc<dyn TaskPublisher>,
     pub(crate) waiters: Waiters,
+    pub(crate) marks: PublishMarks,
     /// This gateway's reply queue: where workers send the results of tasks it accepted.
     pub(crate) reply_to: String,
     /// Cancelled near the end of the shutdown grace period: waits answer at once.
@@ -29,58 +33,67 @@ pub(crate) struct Tasks {
 }
 
 impl Tasks {
-    /// Validates, stores and queues an expression; with `wait`, waits up to that long for the
-    /// task to end and returns it as it then stands.
+    /// Validates, stores and queues an expression; with a wait in `budget`, waits until then for
+    /// the task to end and returns it as it then stands. Every step ends by the call's deadline.
     #[instrument(skip_all, fields(task_id))]
     pub(crate) async fn submit(
         &self,
         expression: String,
         timeout: Option<Duration>,
-        wait: Option<Duration>,
+        budget: CallBudget,
         caller_context: BTreeMap<String, String>,
     ) -> Result<Task, ApiError> {
         dalc_calc::parse(&expression, &self.config.limits)
             .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
+        // The broker is known to be away or refusing publishes: refuse before writing anything.
+        self.publisher.ready()?;
         let ttl = timeout.unwrap_or(self.config.task_ttl);
         let deadline = chrono::Duration::from_std(ttl)
             .ok()
-            .map(|ttl| Utc::now() + ttl);
+            .and_then(|ttl| Utc::now().checked_add_signed(ttl));
         let task = Task::new(expression, deadline);
         tracing::Span::current().record("task_id", tracing::field::display(task.id));
 
         // Subscribe before publishing: the reply can beat us back.
-        let waiting = wait.map(|budget| (budget, self.waiters.subscribe(task.id)));
-        self.store.insert(&task).await?;
+        let subscription = budget
+            .wait_until
+            .map(|until| (until, self.waiters.subscribe(task.id)));
+        let insert = async { Ok(self.store.insert(&task, self.config.sweep_grace).await?) };
+        budget.bound("the task database", insert).await?;
+        #[cfg(feature = "fault-injection")]
         if self.config.fault_abort_before_publish {
             // Test-only fault: die like `kill -9` in the gap the sweeper exists for.
             std::process::abort();
         }
-        if let Err(err) = self.publish(&task, caller_context).await {
-            self.abandon(&task, &err.to_string()).await;
-            return Err(err.into());
+        let publish = async { Ok(self.publish(&task, caller_context).await?) };
+        if let Err(err) = budget.bound("the task queue", publish).await {
+            self.abandon(&task, &err.to_string());
+            return Err(err);
         }
         self.config.metrics.tasks_submitted.inc();
-        self.mark_published(task.id);
+        self.marks.record(task.id);
 
-        match waiting {
-            Some((budget, subscription)) => Ok(self.wait_for(task, subscription, budget).await),
+        match subscription {
+            Some((until, subscription)) => Ok(self.wait_for(task, subscription, until).await),
             None => Ok(task),
         }
     }
 
-    /// Reads a task; with `wait`, long-polls until it is terminal or the wait ends.
+    /// Reads a task; with a wait in `budget`, long-polls until it is terminal or the wait ends.
     #[instrument(skip_all, fields(task_id = %id))]
-    pub(crate) async fn get(&self, id: TaskId, wait: Option<Duration>) -> Result<Task, ApiError> {
+    pub(crate) async fn get(&self, id: TaskId, budget: CallBudget) -> Result<Task, ApiError> {
         // Subscribe before reading, so an update landing in between is not missed.
-        let waiting = wait.map(|budget| (budget, self.waiters.subscribe(id)));
-        let task = self
-            .store
-            .get(id)
+        let subscription = budget
+            .wait_until
+            .map(|until| (until, self.waiters.subscribe(id)));
+        let read = async { Ok(self.store.get(id).await?) };
+        let task = budget
+            .bound("the task database", read)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
-        match waiting {
-            Some((budget, subscription)) if !task.is_terminal() => {
-                Ok(self.wait_for(task, subscription, budget).await)
+        match subscription {
+            Some((until, subscription)) if !task.is_terminal() => {
+                Ok(self.wait_for(task, subscription, until).await)
             }
             _ => Ok(task),
         }
@@ -120,20 +133,21 @@ impl Tasks {
         .await
     }
 
-    /// Waits for `task` to end, for at most `budget`; never fails: on timeout or a database
-    /// fault it returns the task as last seen, and the client can poll on.
+    /// Waits for `task` to end, until `until`; never fails: at the end of the wait or on a
+    /// database fault it returns the task as last seen, and the client can poll on. Every read
+    /// is bounded by `until`, so the answer is never late.
     #[instrument(name = "wait for result", skip_all)]
     async fn wait_for(
         &self,
         mut task: Task,
         mut subscription: crate::waiters::Subscription,
-        budget: Duration,
+        until: Instant,
     ) -> Task {
         let _waiting = GaugeGuard::inc(&self.config.metrics.waiting_calls);
-        let until = Instant::now() + budget;
-        let mut poll = self.config.poll_interval;
+        let mut polls = Backoff::new(self.config.poll_interval, MAX_POLL_INTERVAL);
+        let last_read = until.checked_sub(LAST_READ_ALLOWANCE).unwrap_or(until);
         while !task.is_terminal() {
-            let next_poll = (Instant::now() + poll).min(until);
+            let next_poll = (Instant::now() + polls.peek()).min(last_read);
             tokio::select! {
                 () = self.draining.cancelled() => return task,
                 update = subscription.next() => {
@@ -144,43 +158,33 @@ impl Tasks {
                 () = tokio::time::sleep_until(next_poll) => {
                     // A lost reply or event must not make us wait for nothing: the database
                     // has the truth.
-                    match self.store.get(task.id).await {
-                        Ok(Some(stored)) => task = stored,
-                        Ok(None) => {}
-                        Err(err) => warn!(error = %err, "cannot re-read a waited-for task"),
+                    match tokio::time::timeout_at(until, self.store.get(task.id)).await {
+                        Ok(Ok(Some(stored))) => task = stored,
+                        Ok(Ok(None)) => {}
+                        Ok(Err(err)) => warn!(error = %err, "cannot re-read a waited-for task"),
+                        Err(_) => return task,
                     }
-                    if Instant::now() >= until {
+                    if Instant::now() >= last_read {
                         return task;
                     }
-                    poll = (poll * 2).min(MAX_POLL_INTERVAL);
+                    polls.next_delay();
                 }
             }
         }
         task
     }
 
-    /// The publish failed, so no worker will see the task: end it rather than strand it. The
-    /// client hears UNAVAILABLE and never learns the id.
-    async fn abandon(&self, task: &Task, reason: &str) {
+    /// The publish failed, so no worker will see the task: end it rather than strand it (in the
+    /// background: the client hears UNAVAILABLE now). Only a task still PENDING is ended: if
+    /// the confirm was lost but the message landed and a worker started it, the attempt stands.
+    fn abandon(&self, task: &Task, reason: &str) {
         let failed = Outcome::Failed {
             error: format!("could not be queued: {reason}"),
         };
-        if let Err(err) = self
-            .store
-            .finish_unstarted(task.id, &failed, Utc::now())
-            .await
-        {
-            warn!(task_id = %task.id, error = %err, "cannot mark an unqueued task FAILED");
-        }
-    }
-
-    /// Records the confirmed publish off the request path; if it is lost, the task is only
-    /// republished by the recovery sweeper, which workers handle idempotently.
-    fn mark_published(&self, id: TaskId) {
-        let store = self.store.clone();
+        let (store, id) = (self.store.clone(), task.id);
         let record = async move {
-            if let Err(err) = store.mark_published(id, Utc::now()).await {
-                warn!(task_id = %id, error = %err, "cannot record a confirmed publish");
+            if let Err(err) = store.finish_unstarted(id, &failed).await {
+                warn!(task_id = %id, error = %err, "cannot mark an unqueued task FAILED; the sweeper retries its publish");
             }
         };
         tokio::spawn(record.in_current_span());

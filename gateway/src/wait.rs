@@ -1,8 +1,11 @@
-//! How long a call may wait: the request's `timeout`, the server's maximum and the call's own
-//! gRPC deadline, whichever is shortest. A sync call never outlives its deadline.
+//! A call's time: one absolute deadline, fixed on arrival from the call's own gRPC deadline,
+//! bounds every step (the insert, the publish, every read while waiting), and a sync call's wait
+//! ends at the request's `timeout`, the server's maximum or that deadline, whichever comes
+//! first. A call never outlives its deadline.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
 use crate::ApiError;
@@ -10,9 +13,11 @@ use crate::ApiError;
 /// Answer this long before the client's deadline, so the response is back in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
-/// The request's `timeout` field as a [`Duration`]: `None` when unset or zero.
+/// The request's `timeout` field as a [`Duration`]: `None` when unset or zero. Past `maximum`
+/// (the server's longest task deadline) it is refused, never silently cut.
 pub(crate) fn requested_timeout(
     timeout: Option<prost_types::Duration>,
+    maximum: Duration,
 ) -> Result<Option<Duration>, ApiError> {
     let Some(timeout) = timeout else {
         return Ok(None);
@@ -24,21 +29,67 @@ pub(crate) fn requested_timeout(
         )));
     }
     let duration = Duration::new(timeout.seconds.unsigned_abs(), timeout.nanos.unsigned_abs());
+    if duration > maximum {
+        return Err(ApiError::InvalidArgument(format!(
+            "timeout {}s exceeds this server's maximum of {}s",
+            timeout.seconds,
+            maximum.as_secs()
+        )));
+    }
     Ok((!duration.is_zero()).then_some(duration))
 }
 
-/// How long this call may wait for the task to end.
-pub(crate) fn wait_budget(
-    requested: Option<Duration>,
-    default: Duration,
-    maximum: Duration,
-    metadata: &MetadataMap,
-) -> Duration {
-    let mut budget = requested.unwrap_or(default).min(maximum);
-    if let Some(deadline) = call_deadline(metadata) {
-        budget = budget.min(deadline.saturating_sub(DEADLINE_MARGIN.min(deadline / 10)));
+/// When a call must be answered, and until when it waits for its task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallBudget {
+    /// The call's own gRPC deadline, less a margin for the answer's trip back; `None` when the
+    /// client set none (each step is then bounded by its own timeout only).
+    pub(crate) answer_by: Option<Instant>,
+    /// Sync calls: when the wait for the task to end is over.
+    pub(crate) wait_until: Option<Instant>,
+}
+
+impl CallBudget {
+    /// Fixed once, on arrival: `wait` for up to the requested timeout (or `default`), never
+    /// longer than `maximum` nor past the call's deadline.
+    pub(crate) fn on_arrival(
+        metadata: &MetadataMap,
+        wait: bool,
+        requested: Option<Duration>,
+        default: Duration,
+        maximum: Duration,
+    ) -> Self {
+        let arrived = Instant::now();
+        let answer_by = call_deadline(metadata)
+            .map(|deadline| arrived + deadline.saturating_sub(DEADLINE_MARGIN.min(deadline / 10)));
+        let wait_until = wait.then(|| {
+            let until = arrived + requested.unwrap_or(default).min(maximum);
+            answer_by.map_or(until, |answer_by| until.min(answer_by))
+        });
+        CallBudget {
+            answer_by,
+            wait_until,
+        }
     }
-    budget
+
+    /// Runs one step of the call, cut off at the call's deadline: then `what` is reported as
+    /// not answering in time (`UNAVAILABLE`), before the client gives up on us.
+    pub(crate) async fn bound<T>(
+        &self,
+        what: &str,
+        step: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        match self.answer_by {
+            None => step.await,
+            Some(answer_by) => tokio::time::timeout_at(answer_by, step)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ApiError::Unavailable(format!(
+                        "{what} did not answer before the call's deadline"
+                    )))
+                }),
+        }
+    }
 }
 
 /// The call's own deadline, from the `grpc-timeout` header (e.g. `30S`, `250m`, `100000u`).
@@ -81,24 +132,60 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_shortest_limit_wins() {
+    #[tokio::test]
+    async fn the_shortest_limit_wins() {
         let mut metadata = MetadataMap::new();
         let secs = Duration::from_secs;
-        assert_eq!(wait_budget(None, secs(30), secs(60), &metadata), secs(30));
-        assert_eq!(
-            wait_budget(Some(secs(5)), secs(30), secs(60), &metadata),
-            secs(5)
-        );
-        assert_eq!(
-            wait_budget(Some(secs(500)), secs(30), secs(60), &metadata),
-            secs(60)
-        );
+        let waits = |metadata: &MetadataMap, requested| {
+            let budget = CallBudget::on_arrival(metadata, true, requested, secs(30), secs(60));
+            budget.wait_until.unwrap() - Instant::now()
+        };
+        let close = |got: Duration, want: Duration| {
+            assert!(
+                got <= want && want - got < Duration::from_millis(50),
+                "{got:?} vs {want:?}"
+            )
+        };
+        close(waits(&metadata, None), secs(30));
+        close(waits(&metadata, Some(secs(5))), secs(5));
+        close(waits(&metadata, Some(secs(500))), secs(60));
         metadata.insert("grpc-timeout", "2S".parse().unwrap());
-        assert_eq!(
-            wait_budget(None, secs(30), secs(60), &metadata),
-            Duration::from_millis(1900)
-        );
+        close(waits(&metadata, None), Duration::from_millis(1900));
+        let async_call = CallBudget::on_arrival(&metadata, false, None, secs(30), secs(60));
+        assert!(async_call.wait_until.is_none() && async_call.answer_by.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_step_is_cut_off_at_the_calls_deadline() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "300m".parse().unwrap());
+        let budget = CallBudget::on_arrival(&metadata, false, None, Duration::ZERO, Duration::ZERO);
+        let started = Instant::now();
+        let never = std::future::pending::<Result<(), ApiError>>();
+        let err = budget.bound("the broker", never).await.unwrap_err();
+        assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_millis(300));
+    }
+
+    #[test]
+    fn timeouts_past_the_maximum_are_refused() {
+        let hours = |h: i64| prost_types::Duration {
+            seconds: h * 3600,
+            nanos: 0,
+        };
+        let max = Duration::from_secs(24 * 3600);
+        assert!(requested_timeout(Some(hours(2000)), max).is_err());
+        let huge = prost_types::Duration {
+            seconds: 10_000_000_000_000,
+            nanos: 0,
+        };
+        assert!(requested_timeout(Some(huge), max).is_err());
+        let extreme = prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        };
+        assert!(requested_timeout(Some(extreme), max).is_err());
+        assert_eq!(requested_timeout(Some(hours(24)), max).unwrap(), Some(max));
     }
 
     #[test]
@@ -107,18 +194,18 @@ mod tests {
             seconds: -1,
             nanos: 0,
         };
-        assert!(requested_timeout(Some(negative)).is_err());
+        assert!(requested_timeout(Some(negative), Duration::MAX).is_err());
         let zero = prost_types::Duration {
             seconds: 0,
             nanos: 0,
         };
-        assert_eq!(requested_timeout(Some(zero)).unwrap(), None);
+        assert_eq!(requested_timeout(Some(zero), Duration::MAX).unwrap(), None);
         let half = prost_types::Duration {
             seconds: 0,
             nanos: 500_000_000,
         };
         assert_eq!(
-            requested_timeout(Some(half)).unwrap(),
+            requested_timeout(Some(half), Duration::MAX).unwrap(),
             Some(Duration::from_millis(500))
         );
     }

@@ -15,17 +15,27 @@ use tokio::sync::watch;
 /// The registry of waiting callers. Clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct Waiters {
-    by_task: Arc<Mutex<HashMap<TaskId, watch::Sender<Option<Task>>>>>,
+    by_task: Arc<Mutex<HashMap<TaskId, Entry>>>,
+}
+
+/// One task's updates and how many subscriptions hold them: counted under the map's lock, so
+/// the last subscription to go removes the entry, exactly once, however drops interleave.
+#[derive(Debug)]
+struct Entry {
+    updates: watch::Sender<Option<Task>>,
+    subscriptions: usize,
 }
 
 impl Waiters {
     /// Starts listening for updates to `id`; stops when the subscription is dropped.
     pub fn subscribe(&self, id: TaskId) -> Subscription {
         let mut by_task = self.lock();
-        let updates = by_task
-            .entry(id)
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+        let entry = by_task.entry(id).or_insert_with(|| Entry {
+            updates: watch::channel(None).0,
+            subscriptions: 0,
+        });
+        entry.subscriptions += 1;
+        let updates = entry.updates.subscribe();
         Subscription {
             id,
             updates,
@@ -35,8 +45,8 @@ impl Waiters {
 
     /// Hands `task` to whoever waits for it; drops it if nobody does.
     pub fn deliver(&self, task: Task) {
-        if let Some(sender) = self.lock().get(&task.id) {
-            sender.send_replace(Some(task));
+        if let Some(entry) = self.lock().get(&task.id) {
+            entry.updates.send_replace(Some(task));
         }
     }
 
@@ -49,7 +59,7 @@ impl Waiters {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, watch::Sender<Option<Task>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Entry>> {
         // The map holds plain values; a panic elsewhere cannot leave it half-updated.
         self.by_task.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -81,12 +91,11 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut by_task = self.waiters.lock();
-        // Our own receiver still counts here: 1 means we were the last one.
-        if by_task
-            .get(&self.id)
-            .is_some_and(|sender| sender.receiver_count() <= 1)
-        {
-            by_task.remove(&self.id);
+        if let Some(entry) = by_task.get_mut(&self.id) {
+            entry.subscriptions = entry.subscriptions.saturating_sub(1);
+            if entry.subscriptions == 0 {
+                by_task.remove(&self.id);
+            }
         }
     }
 }
@@ -128,6 +137,23 @@ mod tests {
         let waiters = Waiters::default();
         waiters.deliver(done(TaskId::new()));
         assert!(waiters.is_empty());
+    }
+
+    #[test]
+    fn concurrent_drops_of_one_tasks_subscriptions_leave_nothing_behind() {
+        let waiters = Waiters::default();
+        for _ in 0..200 {
+            let id = TaskId::new();
+            let pairs: Vec<_> = (0..4).map(|_| waiters.subscribe(id)).collect();
+            let threads: Vec<_> = pairs
+                .into_iter()
+                .map(|subscription| std::thread::spawn(move || drop(subscription)))
+                .collect();
+            for thread in threads {
+                thread.join().unwrap_or_default();
+            }
+        }
+        assert!(waiters.is_empty(), "{} entries leaked", waiters.len());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use dalc_domain::TaskStatus as DomainStatus;
-use dalc_gateway::GatewayConfig;
+use dalc_gateway::{GatewayBackends, GatewayConfig};
 use dalc_proto::v1::{
     GetTaskRequest, SubmitTaskRequest, Task, TaskStatus, task_service_client::TaskServiceClient,
 };
@@ -38,6 +38,15 @@ async fn stack_with(
     workers: bool,
     publisher: Option<Arc<dyn TaskPublisher>>,
 ) -> Stack {
+    stack_configured(database_url, workers, publisher, |_| {}).await
+}
+
+async fn stack_configured(
+    database_url: &str,
+    workers: bool,
+    publisher: Option<Arc<dyn TaskPublisher>>,
+    configure: impl FnOnce(&mut GatewayConfig),
+) -> Stack {
     let store = TaskStore::connect(database_url).await.unwrap();
     store.migrate().await.unwrap();
     let broker = Arc::new(MemoryBroker::new());
@@ -56,13 +65,18 @@ async fn stack_with(
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut config = GatewayConfig::new("test-gateway");
     config.poll_interval = Duration::from_millis(100);
+    configure(&mut config);
     let publisher = publisher.unwrap_or_else(|| broker.clone());
+    let backends = GatewayBackends {
+        store: store.clone(),
+        publisher,
+        updates: broker.clone(),
+        dead_letters: broker,
+    };
     tokio::spawn(dalc_gateway::run(
         config,
         listener,
-        store.clone(),
-        publisher,
-        broker,
+        backends,
         shutdown.clone(),
     ));
     let client = connect(&url).await;
@@ -310,6 +324,17 @@ async fn a_broker_outage_is_unavailable_and_strands_nothing() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
+    // Marked FAILED in the background, right after the answer.
+    let failed = eventually(|| async {
+        stack
+            .store
+            .count_by_status(DomainStatus::Failed)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    assert!(failed, "the unqueued task is FAILED");
     assert_eq!(
         stack
             .store
@@ -318,14 +343,109 @@ async fn a_broker_outage_is_unavailable_and_strands_nothing() {
             .unwrap(),
         0
     );
-    assert_eq!(
-        stack
-            .store
-            .count_by_status(DomainStatus::Failed)
-            .await
-            .unwrap(),
-        1
+}
+
+/// Polls `check` for up to 5 s.
+async fn eventually<F, Fut>(check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_broker_known_to_be_down_is_refused_before_anything_is_written() {
+    let database = dalc_testkit::fresh_sqlite_database();
+    let mut stack = stack_with(&database, true, Some(Arc::new(RefusingPublisher))).await;
+    let status = stack
+        .client
+        .submit_task(submit("1 + 1", true))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        stack.store.all().await.unwrap().is_empty(),
+        "nothing written"
     );
+}
+
+#[tokio::test]
+async fn timeouts_past_the_servers_maximum_are_invalid_and_never_panic() {
+    let mut stack = stack(true).await;
+    for seconds in [2000 * 3600, 10_000_000_000_000, i64::MAX] {
+        let mut request = submit("1 + 1", true);
+        request.timeout = Some(prost_types::Duration { seconds, nanos: 0 });
+        let status = stack.client.submit_task(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{seconds}: {status:?}"
+        );
+        assert!(status.message().contains("maximum"), "{}", status.message());
+        let mut poll = get("67e55044-10b1-426f-9247-bb680e5fe0c8", true, None);
+        poll.timeout = Some(prost_types::Duration { seconds, nanos: 0 });
+        let status = stack.client.get_task(poll).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    // The gateway is unharmed: the next call works.
+    let task = submit_ok(&mut stack, submit("1 + 1", true)).await;
+    assert_eq!(task.result, "2");
+}
+
+#[tokio::test]
+async fn a_publish_that_never_confirms_is_answered_before_the_calls_deadline() {
+    let database = dalc_testkit::fresh_sqlite_database();
+    let mut stack = stack_with(&database, false, Some(Arc::new(HangingPublisher))).await;
+    for wait in [true, false] {
+        let mut request = tonic::Request::new(submit("1 + 1", wait));
+        request.set_timeout(Duration::from_millis(1500));
+        let started = std::time::Instant::now();
+        let status = stack.client.submit_task(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_follows_the_database() {
+    let database = dalc_testkit::fresh_postgres_database().await;
+    let stack = stack_configured(&database, false, None, |config| {
+        config.health_interval = Duration::from_millis(100);
+    })
+    .await;
+    let channel = Channel::from_shared(stack.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = |mut health: tonic_health::pb::health_client::HealthClient<Channel>| async move {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        health.check(request).await.unwrap().into_inner().status()
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(status(health.clone()).await, ServingStatus::Serving);
+    dalc_testkit::drop_postgres_database(&database).await;
+    let not_serving = eventually(|| {
+        let health = health.clone();
+        async move { status(health).await == ServingStatus::NotServing }
+    })
+    .await;
+    assert!(not_serving, "NOT_SERVING once the database is gone");
+    let _ = &mut health;
 }
 
 #[tokio::test]
@@ -366,6 +486,32 @@ async fn health_reports_serving() {
         response.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+}
+
+/// A publisher that knows, before trying, that its broker is down.
+struct RefusingPublisher;
+
+#[async_trait::async_trait]
+impl TaskPublisher for RefusingPublisher {
+    fn ready(&self) -> Result<(), QueueError> {
+        Err(QueueError::Unavailable(
+            "broker is known to be down (test)".into(),
+        ))
+    }
+
+    async fn publish_task(&self, _: &TaskMessage) -> Result<(), QueueError> {
+        panic!("a publish was attempted although the broker is known to be down");
+    }
+}
+
+/// A broker that accepts publishes and never confirms them.
+struct HangingPublisher;
+
+#[async_trait::async_trait]
+impl TaskPublisher for HangingPublisher {
+    async fn publish_task(&self, _: &TaskMessage) -> Result<(), QueueError> {
+        std::future::pending().await
+    }
 }
 
 /// A publisher whose broker is always down.

@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dalc_queue::amqp::QueueType;
+use dalc_gateway::GatewayConfig;
+use dalc_queue::amqp::{AmqpConfig, QueueType};
+use dalc_storage::StoreOptions;
 use dalc_telemetry::LogFormat;
+use dalc_worker::WorkerConfig;
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -80,7 +83,7 @@ pub struct WorkerArgs {
     pub common: CommonArgs,
 }
 
-/// The gRPC API.
+/// The gRPC API. Defaults come from [`GatewayConfig`]'s `DEFAULT_*` constants.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
     /// Address to serve gRPC on (port 0 picks a free port; the bound address is printed).
@@ -89,46 +92,69 @@ pub struct ApiArgs {
     /// Unique name of this gateway; names its reply queue. Default: host name + random suffix.
     #[arg(long, env = "DALC_GATEWAY_ID")]
     pub gateway_id: Option<String>,
-    /// Longest accepted expression, in bytes of UTF-8.
-    #[arg(long, env = "DALC_MAX_EXPRESSION_BYTES", default_value_t = dalc_calc::DEFAULT_MAX_EXPRESSION_BYTES)]
-    pub max_expression_bytes: usize,
     /// How long a sync call waits when the request sets no timeout.
-    #[arg(long, env = "DALC_DEFAULT_WAIT", default_value = "30s", value_parser = parse_duration)]
-    pub default_wait: Duration,
+    #[arg(long, env = "DALC_DEFAULT_WAIT", default_value_t = HumanDuration(GatewayConfig::DEFAULT_WAIT))]
+    pub default_wait: HumanDuration,
     /// The longest any call may wait, whatever it asks for.
-    #[arg(long, env = "DALC_MAX_WAIT", default_value = "5m", value_parser = parse_duration)]
-    pub max_wait: Duration,
-    /// Deadline of a task whose request sets no timeout: past it, a worker marks it EXPIRED.
-    #[arg(long, env = "DALC_TASK_TTL", default_value = "1h", value_parser = parse_duration)]
-    pub task_ttl: Duration,
-    /// How often the recovery sweeper republishes tasks whose publish was never confirmed
-    /// (and expires PENDING tasks past their deadline).
-    #[arg(long, env = "DALC_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
-    pub sweep_interval: Duration,
-    /// How old an unconfirmed task must be before the sweeper republishes it.
-    #[arg(long, env = "DALC_SWEEP_GRACE", default_value = "10s", value_parser = parse_duration)]
-    pub sweep_grace: Duration,
+    #[arg(long, env = "DALC_MAX_WAIT", default_value_t = HumanDuration(GatewayConfig::DEFAULT_MAX_WAIT))]
+    pub max_wait: HumanDuration,
+    /// Deadline of a task whose request sets no timeout: past it, the task ends EXPIRED.
+    #[arg(long, env = "DALC_TASK_TTL", default_value_t = HumanDuration(GatewayConfig::DEFAULT_TASK_TTL))]
+    pub task_ttl: HumanDuration,
+    /// The longest timeout (task deadline) a request may set; past it: INVALID_ARGUMENT.
+    /// At most 49 days (RabbitMQ's longest message TTL).
+    #[arg(long, env = "DALC_MAX_TASK_TTL", default_value_t = HumanDuration(GatewayConfig::DEFAULT_MAX_TASK_TTL), value_parser = parse_max_task_ttl)]
+    pub max_task_ttl: HumanDuration,
+    /// How often the recovery sweeper republishes tasks whose publish was never confirmed or
+    /// whose worker vanished, expires tasks past their deadline and deletes old ones.
+    #[arg(long, env = "DALC_SWEEP_INTERVAL", default_value_t = HumanDuration(GatewayConfig::DEFAULT_SWEEP_INTERVAL))]
+    pub sweep_interval: HumanDuration,
+    /// How long a new task's gateway has to confirm its publish before the sweeper
+    /// republishes it.
+    #[arg(long, env = "DALC_SWEEP_GRACE", default_value_t = HumanDuration(GatewayConfig::DEFAULT_SWEEP_GRACE))]
+    pub sweep_grace: HumanDuration,
+    /// Finished tasks are deleted this long after they ended (0 keeps them for ever).
+    #[arg(long, env = "DALC_RETENTION", default_value_t = HumanDuration(GatewayConfig::DEFAULT_RETENTION))]
+    pub retention: HumanDuration,
+    /// On SIGTERM, how long the gateway keeps accepting calls after reporting NOT_SERVING, so
+    /// load balancers stop sending before the listener closes.
+    #[arg(long, env = "DALC_DRAIN_DELAY", default_value_t = HumanDuration(GatewayConfig::DEFAULT_DRAIN_DELAY))]
+    pub drain_delay: HumanDuration,
     /// TEST ONLY: abort after storing a task, before publishing it (proves the sweeper).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true)]
     pub fault_abort_before_publish: bool,
 }
 
-/// Task execution.
+/// Task execution. Defaults come from [`WorkerConfig`]'s `DEFAULT_*` constants.
 #[derive(Debug, Args)]
 pub struct WorkArgs {
     /// Tasks a worker evaluates at once (also its prefetch).
-    #[arg(long, env = "DALC_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "DALC_CONCURRENCY", default_value_t = WorkerConfig::DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
     /// Unique name of this worker, recorded on the tasks it runs. Default: host name + random.
     #[arg(long, env = "DALC_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Attempts before a task is given up on (FAILED, dead-lettered).
-    #[arg(long, env = "DALC_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "DALC_MAX_ATTEMPTS", default_value_t = WorkerConfig::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+    /// How long a running attempt owns its task; a duplicate or redelivered message takes the
+    /// task over only after this (its worker died). Bounds how late a dead worker's task ends.
+    #[arg(long, env = "DALC_LEASE", default_value_t = HumanDuration(WorkerConfig::DEFAULT_LEASE))]
+    pub lease: HumanDuration,
     /// TEST ONLY: evaluation panics for expressions containing this text (proves that a
     /// poison task ends).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true)]
     pub fault_crash_on: Option<String>,
+    /// TEST ONLY: evaluation of expressions containing this text first sleeps
+    /// --fault-stall-for (holds a task RUNNING).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true)]
+    pub fault_stall_on: Option<String>,
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true, default_value = "60s")]
+    pub fault_stall_for: HumanDuration,
 }
 
 /// The task database.
@@ -144,6 +170,9 @@ pub struct StoreArgs {
     /// Do not apply database migrations at start-up.
     #[arg(long, env = "DALC_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
+    /// PostgreSQL cancels a statement that runs longer (SQLite waits this long for its lock).
+    #[arg(long, env = "DALC_STATEMENT_TIMEOUT", default_value_t = HumanDuration(StoreOptions::DEFAULT_STATEMENT_TIMEOUT))]
+    pub statement_timeout: HumanDuration,
 }
 
 /// RabbitMQ, for the distributed processes.
@@ -165,8 +194,12 @@ pub struct TopologyArgs {
     #[arg(long, env = "DALC_QUEUE_TYPE", default_value = "classic", value_parser = parse_queue_type)]
     pub queue_type: QueueType,
     /// Quorum queues: deliveries of one message before it is dead-lettered.
-    #[arg(long, env = "DALC_DELIVERY_LIMIT", default_value_t = 5)]
+    #[arg(long, env = "DALC_DELIVERY_LIMIT", default_value_t = AmqpConfig::DEFAULT_DELIVERY_LIMIT)]
     pub delivery_limit: u32,
+    /// The most messages the dead-letter queue holds (the oldest go first); the gateways
+    /// finalise and remove dead letters as they arrive.
+    #[arg(long, env = "DALC_DEAD_LETTER_MAX_LENGTH", default_value_t = AmqpConfig::DEFAULT_DEAD_LETTER_MAX_LENGTH)]
+    pub dead_letter_max_length: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -176,8 +209,12 @@ pub struct CommonArgs {
     #[arg(long, env = "DALC_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// On SIGTERM, how long in-flight calls and tasks may take to finish.
-    #[arg(long, env = "DALC_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    #[arg(long, env = "DALC_SHUTDOWN_GRACE", default_value_t = HumanDuration(GatewayConfig::DEFAULT_SHUTDOWN_GRACE))]
+    pub shutdown_grace: HumanDuration,
+    /// Longest accepted expression, in bytes of UTF-8: enforced by gateways at submit and by
+    /// workers (give both the same value).
+    #[arg(long, env = "DALC_MAX_EXPRESSION_BYTES", default_value_t = dalc_calc::DEFAULT_MAX_EXPRESSION_BYTES)]
+    pub max_expression_bytes: usize,
     /// Log format: text or json (level: DALC_LOG or RUST_LOG, default info).
     #[arg(long, env = "DALC_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -192,9 +229,10 @@ pub struct ClientArgs {
     /// Print the task as JSON (the proto3 JSON mapping) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// How long to wait for the task to end (server default 30s).
-    #[arg(long, value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
+    /// How long to wait for the task to end (server default 30s); the call's gRPC deadline is
+    /// this plus a few seconds.
+    #[arg(long)]
+    pub timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Args)]
@@ -241,7 +279,36 @@ fn parse_queue_type(s: &str) -> Result<QueueType, String> {
     s.parse()
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+/// A duration as people write it on a command line: `500ms`, `30s`, `5m`, `1h`, `7d` (a bare
+/// number is seconds); shown the same way in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        let units = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ];
+        match units.iter().find(|(size, _)| ms > 0 && ms % size == 0) {
+            Some((size, unit)) => write!(f, "{}{unit}", ms / size),
+            None => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_duration(text).map(HumanDuration)
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -257,14 +324,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => seconds(amount),
         "m" => seconds(amount.saturating_mul(60)),
         "h" => seconds(amount.saturating_mul(3600)),
+        "d" => seconds(amount.saturating_mul(86_400)),
         _ => Err(format!(
-            "invalid duration unit in {text:?}: use ms, s, m or h"
+            "invalid duration unit in {text:?}: use ms, s, m, h or d"
         )),
     }
 }
 
+/// RabbitMQ refuses a message TTL above 2^32 - 1 ms (about 49.7 days).
+fn parse_max_task_ttl(text: &str) -> Result<HumanDuration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl.as_millis() > u128::from(u32::MAX) {
+        return Err(format!(
+            "{text} is longer than RabbitMQ's longest message TTL (49 days)"
+        ));
+    }
+    Ok(HumanDuration(ttl))
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use clap::CommandFactory;
 
     use super::*;
@@ -281,7 +361,24 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn durations_print_as_they_parse() {
+        for text in ["500ms", "30s", "5m", "1h", "7d", "90s", "1500ms"] {
+            let parsed: HumanDuration = text.parse().unwrap();
+            assert_eq!(parsed.to_string(), text);
+        }
+        assert_eq!(HumanDuration(Duration::ZERO).to_string(), "0ms");
+    }
+
+    #[test]
+    fn the_max_task_ttl_fits_rabbitmq() {
+        assert!(parse_max_task_ttl("49d").is_ok());
+        assert!(parse_max_task_ttl("50d").is_err());
+        assert!(parse_max_task_ttl("2000h").is_err());
     }
 }

@@ -13,25 +13,54 @@ use crate::args::{ClientArgs, GetArgs, SubmitArgs};
 /// Exit code when the call worked but the task ended FAILED, EXPIRED or CANCELLED.
 pub const EXIT_TASK_UNSUCCESSFUL: u8 = 3;
 
+/// The server's wait when a request sets no timeout (see `dalc gateway --help`).
+const SERVER_DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// How much longer than its wait a call may take: the round trip and the server's own steps.
+const CALL_MARGIN: Duration = Duration::from_secs(5);
+/// The deadline of a call that does not wait.
+const QUICK_CALL: Duration = Duration::from_secs(10);
+
+/// A request with a gRPC deadline: no CLI call can hang, whatever the server does.
+fn with_deadline<T>(message: T, wait: bool, timeout: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let deadline = match wait {
+        true => timeout
+            .unwrap_or(SERVER_DEFAULT_WAIT)
+            .saturating_add(CALL_MARGIN),
+        false => QUICK_CALL,
+    };
+    request.set_timeout(deadline);
+    request
+}
+
 pub async fn submit(args: SubmitArgs) -> Result<u8> {
     let mut client = connect(&args.client).await?;
+    let timeout = args.client.timeout.map(|t| t.0);
+    let wait = !args.no_wait;
     let request = SubmitTaskRequest {
         expression: args.expression,
-        wait: !args.no_wait,
-        timeout: args.client.timeout.map(to_proto_duration),
+        wait,
+        timeout: timeout.map(to_proto_duration),
     };
-    let response = client.submit_task(request).await.map_err(status_error)?;
+    let response = client
+        .submit_task(with_deadline(request, wait, timeout))
+        .await
+        .map_err(status_error)?;
     report(response.into_inner().task, &args.client)
 }
 
 pub async fn get(args: GetArgs) -> Result<u8> {
     let mut client = connect(&args.client).await?;
+    let timeout = args.client.timeout.map(|t| t.0);
     let request = GetTaskRequest {
         id: args.id,
         wait: args.wait,
-        timeout: args.client.timeout.map(to_proto_duration),
+        timeout: timeout.map(to_proto_duration),
     };
-    let response = client.get_task(request).await.map_err(status_error)?;
+    let response = client
+        .get_task(with_deadline(request, args.wait, timeout))
+        .await
+        .map_err(status_error)?;
     report(response.into_inner().task, &args.client)
 }
 

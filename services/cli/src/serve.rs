@@ -1,54 +1,263 @@
-//! `dalc up`, `dalc gateway` and `dalc worker`: wire the pieces together and run until a signal.
+//! `dalc up`, `dalc gateway` and `dalc worker`: open the backends once (the composition root),
+//! wire the pieces together and run until a signal.
 
 use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use dalc_gateway::GatewayConfig;
+use dalc_domain::Backoff;
+use dalc_gateway::{GatewayBackends, GatewayConfig, SweepPolicy};
 use dalc_queue::{
-    QueueNames, TaskConsumer, TaskPublisher, UpdateConsumer, UpdatePublisher,
+    DeadLetterConsumer, QueueError, QueueNames, TaskConsumer, TaskPublisher, UpdateConsumer,
+    UpdatePublisher,
     amqp::{AmqpBroker, AmqpConfig, redact_url as redact},
     memory::MemoryBroker,
 };
-use dalc_storage::TaskStore;
+use dalc_storage::{StorageError, StoreOptions, TaskStore};
 use dalc_telemetry::Metrics;
 use dalc_worker::WorkerConfig;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::args::{
-    ApiArgs, CommonArgs, GatewayArgs, StoreArgs, TopologyArgs, UpArgs, WorkArgs, WorkerArgs,
+    ApiArgs, BrokerArgs, CommonArgs, GatewayArgs, StoreArgs, TopologyArgs, UpArgs, WorkArgs,
+    WorkerArgs,
 };
 
-pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Result<()> {
-    let store = open_store(&args.store).await?;
-    let listener = bind(&args.api.listen).await?;
-    match &args.amqp_url {
-        Some(url) => {
-            let broker =
-                connect_broker(url, &args.topology, "dalc-up", &metrics, &shutdown).await?;
-            let result =
-                run_all_in_one(&args, broker.clone(), store, listener, shutdown, metrics).await;
-            broker.close().await;
-            result
-        }
-        None => {
-            info!("using the in-process queue (set --amqp-url for RabbitMQ)");
-            let broker = Arc::new(MemoryBroker::new());
-            requeue_open_tasks(&store, broker.as_ref()).await?;
-            let depth = metrics.clone();
-            let queue = broker.clone();
-            tokio::spawn(async move {
-                loop {
-                    depth
-                        .request_queue_depth
-                        .set(i64::try_from(queue.depth()).unwrap_or(i64::MAX));
-                    tokio::time::sleep(QUEUE_DEPTH_INTERVAL).await;
+/// Every queue role at once: what the in-process queue and RabbitMQ both are.
+trait Broker:
+    TaskPublisher + TaskConsumer + UpdatePublisher + UpdateConsumer + DeadLetterConsumer + 'static
+{
+}
+impl<B> Broker for B where
+    B: TaskPublisher
+        + TaskConsumer
+        + UpdatePublisher
+        + UpdateConsumer
+        + DeadLetterConsumer
+        + 'static
+{
+}
+
+/// The opened backends: the task database and the queue.
+struct Backends {
+    store: TaskStore,
+    broker: Arc<dyn Broker>,
+    /// The same queue by its concrete kind: for its depth, and to close RabbitMQ politely.
+    queue: Queue,
+}
+
+#[derive(Clone)]
+enum Queue {
+    RabbitMq(Arc<AmqpBroker>),
+    InProcess(Arc<MemoryBroker>),
+}
+
+impl Backends {
+    /// Opens the database (migrating it unless told not to) and the queue: RabbitMQ at
+    /// `amqp_url`, or the in-process queue. Waits, with backoff, for either to come up (pods
+    /// start before their dependencies); a configuration error fails at once.
+    async fn open(
+        store: &StoreArgs,
+        amqp: Option<(&str, &TopologyArgs)>,
+        role: &str,
+        metrics: &Arc<Metrics>,
+        shutdown: &CancellationToken,
+    ) -> Result<Backends> {
+        let store = open_store(store, shutdown).await?;
+        let backends = match amqp {
+            Some((url, topology)) => {
+                let broker = connect_broker(url, topology, role, metrics, shutdown).await?;
+                Backends {
+                    store,
+                    broker: broker.clone(),
+                    queue: Queue::RabbitMq(broker),
                 }
-            });
-            run_all_in_one(&args, broker, store, listener, shutdown, metrics).await
+            }
+            None => {
+                info!("using the in-process queue (set --amqp-url for RabbitMQ)");
+                let broker = Arc::new(MemoryBroker::new());
+                requeue_open_tasks(&store, broker.as_ref()).await?;
+                Backends {
+                    store,
+                    broker: broker.clone(),
+                    queue: Queue::InProcess(broker),
+                }
+            }
+        };
+        backends.sample_queue_depth(metrics.clone(), shutdown.clone());
+        Ok(backends)
+    }
+
+    fn gateway(&self) -> GatewayBackends {
+        GatewayBackends {
+            store: self.store.clone(),
+            publisher: self.broker.clone(),
+            updates: self.broker.clone(),
+            dead_letters: self.broker.clone(),
         }
     }
+
+    async fn worker(&self, config: WorkerConfig, shutdown: CancellationToken) {
+        dalc_worker::run(
+            config,
+            self.store.clone(),
+            self.broker.clone(),
+            self.broker.clone(),
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Samples the request queue's depth for `dalc_request_queue_depth` until `shutdown`.
+    fn sample_queue_depth(&self, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                let depth = match &queue {
+                    Queue::RabbitMq(broker) => {
+                        let tasks = broker.config().names.tasks();
+                        broker.queue_depth(&tasks).await.ok().map(i64::from)
+                    }
+                    Queue::InProcess(broker) => i64::try_from(broker.depth()).ok(),
+                };
+                if let Some(depth) = depth {
+                    metrics.request_queue_depth.set(depth);
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(QUEUE_DEPTH_INTERVAL) => {}
+                }
+            }
+        });
+    }
+
+    async fn close(&self) {
+        if let Queue::RabbitMq(broker) = &self.queue {
+            broker.close().await;
+        }
+    }
+}
+
+pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Result<()> {
+    let amqp = args.amqp_url.as_deref().map(|url| (url, &args.topology));
+    let backends = Backends::open(&args.store, amqp, "dalc-up", &metrics, &shutdown).await?;
+    let listener = bind(&args.api.listen).await?;
+    let backends = Arc::new(backends);
+    let mut services = JoinSet::new();
+    for n in 0..args.workers.max(1) {
+        let config = worker_config(&args.work, &args.common, Some(n), &metrics);
+        let (backends, shutdown) = (backends.clone(), shutdown.clone());
+        services.spawn(async move {
+            backends.worker(config, shutdown).await;
+            Ok(())
+        });
+    }
+    let config = gateway_config(&args.api, &args.common, &metrics);
+    let gateway = dalc_gateway::run(config, listener, backends.gateway(), shutdown.clone());
+    services.spawn(async move { gateway.await.context("gateway") });
+    let result = wait_all(services, shutdown).await;
+    backends.close().await;
+    result
+}
+
+pub async fn gateway(
+    args: GatewayArgs,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let backends = open_distributed(
+        &args.store,
+        &args.broker,
+        "dalc-gateway",
+        &metrics,
+        &shutdown,
+    )
+    .await?;
+    let listener = bind(&args.api.listen).await?;
+    let config = gateway_config(&args.api, &args.common, &metrics);
+    let result = dalc_gateway::run(config, listener, backends.gateway(), shutdown).await;
+    backends.close().await;
+    result.context("gateway")
+}
+
+pub async fn worker(
+    args: WorkerArgs,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let backends = open_distributed(
+        &args.store,
+        &args.broker,
+        "dalc-worker",
+        &metrics,
+        &shutdown,
+    )
+    .await?;
+    let config = worker_config(&args.work, &args.common, None, &metrics);
+    backends.worker(config, shutdown).await;
+    backends.close().await;
+    Ok(())
+}
+
+async fn open_distributed(
+    store: &StoreArgs,
+    broker: &BrokerArgs,
+    role: &str,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Backends> {
+    let amqp = Some((broker.amqp_url.as_str(), &broker.topology));
+    Backends::open(store, amqp, role, metrics, shutdown).await
+}
+
+/// Retries `attempt` with backoff while it fails with an outage (`is_outage`), until it
+/// succeeds or `shutdown`; any other error is returned at once.
+async fn wait_for<T, E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    is_outage: impl Fn(&E) -> bool,
+    attempt: F,
+) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut backoff = Backoff::reconnect();
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if is_outage(&err) => {
+                let pause = backoff.next_delay();
+                warn!(error = %err, retry_in = ?pause, "waiting for {what}");
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        return Err(err).with_context(|| format!("gave up waiting for {what}"));
+                    }
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            Err(err) => return Err(err).with_context(|| format!("cannot use {what}")),
+        }
+    }
+}
+
+async fn open_store(args: &StoreArgs, shutdown: &CancellationToken) -> Result<TaskStore> {
+    let options = StoreOptions {
+        statement_timeout: args.statement_timeout.0,
+        ..StoreOptions::default()
+    };
+    let what = format!("the database at {}", redact(&args.database_url));
+    let skip_migrations = args.skip_migrations;
+    wait_for(&what, shutdown, StorageError::is_unavailable, || async {
+        let store = TaskStore::connect_with(&args.database_url, &options).await?;
+        if !skip_migrations {
+            store.migrate().await?;
+        }
+        Ok::<_, StorageError>(store)
+    })
+    .await
 }
 
 /// The in-process queue died with the previous process: queue its open tasks again.
@@ -58,7 +267,11 @@ async fn requeue_open_tasks(store: &TaskStore, queue: &MemoryBroker) -> Result<(
         .await
         .context("cannot read open tasks")?;
     if open > 0 {
-        let report = dalc_gateway::sweep_once(store, queue, Duration::ZERO)
+        let policy = SweepPolicy {
+            claim: GatewayConfig::DEFAULT_SWEEP_GRACE,
+            retention: None,
+        };
+        let report = dalc_gateway::sweep_once(store, queue, policy)
             .await
             .context("cannot requeue open tasks")?;
         info!(
@@ -70,112 +283,7 @@ async fn requeue_open_tasks(store: &TaskStore, queue: &MemoryBroker) -> Result<(
     Ok(())
 }
 
-/// A gateway and `--workers` worker loops sharing one broker and one database.
-async fn run_all_in_one<B>(
-    args: &UpArgs,
-    broker: Arc<B>,
-    store: TaskStore,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-) -> Result<()>
-where
-    B: TaskPublisher + TaskConsumer + UpdatePublisher + UpdateConsumer + 'static,
-{
-    let mut services = JoinSet::new();
-    for n in 0..args.workers.max(1) {
-        let config = worker_config(&args.work, &args.common, Some(n), &metrics);
-        let worker = dalc_worker::run(
-            config,
-            store.clone(),
-            broker.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        );
-        services.spawn(async move {
-            worker.await;
-            Ok(())
-        });
-    }
-    let config = gateway_config(&args.api, &args.common, &metrics);
-    let gateway = dalc_gateway::run(
-        config,
-        listener,
-        store,
-        broker.clone(),
-        broker,
-        shutdown.clone(),
-    );
-    services.spawn(async move { gateway.await.context("gateway") });
-    wait_all(services, shutdown).await
-}
-
-pub async fn gateway(
-    args: GatewayArgs,
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-) -> Result<()> {
-    let store = open_store(&args.store).await?;
-    let broker = &args.broker;
-    let broker = connect_broker(
-        &broker.amqp_url,
-        &broker.topology,
-        "dalc-gateway",
-        &metrics,
-        &shutdown,
-    )
-    .await?;
-    let listener = bind(&args.api.listen).await?;
-    let config = gateway_config(&args.api, &args.common, &metrics);
-    let result = dalc_gateway::run(
-        config,
-        listener,
-        store,
-        broker.clone(),
-        broker.clone(),
-        shutdown,
-    )
-    .await;
-    broker.close().await;
-    result.context("gateway")
-}
-
-pub async fn worker(
-    args: WorkerArgs,
-    shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-) -> Result<()> {
-    let store = open_store(&args.store).await?;
-    let broker = &args.broker;
-    let broker = connect_broker(
-        &broker.amqp_url,
-        &broker.topology,
-        "dalc-worker",
-        &metrics,
-        &shutdown,
-    )
-    .await?;
-    let config = worker_config(&args.work, &args.common, None, &metrics);
-    dalc_worker::run(config, store, broker.clone(), broker.clone(), shutdown).await;
-    broker.close().await;
-    Ok(())
-}
-
-async fn open_store(args: &StoreArgs) -> Result<TaskStore> {
-    let store = TaskStore::connect(&args.database_url)
-        .await
-        .with_context(|| format!("cannot open the database at {}", redact(&args.database_url)))?;
-    if !args.skip_migrations {
-        store
-            .migrate()
-            .await
-            .context("cannot apply database migrations")?;
-    }
-    Ok(store)
-}
-
-/// Connects to RabbitMQ, and samples the request queue's depth for the metrics until
-/// `shutdown`.
+/// Connects to RabbitMQ, waiting for it to come up.
 async fn connect_broker(
     url: &str,
     topology: &TopologyArgs,
@@ -187,13 +295,15 @@ async fn connect_broker(
     config.metrics = metrics.clone();
     config.queue_type = topology.queue_type;
     config.delivery_limit = topology.delivery_limit;
+    config.dead_letter_max_length = topology.dead_letter_max_length;
     config.connection_name = format!("{role}@{}", host_name());
-    let broker = AmqpBroker::connect(config)
-        .await
-        .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))?;
-    let broker = Arc::new(broker);
-    sample_queue_depth(broker.clone(), metrics.clone(), shutdown.clone());
-    Ok(broker)
+    let what = format!("RabbitMQ at {}", redact(url));
+    let is_outage = |err: &QueueError| matches!(err, QueueError::Unavailable(_));
+    let broker = wait_for(&what, shutdown, is_outage, || {
+        AmqpBroker::connect(config.clone())
+    })
+    .await?;
+    Ok(Arc::new(broker))
 }
 
 /// Binds the gRPC listener and prints the bound address on stdout, so scripts and tests that
@@ -212,14 +322,20 @@ async fn bind(listen: &str) -> Result<TcpListener> {
 fn gateway_config(args: &ApiArgs, common: &CommonArgs, metrics: &Arc<Metrics>) -> GatewayConfig {
     let id = args.gateway_id.clone().unwrap_or_else(|| unique_name("gw"));
     let mut config = GatewayConfig::new(id);
-    config.limits.max_expression_bytes = args.max_expression_bytes;
-    config.default_wait = args.default_wait;
-    config.max_wait = args.max_wait;
-    config.task_ttl = args.task_ttl;
-    config.shutdown_grace = common.shutdown_grace;
-    config.sweep_interval = args.sweep_interval;
-    config.sweep_grace = args.sweep_grace;
-    config.fault_abort_before_publish = args.fault_abort_before_publish;
+    config.limits.max_expression_bytes = common.max_expression_bytes;
+    config.default_wait = args.default_wait.0;
+    config.max_wait = args.max_wait.0;
+    config.task_ttl = args.task_ttl.0.min(args.max_task_ttl.0);
+    config.max_task_ttl = args.max_task_ttl.0;
+    config.shutdown_grace = common.shutdown_grace.0;
+    config.drain_delay = args.drain_delay.0;
+    config.sweep_interval = args.sweep_interval.0;
+    config.sweep_grace = args.sweep_grace.0;
+    config.retention = (!args.retention.0.is_zero()).then_some(args.retention.0);
+    #[cfg(feature = "fault-injection")]
+    {
+        config.fault_abort_before_publish = args.fault_abort_before_publish;
+    }
     config.metrics = metrics.clone();
     config
 }
@@ -241,29 +357,23 @@ fn worker_config(
     let mut config = WorkerConfig::new(id);
     config.concurrency = args.concurrency.max(1);
     config.max_attempts = args.max_attempts;
-    config.shutdown_grace = common.shutdown_grace;
-    config.fault_crash_on = args.fault_crash_on.clone();
+    config.lease = args.lease.0;
+    config.limits.max_expression_bytes = common.max_expression_bytes;
+    config.shutdown_grace = common.shutdown_grace.0;
+    #[cfg(feature = "fault-injection")]
+    {
+        config.fault_crash_on = args.fault_crash_on.clone();
+        config.fault_stall_on = args
+            .fault_stall_on
+            .clone()
+            .map(|marker| (marker, args.fault_stall_for.0));
+    }
     config.metrics = metrics.clone();
     config
 }
 
 /// How often the request queue's depth is sampled for `dalc_request_queue_depth`.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
-
-fn sample_queue_depth(broker: Arc<AmqpBroker>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let queue = broker.config().names.tasks();
-        while !shutdown.is_cancelled() {
-            if let Ok(depth) = broker.queue_depth(&queue).await {
-                metrics.request_queue_depth.set(i64::from(depth));
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(QUEUE_DEPTH_INTERVAL) => {}
-            }
-        }
-    });
-}
 
 /// Serves Prometheus metrics on `listen`, printing the bound address like the gRPC listener.
 pub async fn metrics(

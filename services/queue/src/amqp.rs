@@ -499,6 +499,14 @@ impl TaskPublisher for AmqpBroker {
         self.ready_to_publish()
     }
 
+    async fn check(&self) -> Result<(), QueueError> {
+        let link = self.link(&self.publishing).await?;
+        if link.connection.status().blocked() {
+            return Err(blocked_error());
+        }
+        Ok(())
+    }
+
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError> {
         let id: ShortString = message.task_id.to_string().into();
         let mut headers = FieldTable::default();

@@ -58,6 +58,11 @@ pub trait TaskPublisher: Send + Sync {
         Ok(())
     }
 
+    /// Makes sure the broker can take a publish now (reconnecting if needed), for health checks.
+    async fn check(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Publishes `message` and returns once the broker has confirmed it is stored.
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError>;
 }

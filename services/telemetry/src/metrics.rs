@@ -25,6 +25,12 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+/// Labels of `dalc_dead_letters_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// Every metric dalc exports. Cheap to share: clone the `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +53,10 @@ pub struct Metrics {
     pub publish_confirm_seconds: Histogram,
     /// Messages ready in the request queue, as last sampled.
     pub request_queue_depth: Gauge,
+    /// Dead letters recorded and settled, by why the broker dead-lettered them.
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    /// Finished tasks deleted after the retention period.
+    pub tasks_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +80,8 @@ impl Metrics {
             broker_reconnects: Counter::default(),
             publish_confirm_seconds: latency(),
             request_queue_depth: Gauge::default(),
+            dead_letters: Family::default(),
+            tasks_deleted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +129,16 @@ impl Metrics {
             "Messages ready in the request queue, as last sampled",
             metrics.request_queue_depth.clone(),
         );
+        registry.register(
+            "dead_letters",
+            "Dead letters recorded and settled, by reason",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "tasks_deleted",
+            "Finished tasks deleted after the retention period",
+            metrics.tasks_deleted.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -128,6 +150,15 @@ impl Metrics {
         self.tasks_finished
             .get_or_create(&StatusLabel {
                 status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a dead letter, by `reason`.
+    pub fn dead_letter(&self, reason: &str) {
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
             })
             .inc();
     }

@@ -10,6 +10,7 @@ mod process;
 
 use std::{sync::Arc, time::Duration};
 
+use dalc_domain::Backoff;
 use dalc_queue::{TaskConsumer, UpdatePublisher};
 use dalc_storage::TaskStore;
 use futures::StreamExt;
@@ -19,7 +20,8 @@ use tracing::{info, warn};
 
 pub use process::{Processor, Settlement};
 
-/// What a worker needs to know.
+/// What a worker needs to know. The `DEFAULT_*` constants are the documented defaults (the CLI
+/// takes them from here).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Recorded on every task this worker starts.
@@ -29,7 +31,12 @@ pub struct WorkerConfig {
     pub concurrency: u16,
     /// Attempts before a task is given up on as FAILED and dead-lettered.
     pub max_attempts: u32,
-    /// The expression engine's limits.
+    /// How long an attempt owns its task: a duplicate or redelivered message may only take the
+    /// task over once this has run out (the attempt's worker died). Far above the longest
+    /// evaluation the engine accepts (about 0.25 s).
+    pub lease: Duration,
+    /// The expression engine's limits; the gateway's `max_expression_bytes` must not exceed
+    /// this worker's, or accepted tasks would fail here.
     pub limits: dalc_calc::Limits,
     /// The first pause before handing a task back after a fault (doubling while faults
     /// persist, up to 10 s), so an outage does not turn into a hot redelivery loop.
@@ -37,36 +44,41 @@ pub struct WorkerConfig {
     /// On shutdown, how long held tasks may take to finish before the worker exits anyway
     /// (unsettled tasks then go back to the queue).
     pub shutdown_grace: Duration,
-    /// TEST ONLY: evaluation panics for expressions containing this text, to prove that a
-    /// poison task ends. Never set in production.
+    /// TEST ONLY (`fault-injection` feature): evaluation panics for expressions containing
+    /// this text, to prove that a poison task ends.
+    #[cfg(feature = "fault-injection")]
     pub fault_crash_on: Option<String>,
+    /// TEST ONLY (`fault-injection` feature): evaluation of expressions containing this text
+    /// takes this long first, to hold a task RUNNING (e.g. while its worker is killed).
+    #[cfg(feature = "fault-injection")]
+    pub fault_stall_on: Option<(String, Duration)>,
     /// Where finished tasks, latencies and tasks in flight are counted.
     pub metrics: Arc<dalc_telemetry::Metrics>,
 }
 
 impl WorkerConfig {
+    pub const DEFAULT_CONCURRENCY: u16 = 4;
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
     pub fn new(worker_id: impl Into<String>) -> Self {
         WorkerConfig {
             worker_id: worker_id.into(),
-            concurrency: 4,
-            max_attempts: 3,
+            concurrency: Self::DEFAULT_CONCURRENCY,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            lease: Self::DEFAULT_LEASE,
             limits: dalc_calc::Limits::default(),
             retry_delay: Duration::from_millis(500),
-            shutdown_grace: Duration::from_secs(25),
+            shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+            #[cfg(feature = "fault-injection")]
             fault_crash_on: None,
+            #[cfg(feature = "fault-injection")]
+            fault_stall_on: None,
             metrics: Arc::default(),
         }
     }
 }
-
-/// Delay between attempts to (re)start consuming after the broker went away.
-const RECONNECT_BACKOFF: [Duration; 5] = [
-    Duration::from_millis(100),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-];
 
 /// Consumes tasks until `shutdown` is cancelled, then finishes and settles what it holds.
 pub async fn run(
@@ -81,18 +93,17 @@ pub async fn run(
     let processor = Arc::new(Processor::new(config, store, updates).with_source(tasks.source()));
     let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
     let mut in_flight = JoinSet::new();
-    let mut failures = 0usize;
+    let mut reconnect = Backoff::reconnect();
     info!(worker_id = %processor.worker_id(), concurrency, "worker started");
 
     while !shutdown.is_cancelled() {
         let mut deliveries = match tasks.consume_tasks(concurrency).await {
             Ok(deliveries) => {
-                failures = 0;
+                reconnect.reset();
                 deliveries
             }
             Err(err) => {
-                let delay = RECONNECT_BACKOFF[failures.min(RECONNECT_BACKOFF.len() - 1)];
-                failures += 1;
+                let delay = reconnect.next_delay();
                 warn!(error = %err, retry_in = ?delay, "cannot consume tasks");
                 tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -3,17 +3,14 @@
 use std::{
     future::Future,
     panic::AssertUnwindSafe,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use chrono::Utc;
-use dalc_domain::Task;
+use dalc_domain::{Backoff, Outcome, Task};
 use dalc_queue::{Delivery, Destination, QueueError, TaskMessage, UpdatePublisher};
-use dalc_storage::{Outcome, StartOutcome, StorageError, TaskStore};
+use dalc_storage::{StartOutcome, StorageError, TaskStore};
 use dalc_telemetry::metrics::GaugeGuard;
 use futures::FutureExt;
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
@@ -56,9 +53,9 @@ pub struct Processor {
     source: Destination,
     store: TaskStore,
     updates: Arc<dyn UpdatePublisher>,
-    /// The current pause before a requeue, in ms: doubles while faults persist, so an outage
-    /// slows the worker down instead of spinning deliveries; back to the base on success.
-    retry_delay_ms: AtomicU64,
+    /// The pause before a requeue: doubles while faults persist, so an outage slows the worker
+    /// down instead of spinning deliveries; back to the base on success.
+    requeue_backoff: Mutex<Backoff>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -71,13 +68,13 @@ impl std::fmt::Debug for Processor {
 
 impl Processor {
     pub fn new(config: WorkerConfig, store: TaskStore, updates: Arc<dyn UpdatePublisher>) -> Self {
-        let base = duration_ms(config.retry_delay);
+        let requeue_backoff = Mutex::new(Backoff::new(config.retry_delay, MAX_RETRY_DELAY));
         Processor {
             config,
             store,
             updates,
             source: Destination::in_process(),
-            retry_delay_ms: AtomicU64::new(base),
+            requeue_backoff,
         }
     }
 
@@ -96,7 +93,10 @@ impl Processor {
     pub async fn handle(&self, delivery: Delivery) {
         let _in_flight = GaugeGuard::inc(&self.config.metrics.tasks_in_flight);
         let settlement = match &delivery.message {
-            Ok(message) => match AssertUnwindSafe(self.process(message)).catch_unwind().await {
+            Ok(message) => match AssertUnwindSafe(self.process(message, delivery.redelivered))
+                .catch_unwind()
+                .await
+            {
                 Ok(settlement) => settlement,
                 Err(_) => {
                     warn!(task_id = %message.task_id, "task handler panicked; requeueing");
@@ -111,10 +111,10 @@ impl Processor {
         if settlement == Settlement::Requeue {
             // Pause before handing it back (holding our concurrency slot), so an outage is not
             // a hot redelivery loop and this worker takes no new work meanwhile.
-            tokio::time::sleep(self.fault_delay()).await;
+            let pause = self.requeue_backoff().next_delay();
+            tokio::time::sleep(pause).await;
         } else {
-            self.retry_delay_ms
-                .store(duration_ms(self.config.retry_delay), Ordering::Relaxed);
+            self.requeue_backoff().reset();
         }
         let settled = match settlement {
             Settlement::Ack => delivery.ack().await,
@@ -128,21 +128,16 @@ impl Processor {
         }
     }
 
-    /// The delay before this requeue; doubles the next one, up to a cap.
-    fn fault_delay(&self) -> Duration {
-        let cap = duration_ms(MAX_RETRY_DELAY);
-        let current = self
-            .retry_delay_ms
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |ms| {
-                Some((ms * 2).min(cap))
-            })
-            .unwrap_or(cap);
-        Duration::from_millis(current)
+    fn requeue_backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        // A plain value: a panic elsewhere cannot leave it half-updated.
+        self.requeue_backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Decides what to do with one task message, in a consumer span that continues the trace
     /// of the call that submitted it (its context rides in the message headers).
-    pub async fn process(&self, message: &TaskMessage) -> Settlement {
+    pub async fn process(&self, message: &TaskMessage, redelivered: bool) -> Settlement {
         let span = info_span!(
             "process",
             otel.name = format!("{} process", self.source.queue),
@@ -159,7 +154,10 @@ impl Processor {
             trace_id = Empty,
         );
         dalc_telemetry::propagation::continue_trace_from_headers(&span, &message.headers);
-        let outcome = self.try_process(message).instrument(span.clone()).await;
+        let outcome = self
+            .try_process(message, redelivered)
+            .instrument(span.clone())
+            .await;
         let _entered = span.enter();
         match outcome {
             Ok(settlement) => settlement,
@@ -170,30 +168,35 @@ impl Processor {
         }
     }
 
-    async fn try_process(&self, message: &TaskMessage) -> Result<Settlement, Transient> {
+    async fn try_process(
+        &self,
+        message: &TaskMessage,
+        redelivered: bool,
+    ) -> Result<Settlement, Transient> {
         let reply_to = message.reply_to.as_deref();
         if message
             .deadline
             .is_some_and(|deadline| deadline <= Utc::now())
         {
-            let expired = Outcome::Expired {
-                error: "the task's deadline passed before a worker could start it".into(),
-            };
-            return self.end_unstarted(message, &expired).await;
+            return self
+                .end_unstarted(message, &Outcome::expired_unstarted())
+                .await;
         }
-        let started = self
-            .store
-            .start_attempt(message.task_id, &self.config.worker_id, Utc::now())
-            .await?;
-        let task = match started {
+        let task = match self.start(message, redelivered).await? {
             StartOutcome::Started(task) => {
                 tracing::Span::current().record("attempt", task.attempts);
                 task
             }
             StartOutcome::AlreadyTerminal(task) => {
-                // A redelivery of finished work: only the reply may have been lost.
+                // A redelivery or a duplicate of finished work: only the reply may have been lost.
                 debug!(status = %task.status, "already terminal; replying again");
                 self.updates.publish_update(reply_to, &task).await?;
+                return Ok(Settlement::Ack);
+            }
+            StartOutcome::Busy(task) => {
+                // A duplicate message while a live attempt holds the task: that attempt still
+                // has its own message, and finishes (or, should it die, is redelivered).
+                debug!(attempt = task.attempts, worker = ?task.worker_id, "a live attempt holds the task; dropping the duplicate");
                 return Ok(Settlement::Ack);
             }
             StartOutcome::Missing => {
@@ -201,31 +204,78 @@ impl Processor {
                 return Ok(Settlement::Ack);
             }
         };
+        let attempt = self.run_attempt(&task, reply_to).await;
+        if attempt.is_err() {
+            // Handing the message back: let its next delivery take over at once rather than
+            // wait out our lease. Best effort; an unreleased lease simply runs out.
+            if let Err(err) = self.store.release_lease(task.id, task.attempts).await {
+                debug!(error = %err, "cannot release the lease; it runs out by itself");
+            }
+        }
+        attempt
+    }
+
+    /// Starts an attempt. A redelivered message whose task a live lease holds came back
+    /// because its first worker lost the broker, not necessarily its life: wait for that
+    /// attempt to end, or for its lease to run out, and only then decide.
+    async fn start(
+        &self,
+        message: &TaskMessage,
+        redelivered: bool,
+    ) -> Result<StartOutcome, Transient> {
+        let lease = self.config.lease;
+        let pause = (lease / 4).max(Duration::from_millis(20));
+        let patience = lease.saturating_mul(2);
+        let mut waited = Duration::ZERO;
+        loop {
+            let started = self
+                .store
+                .start_attempt(message.task_id, &self.config.worker_id, lease)
+                .await?;
+            match started {
+                StartOutcome::Busy(_) if redelivered && waited < patience => {
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Evaluates a started attempt and records how it ended.
+    async fn run_attempt(
+        &self,
+        task: &Task,
+        reply_to: Option<&str>,
+    ) -> Result<Settlement, Transient> {
         if task.attempts > self.config.max_attempts {
             let gave_up = Outcome::Failed {
                 error: format!("gave up after {} attempts", self.config.max_attempts),
             };
             return self
-                .end_attempt(&task, &gave_up, reply_to, Settlement::DeadLetter)
+                .end_attempt(task, &gave_up, reply_to, Settlement::DeadLetter)
                 .await;
         }
-        let outcome = self.evaluate(&task).await?;
-        self.end_attempt(&task, &outcome, reply_to, Settlement::Ack)
+        let outcome = self.evaluate(task).await?;
+        self.end_attempt(task, &outcome, reply_to, Settlement::Ack)
             .await
     }
 
     async fn evaluate(&self, task: &Task) -> Result<Outcome, Transient> {
         let expression = task.expression.clone();
         let limits = self.config.limits.clone();
-        let crash_marker = self.config.fault_crash_on.clone();
+        #[cfg(feature = "fault-injection")]
+        let faults = (
+            self.config.fault_crash_on.clone(),
+            self.config.fault_stall_on.clone(),
+        );
         let span = info_span!("evaluate", task_id = %task.id, attempt = task.attempts);
         let started = std::time::Instant::now();
         // Evaluation is CPU-bound (bounded, but up to a fraction of a second): off the reactor.
         let evaluated = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            if crash_marker.is_some_and(|marker| expression.contains(&marker)) {
-                panic!("injected fault: evaluation crashed (test-only --fault-crash-on)");
-            }
+            #[cfg(feature = "fault-injection")]
+            inject_faults(&expression, faults);
             dalc_calc::evaluate(&expression, &limits)
         })
         .await;
@@ -255,10 +305,7 @@ impl Processor {
         then: Settlement,
     ) -> Result<Settlement, Transient> {
         let recorded = self
-            .hold_through_outage(|| {
-                self.store
-                    .finish_attempt(task.id, task.attempts, outcome, Utc::now())
-            })
+            .hold_through_outage(|| self.store.finish_attempt(task.id, task.attempts, outcome))
             .await?;
         match recorded {
             Some(finished) => {
@@ -285,11 +332,13 @@ impl Processor {
         let reply_to = message.reply_to.as_deref();
         let ended = match self
             .store
-            .finish_unstarted(message.task_id, outcome, Utc::now())
+            .finish_unstarted(message.task_id, outcome)
             .await?
         {
             Some(task) => Some(task),
             // Already terminal: re-reply what stands, as for any redelivery of finished work.
+            // RUNNING: an attempt holds it, or held it and vanished; the sweeper ends that one
+            // once its lease runs out.
             None => self
                 .store
                 .get(message.task_id)
@@ -316,14 +365,14 @@ impl Processor {
         E: Into<Transient> + RetryHint,
     {
         let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match operation().await {
                 Ok(value) => return Ok(value),
                 Err(err) if err.is_outage() && started.elapsed() < MAX_HOLD => {
+                    let pause = backoff.next_delay();
                     warn!(retry_in = ?pause, "dependency unavailable; holding the result");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -377,6 +426,18 @@ impl RetryHint for QueueError {
     }
 }
 
-fn duration_ms(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+/// TEST ONLY: the `--fault-crash-on` and `--fault-stall-on` hooks.
+#[cfg(feature = "fault-injection")]
+fn inject_faults(
+    expression: &str,
+    (crash_on, stall_on): (Option<String>, Option<(String, Duration)>),
+) {
+    if let Some((marker, stall)) = stall_on
+        && expression.contains(&marker)
+    {
+        std::thread::sleep(stall);
+    }
+    if crash_on.is_some_and(|marker| expression.contains(&marker)) {
+        panic!("injected fault: evaluation crashed (test-only --fault-crash-on)");
+    }
 }

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use dalc_domain::{Task, TaskStatus};
+use dalc_domain::{Outcome, Task, TaskStatus};
 use dalc_queue::{TaskMessage, TaskPublisher, UpdateConsumer, memory::MemoryBroker};
 use dalc_storage::{StartOutcome, TaskStore};
 use dalc_worker::{Processor, Settlement, WorkerConfig};
@@ -18,12 +18,16 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(WorkerConfig::new("w1")).await
+}
+
+async fn setup_with(config: WorkerConfig) -> Setup {
     let store = TaskStore::connect(&dalc_testkit::fresh_sqlite_database())
         .await
         .unwrap();
     store.migrate().await.unwrap();
     let broker = Arc::new(MemoryBroker::new());
-    let processor = Processor::new(WorkerConfig::new("w1"), store.clone(), broker.clone());
+    let processor = Processor::new(config, store.clone(), broker.clone());
     Setup {
         store,
         broker,
@@ -33,7 +37,7 @@ async fn setup() -> Setup {
 
 async fn stored(store: &TaskStore, expression: &str) -> (Task, TaskMessage) {
     let task = Task::new(expression, None);
-    store.insert(&task).await.unwrap();
+    store.insert(&task, Duration::ZERO).await.unwrap();
     let message = TaskMessage::for_task(&task, Some("memory.dalc.reply.gw".into()));
     (task, message)
 }
@@ -47,7 +51,7 @@ async fn a_task_is_run_stored_and_replied_to() {
     } = setup().await;
     let mut updates = broker.consume_updates("gw").await.unwrap();
     let (task, message) = stored(&store, "1 + 1").await;
-    assert_eq!(processor.process(&message).await, Settlement::Ack);
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
 
     let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Succeeded);
@@ -66,7 +70,7 @@ async fn evaluation_errors_are_failed_tasks() {
         store, processor, ..
     } = setup().await;
     let (task, message) = stored(&store, "ln(0)").await;
-    assert_eq!(processor.process(&message).await, Settlement::Ack);
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
     let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Failed);
     assert!(done.error.unwrap().contains("domain"));
@@ -80,9 +84,9 @@ async fn a_redelivered_finished_task_is_replied_to_again_not_rerun() {
         processor,
     } = setup().await;
     let (task, message) = stored(&store, "2 * 3").await;
-    processor.process(&message).await;
+    processor.process(&message, false).await;
     let mut updates = broker.consume_updates("gw").await.unwrap();
-    assert_eq!(processor.process(&message).await, Settlement::Ack);
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
     let reply = tokio::time::timeout(Duration::from_secs(5), updates.stream.next())
         .await
         .unwrap()
@@ -101,13 +105,105 @@ async fn a_task_past_its_deadline_expires_unrun() {
         store, processor, ..
     } = setup().await;
     let task = Task::new("1", Some(Utc::now() - chrono::Duration::seconds(1)));
-    store.insert(&task).await.unwrap();
+    store.insert(&task, Duration::ZERO).await.unwrap();
     let message = TaskMessage::for_task(&task, None);
-    assert_eq!(processor.process(&message).await, Settlement::Ack);
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
     let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Expired);
     assert_eq!(done.attempts, 0);
     assert!(done.error.unwrap().contains("deadline"));
+}
+
+#[tokio::test]
+async fn a_duplicate_message_never_runs_a_task_a_live_attempt_holds() {
+    let Setup {
+        store, processor, ..
+    } = setup().await;
+    let (task, message) = stored(&store, "1 + 1").await;
+    store
+        .start_attempt(task.id, "alive", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
+    let stored = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.attempts, stored.worker_id.as_deref()),
+        (TaskStatus::Running, 1, Some("alive")),
+        "one attempt; the duplicate is dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivery_waits_for_the_live_attempt_and_never_reruns_its_result() {
+    let mut config = WorkerConfig::new("w2");
+    config.lease = Duration::from_millis(400);
+    let Setup {
+        store, processor, ..
+    } = setup_with(config).await;
+    let (task, message) = stored(&store, "3 + 4").await;
+    store
+        .start_attempt(task.id, "alive", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The first worker lost the broker, not its life: it finishes while the redelivery waits.
+    let finisher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let done = Outcome::Succeeded { result: "7".into() };
+            store.finish_attempt(task.id, 1, &done).await.unwrap()
+        })
+    };
+    assert_eq!(processor.process(&message, true).await, Settlement::Ack);
+    assert!(finisher.await.unwrap().is_some());
+    let stored = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!((stored.attempts, stored.result.as_deref()), (1, Some("7")));
+}
+
+#[tokio::test]
+async fn a_redelivery_takes_over_once_the_dead_attempts_lease_runs_out() {
+    let mut config = WorkerConfig::new("w2");
+    config.lease = Duration::from_millis(200);
+    let Setup {
+        store, processor, ..
+    } = setup_with(config).await;
+    let (task, message) = stored(&store, "3 + 4").await;
+    store
+        .start_attempt(task.id, "killed", Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(processor.process(&message, true).await, Settlement::Ack);
+    let stored = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.attempts, stored.worker_id.as_deref()),
+        (TaskStatus::Succeeded, 2, Some("w2"))
+    );
+}
+
+#[tokio::test]
+async fn a_late_message_past_its_deadline_leaves_a_live_attempt_alone() {
+    let Setup {
+        store, processor, ..
+    } = setup().await;
+    let task = Task::new("1", Some(Utc::now() + chrono::Duration::milliseconds(100)));
+    store.insert(&task, Duration::ZERO).await.unwrap();
+    store
+        .start_attempt(task.id, "alive", Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let late = TaskMessage::for_task(&task, None);
+    assert_eq!(processor.process(&late, false).await, Settlement::Ack);
+    let stored = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Running, "not overwritten");
+    let done = Outcome::Succeeded { result: "1".into() };
+    assert!(
+        store
+            .finish_attempt(task.id, 1, &done)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -116,17 +212,20 @@ async fn a_task_that_keeps_crashing_its_workers_is_given_up_on() {
         store, processor, ..
     } = setup().await;
     let (task, message) = stored(&store, "1").await;
-    // Three workers started it and died.
+    // Three workers started it and died (their leases ran out at once).
     for worker in ["a", "b", "c"] {
         assert!(matches!(
             store
-                .start_attempt(task.id, worker, Utc::now())
+                .start_attempt(task.id, worker, Duration::ZERO)
                 .await
                 .unwrap(),
             StartOutcome::Started(_)
         ));
     }
-    assert_eq!(processor.process(&message).await, Settlement::DeadLetter);
+    assert_eq!(
+        processor.process(&message, false).await,
+        Settlement::DeadLetter
+    );
     let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Failed);
     assert_eq!(done.error.as_deref(), Some("gave up after 3 attempts"));
@@ -141,7 +240,10 @@ async fn a_database_fault_hands_the_task_back() {
     let processor = Processor::new(WorkerConfig::new("w1"), store.clone(), broker);
     let (_, message) = stored(&store, "1").await;
     dalc_testkit::drop_postgres_database(&url).await;
-    assert_eq!(processor.process(&message).await, Settlement::Requeue);
+    assert_eq!(
+        processor.process(&message, false).await,
+        Settlement::Requeue
+    );
 }
 
 #[tokio::test]
