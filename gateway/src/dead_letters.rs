@@ -86,7 +86,7 @@ async fn finalise(store: &TaskStore, waiters: &Waiters, metrics: &Metrics, lette
         }
     };
     let id = message.task_id;
-    match store.finish_abandoned(id, &outcome_for(&reason)).await {
+    match end_task(store, id, &reason).await {
         Ok(Some(task)) => {
             info!(task_id = %id, %reason, status = %task.status, "dead letter finalised its task");
             waiters.deliver(task);
@@ -104,6 +104,24 @@ async fn finalise(store: &TaskStore, waiters: &Waiters, metrics: &Metrics, lette
     }
     metrics.dead_letter(&reason);
     settle(letter, false).await;
+}
+
+/// Ends the task behind a dead letter if nobody works on it: never started (PENDING), or its
+/// attempt's lease lapsed (the attempt died and its requeued message then died too).
+async fn end_task(
+    store: &TaskStore,
+    id: dalc_domain::TaskId,
+    reason: &str,
+) -> Result<Option<dalc_domain::Task>, dalc_storage::StorageError> {
+    let outcome = outcome_for(reason);
+    if let Some(task) = store.finish_unstarted(id, &outcome).await? {
+        return Ok(Some(task));
+    }
+    let outcome = match outcome {
+        Outcome::Expired { .. } => Outcome::expired_abandoned(),
+        other => other,
+    };
+    store.finish_abandoned(id, &outcome).await
 }
 
 async fn settle(letter: Delivery, requeue: bool) {

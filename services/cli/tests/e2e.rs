@@ -320,3 +320,84 @@ async fn sigterm_stops_dalc_up_cleanly() {
     assert_eq!(submitted(&mut client, submit("1", true)).await.result, "1");
     assert_eq!(up.signal_and_wait("TERM", Duration::from_secs(30)), Some(0));
 }
+
+/// `dalc up` in a fresh directory, with `extra` flags.
+fn up_with(name: &str, extra: &[&str]) -> DalcProcess {
+    let dir = std::env::temp_dir().join(format!("dalc-{name}-{}", dalc_testkit::unique_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec!["up", "--listen", "127.0.0.1:0"];
+    args.extend(extra);
+    DalcProcess::start_in(name, dalc(), &args, &[], true, Some(&dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_expression_limit_reaches_the_workers_too() {
+    let up = up_with("limits", &["--max-expression-bytes", "20000"]);
+    let mut client = client(&up).await;
+    // 6,000 bytes: over the default 4 KiB, under the raised limit.
+    let expression = vec!["1"; 3000].join("+");
+    let task = submitted(&mut client, submit(&expression, true)).await;
+    assert_eq!(task.status(), TaskStatus::Succeeded, "{}", task.error);
+    assert_eq!(task.result, "3000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_health_turns_not_serving_while_calls_are_still_accepted() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut up = up_with("drain", &["--drain-delay", "3s"]);
+    let channel = Channel::from_shared(up.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let mut tasks = TaskServiceClient::new(channel);
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    let status = health
+        .check(check.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &up.pid().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Balancers are told first...
+    let status = health.check(check).await.unwrap().into_inner().status();
+    assert_eq!(status, ServingStatus::NotServing);
+    // ...while calls still work, for the drain window.
+    assert_eq!(
+        submitted(&mut tasks, submit("2 + 2", true)).await.result,
+        "4"
+    );
+    assert_eq!(up.signal_and_wait("TERM", Duration::from_secs(30)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_never_hang_on_a_gateway_that_does_not_answer() {
+    // Accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", silent.local_addr().unwrap());
+    let _holder = std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(dalc())
+        .args(["submit", "--timeout", "1s", "--addr", &addr, "1 + 1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up in {:?}",
+        started.elapsed()
+    );
+}

@@ -148,6 +148,9 @@ impl AmqpConfig {
 /// another connect attempt: a client hears UNAVAILABLE at once while the broker is away.
 const FAIL_FAST_WINDOW: Duration = Duration::from_millis(500);
 
+/// Where health probes are published: a routing key no queue has, so the broker drops them.
+const HEALTH_PROBE_ROUTING_KEY: &str = "dalc.health-probe.no-such-queue";
+
 /// How many updates a gateway's update consumer holds unacked: bounds what lapin buffers when
 /// routing lags.
 const UPDATE_PREFETCH: u16 = 256;
@@ -500,11 +503,13 @@ impl TaskPublisher for AmqpBroker {
     }
 
     async fn check(&self) -> Result<(), QueueError> {
-        let link = self.link(&self.publishing).await?;
-        if link.connection.status().blocked() {
-            return Err(blocked_error());
-        }
-        Ok(())
+        // A confirmed publish nobody receives (the default exchange drops it: no such queue).
+        // RabbitMQ tells a connection it is blocked by an alarm only once it publishes, so the
+        // probe is what notices an alarm while no task is being submitted, and then calls are
+        // refused before anything is written.
+        let probe = BasicProperties::default().with_delivery_mode(1);
+        self.publish_confirmed("", HEALTH_PROBE_ROUTING_KEY, false, b"", probe)
+            .await
     }
 
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError> {
