@@ -145,17 +145,23 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>
     let listener = bind(&args.api.listen).await?;
     let backends = Arc::new(backends);
     let mut services = JoinSet::new();
+    // The workers stop after the gateway: calls it accepts while draining still get run.
+    let workers_stop = CancellationToken::new();
     for n in 0..args.workers.max(1) {
         let config = worker_config(&args.work, &args.common, Some(n), &metrics);
-        let (backends, shutdown) = (backends.clone(), shutdown.clone());
+        let (backends, stop) = (backends.clone(), workers_stop.clone());
         services.spawn(async move {
-            backends.worker(config, shutdown).await;
+            backends.worker(config, stop).await;
             Ok(())
         });
     }
     let config = gateway_config(&args.api, &args.common, &metrics);
     let gateway = dalc_gateway::run(config, listener, backends.gateway(), shutdown.clone());
-    services.spawn(async move { gateway.await.context("gateway") });
+    services.spawn(async move {
+        let served = gateway.await;
+        workers_stop.cancel();
+        served.context("gateway")
+    });
     let result = wait_all(services, shutdown).await;
     backends.close().await;
     result
