@@ -1,5 +1,7 @@
-//! `grpc.health.v1`: SERVING only while this gateway can reach both the task database and the
-//! broker, so a load balancer or a readiness probe stops sending calls that could only fail.
+//! `grpc.health.v1`: the server ("") and `dalc.v1.TaskService` are SERVING only while this
+//! gateway can reach both the task database and the broker, so a load balancer or a readiness
+//! probe stops sending calls that could only fail. The service `liveness` is SERVING while the
+//! process runs, for liveness probes: an outage elsewhere is no reason to restart a gateway.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +13,9 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::service::TaskServiceImpl;
+
+/// The health service name that reports only that the process is alive.
+pub(crate) const LIVENESS: &str = "liveness";
 
 /// Reports `status` for the whole server ("") and for `dalc.v1.TaskService`.
 pub(crate) async fn report(health: &HealthReporter, status: ServingStatus) {

@@ -184,6 +184,9 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health::report(&health, tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status(health::LIVENESS, tonic_health::ServingStatus::Serving)
+        .await;
     tokio::spawn(health::watch(
         health.clone(),
         store.clone(),

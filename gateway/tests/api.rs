@@ -430,12 +430,14 @@ async fn health_follows_the_database() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = |mut health: tonic_health::pb::health_client::HealthClient<Channel>| async move {
+    let status_of = |mut health: tonic_health::pb::health_client::HealthClient<Channel>,
+                     service: &'static str| async move {
         let request = tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
+            service: service.into(),
         };
         health.check(request).await.unwrap().into_inner().status()
     };
+    let status = |health| status_of(health, "");
     use tonic_health::pb::health_check_response::ServingStatus;
     assert_eq!(status(health.clone()).await, ServingStatus::Serving);
     dalc_testkit::drop_postgres_database(&database).await;
@@ -445,6 +447,11 @@ async fn health_follows_the_database() {
     })
     .await;
     assert!(not_serving, "NOT_SERVING once the database is gone");
+    assert_eq!(
+        status_of(health.clone(), "liveness").await,
+        ServingStatus::Serving,
+        "alive all the same: no reason to restart the gateway"
+    );
     let _ = &mut health;
 }
 

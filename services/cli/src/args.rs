@@ -293,7 +293,10 @@ impl std::fmt::Display for HumanDuration {
             (60_000, "m"),
             (1000, "s"),
         ];
-        match units.iter().find(|(size, _)| ms > 0 && ms.is_multiple_of(*size)) {
+        match units
+            .iter()
+            .find(|(size, _)| ms > 0 && ms.is_multiple_of(*size))
+        {
             Some((size, unit)) => write!(f, "{}{unit}", ms / size),
             None => write!(f, "{ms}ms"),
         }
