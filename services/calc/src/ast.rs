@@ -185,6 +185,12 @@ pub(crate) enum Node {
     Call(Func, Vec<Node>),
 }
 
+/// How many nodes an expression may have and still count as cheap to evaluate.
+const CHEAP_NODES: usize = 32;
+/// The largest literal of a cheap expression: 128 bits, or 40 decimal digits.
+const CHEAP_INTEGER_BITS: u64 = 128;
+const CHEAP_DECIMAL_DIGITS: usize = 40;
+
 const PREC_ADD: u8 = 1;
 const PREC_MUL: u8 = 2;
 const PREC_NEG: u8 = 3;
@@ -192,6 +198,38 @@ const PREC_POW: u8 = 4;
 const PREC_ATOM: u8 = 5;
 
 impl Node {
+    /// Whether evaluating this is certainly a matter of microseconds: a few small numbers, and no
+    /// operation whose cost grows with its operands (powers, factorials, roots, logarithms,
+    /// exponentials, trigonometry). Conservative: `false` only means "might be slow".
+    pub(crate) fn is_cheap(&self) -> bool {
+        let mut budget = CHEAP_NODES;
+        self.is_cheap_within(&mut budget)
+    }
+
+    fn is_cheap_within(&self, budget: &mut usize) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match self {
+            Node::Integer(n) => n.bits() <= CHEAP_INTEGER_BITS,
+            Node::Decimal(d) => d.digits.len() <= CHEAP_DECIMAL_DIGITS,
+            Node::Constant(_) => true,
+            Node::Neg(inner) => inner.is_cheap_within(budget),
+            Node::Chain(first, rest) => {
+                first.is_cheap_within(budget)
+                    && rest.iter().all(|(_, node)| node.is_cheap_within(budget))
+            }
+            Node::Pow(..) => false,
+            Node::Call(func, args) => {
+                matches!(
+                    func,
+                    Func::Abs | Func::Floor | Func::Ceil | Func::Round | Func::Min | Func::Max
+                ) && args.iter().all(|node| node.is_cheap_within(budget))
+            }
+        }
+    }
+
     fn precedence(&self) -> u8 {
         match self {
             Node::Chain(_, rest) => rest.first().map_or(PREC_ATOM, |(op, _)| op.precedence()),

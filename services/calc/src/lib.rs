@@ -143,6 +143,13 @@ impl Expr {
     pub fn evaluate(&self, limits: &Limits) -> Result<Value, CalcError> {
         eval::evaluate_node(&self.root, limits)
     }
+
+    /// Whether evaluation certainly takes only microseconds (a few small numbers, no powers and
+    /// no functions beyond `abs floor ceil round min max`), so a caller may run it inline
+    /// instead of on a thread for blocking work. `false` only means it might be slow.
+    pub fn is_cheap(&self) -> bool {
+        self.root.is_cheap()
+    }
 }
 
 impl fmt::Display for Expr {
@@ -155,6 +162,39 @@ impl fmt::Display for Expr {
 /// and literal lengths, without evaluating anything.
 pub fn parse(source: &str, limits: &Limits) -> Result<Expr, CalcError> {
     parser::parse_source(source, limits).map(|root| Expr { root })
+}
+
+#[cfg(test)]
+mod cheapness {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn small_arithmetic_is_cheap_and_growing_work_is_not() {
+        let limits = Limits::default();
+        for cheap in [
+            "1 + 1",
+            "0.1 + 0.2",
+            "-(3 * 4) / 7 % 2",
+            "round(2.5) + max(1, pi, e)",
+        ] {
+            assert!(parse(cheap, &limits).unwrap().is_cheap(), "{cheap}");
+        }
+        let long_sum = vec!["1"; 100].join("+");
+        let big = "9".repeat(60);
+        for costly in [
+            "2^10",
+            "sqrt(2)",
+            "factorial(20)",
+            "sin(1)",
+            "ln(2)",
+            "exp(1)",
+            long_sum.as_str(),
+            big.as_str(),
+        ] {
+            assert!(!parse(costly, &limits).unwrap().is_cheap(), "{costly}");
+        }
+    }
 }
 
 /// Parses and evaluates `source`.

@@ -10,7 +10,7 @@ use sea_orm::{
     sqlx::{self, error::DatabaseError, postgres::PgDatabaseError, sqlite::SqliteError},
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// The database cannot serve us right now; retrying later may succeed.
     #[error("database unavailable: {0}")]
@@ -21,13 +21,16 @@ pub enum StorageError {
     /// A row holds a value this version of dalc cannot read.
     #[error("corrupt task row: {0}")]
     Corrupt(String),
+    /// The store is shutting down: its batch writers are gone.
+    #[error("the task store is shutting down")]
+    Closed,
 }
 
 impl StorageError {
     /// True when the fault is transient (connection, server state, contention): callers back off
     /// and retry.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StorageError::Unavailable(_))
+        matches!(self, StorageError::Unavailable(_) | StorageError::Closed)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod entity;
 mod error;
+mod group;
 pub mod migration;
 mod store;
 

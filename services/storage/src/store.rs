@@ -6,7 +6,7 @@
 //! who may act (leases, sweep times, retention) is taken from the database's clock, so processes
 //! whose clocks disagree still agree on who owns a task.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
@@ -22,6 +22,7 @@ use tracing::instrument;
 use crate::{
     StorageError,
     entity::{self, Column, Entity as Tasks},
+    group::{GroupCommit, WriteBatch},
     migration::Migrator,
 };
 
@@ -33,11 +34,15 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
     /// PostgreSQL cancels any statement that runs longer (SQLite waits this long for a lock).
     pub statement_timeout: Duration,
+    /// Connections in the pool: enough for the group-commit writers, the reads of waiting
+    /// calls and the sweeper.
+    pub max_connections: u32,
 }
 
 impl StoreOptions {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 }
 
 impl Default for StoreOptions {
@@ -45,6 +50,61 @@ impl Default for StoreOptions {
         StoreOptions {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Group-commit writers per kind of write: batches written at once, so one commit's wait does
+/// not stall the next batch.
+const BATCH_WRITERS: usize = 2;
+/// The most rows one group-committed statement (or transaction) writes.
+const MAX_BATCH: usize = 256;
+
+/// A new task to store, and the grace its gateway has to confirm the publish.
+type InsertItem = (Task, Duration);
+
+/// An attempt to start: the task, the worker and its lease.
+#[derive(Debug, Clone)]
+struct StartItem {
+    id: TaskId,
+    worker_id: Arc<str>,
+    lease: Duration,
+}
+
+/// An attempt that ended.
+type FinishItem = (TaskId, u32, Outcome);
+
+/// The group-commit queues of the task path's writes.
+#[derive(Debug)]
+struct Batches {
+    inserts: GroupCommit<InsertItem, ()>,
+    starts: GroupCommit<StartItem, Option<Task>>,
+    finishes: GroupCommit<FinishItem, Option<Task>>,
+}
+
+impl Batches {
+    /// `direct` writes each batch (it has no batches of its own).
+    fn start(direct: &TaskStore) -> Self {
+        let store = direct.clone();
+        let inserts: WriteBatch<InsertItem, ()> = Arc::new(move |items| {
+            let store = store.clone();
+            Box::pin(async move { store.insert_batch(items).await })
+        });
+        let store = direct.clone();
+        let starts: WriteBatch<StartItem, Option<Task>> = Arc::new(move |items| {
+            let store = store.clone();
+            Box::pin(async move { store.start_batch(items).await })
+        });
+        let store = direct.clone();
+        let finishes: WriteBatch<FinishItem, Option<Task>> = Arc::new(move |items| {
+            let store = store.clone();
+            Box::pin(async move { store.finish_batch(items).await })
+        });
+        Batches {
+            inserts: GroupCommit::start(BATCH_WRITERS, MAX_BATCH, inserts),
+            starts: GroupCommit::start(BATCH_WRITERS, MAX_BATCH, starts),
+            finishes: GroupCommit::start(BATCH_WRITERS, MAX_BATCH, finishes),
         }
     }
 }
@@ -66,10 +126,13 @@ pub enum StartOutcome {
     Missing,
 }
 
-/// The repository over the `tasks` table. Cheap to clone: it shares one connection pool.
+/// The repository over the `tasks` table. Cheap to clone: it shares one connection pool and
+/// one set of group-commit queues.
 #[derive(Debug, Clone)]
 pub struct TaskStore {
     db: DatabaseConnection,
+    /// Group commit for the task path's writes; `None` in the writers' own handle.
+    batches: Option<Arc<Batches>>,
 }
 
 impl TaskStore {
@@ -84,6 +147,7 @@ impl TaskStore {
         let sqlite_busy_timeout = options.statement_timeout;
         let mut connect = ConnectOptions::new(url.to_owned());
         connect
+            .max_connections(options.max_connections)
             .connect_timeout(options.connect_timeout)
             .acquire_timeout(options.connect_timeout)
             .sqlx_logging(false)
@@ -99,7 +163,12 @@ impl TaskStore {
                     .busy_timeout(sqlite_busy_timeout)
             });
         let db = Database::connect(connect).await?;
-        Ok(TaskStore { db })
+        let direct = TaskStore { db, batches: None };
+        let batches = Arc::new(Batches::start(&direct));
+        Ok(TaskStore {
+            batches: Some(batches),
+            ..direct
+        })
     }
 
     /// Applies pending migrations. Safe when several gateways and workers start at once: on
@@ -165,8 +234,26 @@ impl TaskStore {
     /// gateway is about to publish it and record the confirm.
     #[instrument(skip_all, fields(task_id = %task.id))]
     pub async fn insert(&self, task: &Task, publish_grace: Duration) -> Result<(), StorageError> {
-        self.insert_all(std::slice::from_ref(task), publish_grace)
-            .await
+        match &self.batches {
+            Some(batches) => batches.inserts.submit((task.clone(), publish_grace)).await,
+            None => {
+                self.insert_all(std::slice::from_ref(task), publish_grace)
+                    .await
+            }
+        }
+    }
+
+    /// One group-committed batch of inserts: one statement per grace period (normally one).
+    async fn insert_batch(&self, items: Vec<InsertItem>) -> Result<Vec<()>, StorageError> {
+        let count = items.len();
+        let mut by_grace: HashMap<Duration, Vec<Task>> = HashMap::new();
+        for (task, grace) in items {
+            by_grace.entry(grace).or_default().push(task);
+        }
+        for (grace, tasks) in by_grace {
+            self.insert_all(&tasks, grace).await?;
+        }
+        Ok(vec![(); count])
     }
 
     /// Stores new PENDING tasks in one statement (one commit), as [`TaskStore::insert`] does one.
@@ -234,8 +321,8 @@ impl TaskStore {
 
     /// Starts a new attempt holding a `lease`: PENDING → RUNNING, or RUNNING → RUNNING when the
     /// previous attempt's lease ran out (its worker died), with `attempts + 1`, as one
-    /// compare-and-set. A RUNNING task whose lease is live is [`StartOutcome::Busy`]: a duplicate
-    /// message never runs a task twice at once.
+    /// compare-and-set (group-committed with other workers' starts). A RUNNING task whose lease
+    /// is live is [`StartOutcome::Busy`]: a duplicate message never runs a task twice at once.
     #[instrument(skip_all, fields(task_id = %id, worker_id))]
     pub async fn start_attempt(
         &self,
@@ -243,6 +330,56 @@ impl TaskStore {
         worker_id: &str,
         lease: Duration,
     ) -> Result<StartOutcome, StorageError> {
+        let item = StartItem {
+            id,
+            worker_id: worker_id.into(),
+            lease,
+        };
+        let started = match &self.batches {
+            Some(batches) => batches.starts.submit(item).await?,
+            None => self.start_batch(vec![item]).await?.pop().flatten(),
+        };
+        if let Some(task) = started {
+            return Ok(StartOutcome::Started(task));
+        }
+        match self.get(id).await? {
+            None => Ok(StartOutcome::Missing),
+            Some(task) if task.is_terminal() => Ok(StartOutcome::AlreadyTerminal(task)),
+            Some(task) if task.status == TaskStatus::Running => Ok(StartOutcome::Busy(task)),
+            // PENDING, yet the filter matched nothing: it changed in between.
+            Some(task) => Err(StorageError::Corrupt(format!(
+                "task {} is {} but could not be started",
+                task.id, task.status
+            ))),
+        }
+    }
+
+    /// One group-committed batch of starts: one UPDATE per worker (normally one). An id twice in
+    /// a batch (two copies of one message) starts once: the second copy gets `None`.
+    async fn start_batch(&self, items: Vec<StartItem>) -> Result<Vec<Option<Task>>, StorageError> {
+        let mut by_worker: HashMap<(Arc<str>, Duration), Vec<TaskId>> = HashMap::new();
+        for item in &items {
+            by_worker
+                .entry((item.worker_id.clone(), item.lease))
+                .or_default()
+                .push(item.id);
+        }
+        let mut started: HashMap<TaskId, Task> = HashMap::new();
+        for ((worker_id, lease), ids) in by_worker {
+            for task in self.start_all(&ids, &worker_id, lease).await? {
+                started.insert(task.id, task);
+            }
+        }
+        Ok(items.iter().map(|item| started.remove(&item.id)).collect())
+    }
+
+    /// Starts attempts at every takeable task of `ids` for one worker, in one statement.
+    async fn start_all(
+        &self,
+        ids: &[TaskId],
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Vec<Task>, StorageError> {
         let takeable = Condition::any()
             .add(Column::Status.eq(TaskStatus::Pending.as_str()))
             .add(
@@ -267,24 +404,12 @@ impl TaskStore {
                 Column::PublishedAt,
                 Expr::col(Column::PublishedAt).if_null(self.db_now()),
             )
-            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::Id.is_in(ids.iter().map(TaskId::as_uuid)))
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
             .filter(takeable)
             .exec_with_returning(&self.db)
             .await?;
-        if let Some(model) = updated.into_iter().next() {
-            return Ok(StartOutcome::Started(model.into_task()?));
-        }
-        match self.get(id).await? {
-            None => Ok(StartOutcome::Missing),
-            Some(task) if task.is_terminal() => Ok(StartOutcome::AlreadyTerminal(task)),
-            Some(task) if task.status == TaskStatus::Running => Ok(StartOutcome::Busy(task)),
-            // PENDING, yet the filter matched nothing: it changed in between.
-            Some(task) => Err(StorageError::Corrupt(format!(
-                "task {} is {} but could not be started",
-                task.id, task.status
-            ))),
-        }
+        updated.into_iter().map(entity::Model::into_task).collect()
     }
 
     /// Gives up attempt number `attempt` without ending the task (its worker hands the message
@@ -305,9 +430,10 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Ends attempt number `attempt` with `outcome`, as one compare-and-set: it only succeeds if
-    /// the task is still RUNNING under that same attempt. Returns the stored task when this call
-    /// made the change, `None` when another attempt got there first (its result stands).
+    /// Ends attempt number `attempt` with `outcome`, as one compare-and-set (group-committed
+    /// with other attempts' ends): it only succeeds if the task is still RUNNING under that same
+    /// attempt. Returns the stored task when this call made the change, `None` when another
+    /// attempt got there first (its result stands).
     #[instrument(skip_all, fields(task_id = %id, attempt, status = %outcome.status()))]
     pub async fn finish_attempt(
         &self,
@@ -315,12 +441,31 @@ impl TaskStore {
         attempt: u32,
         outcome: &Outcome,
     ) -> Result<Option<Task>, StorageError> {
-        let this_attempt = Condition::all()
-            .add(Column::Status.eq(TaskStatus::Running.as_str()))
-            .add(Column::Attempts.eq(attempt_number(attempt)));
-        self.set_terminal(Some(id), outcome, this_attempt)
-            .await
-            .map(|mut tasks| tasks.pop())
+        let item = (id, attempt, outcome.clone());
+        match &self.batches {
+            Some(batches) => batches.finishes.submit(item).await,
+            None => Ok(self.finish_batch(vec![item]).await?.pop().flatten()),
+        }
+    }
+
+    /// One group-committed batch of attempt ends: one transaction, one commit.
+    async fn finish_batch(
+        &self,
+        items: Vec<FinishItem>,
+    ) -> Result<Vec<Option<Task>>, StorageError> {
+        let transaction = self.db.begin().await?;
+        let mut finished = Vec::with_capacity(items.len());
+        for (id, attempt, outcome) in &items {
+            let this_attempt = Condition::all()
+                .add(Column::Status.eq(TaskStatus::Running.as_str()))
+                .add(Column::Attempts.eq(attempt_number(*attempt)));
+            let mut tasks = self
+                .set_terminal_on(&transaction, Some(*id), outcome, this_attempt)
+                .await?;
+            finished.push(tasks.pop());
+        }
+        transaction.commit().await?;
+        Ok(finished)
     }
 
     /// Ends a task that no attempt has started (deadline passed, publish failed): PENDING →
@@ -370,6 +515,17 @@ impl TaskStore {
         outcome: &Outcome,
         guard: Condition,
     ) -> Result<Vec<Task>, StorageError> {
+        self.set_terminal_on(&self.db, id, outcome, guard).await
+    }
+
+    /// [`TaskStore::set_terminal`] on `connection` (the pool, or a batch's transaction).
+    async fn set_terminal_on(
+        &self,
+        connection: &impl ConnectionTrait,
+        id: Option<TaskId>,
+        outcome: &Outcome,
+        guard: Condition,
+    ) -> Result<Vec<Task>, StorageError> {
         let mut update = Tasks::update_many()
             .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
             .col_expr(Column::Result, Expr::value(outcome.result()))
@@ -380,7 +536,7 @@ impl TaskStore {
         if let Some(id) = id {
             update = update.filter(Column::Id.eq(id.as_uuid()));
         }
-        let updated = update.exec_with_returning(&self.db).await?;
+        let updated = update.exec_with_returning(connection).await?;
         updated.into_iter().map(entity::Model::into_task).collect()
     }
 

@@ -1,0 +1,148 @@
+//! Group commit: writes that arrive together are made in one statement and one commit.
+//!
+//! Callers hand an item to a [`GroupCommit`] and wait; a few writer tasks each take everything
+//! queued so far (up to a batch size), write it with one call of the batch function, and answer
+//! every caller with its own result once that write committed. Under load the batches grow by
+//! themselves (whatever arrives during one write forms the next), so the database sees a
+//! commit per batch instead of one per call; alone, a call is written at once, with no wait
+//! for a batch to fill. No guarantee is weakened: nobody is answered before its row is durable.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::StorageError;
+
+/// A batch write: one result per item, in the items' order.
+pub(crate) type WriteBatch<I, O> = Arc<
+    dyn Fn(Vec<I>) -> Pin<Box<dyn Future<Output = Result<Vec<O>, StorageError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Items waiting to be written; past it, callers wait for room (backpressure, not growth).
+const QUEUE: usize = 8192;
+
+struct Job<I, O> {
+    item: I,
+    answer: oneshot::Sender<Result<O, StorageError>>,
+}
+
+/// A group-commit queue in front of one batch write.
+pub(crate) struct GroupCommit<I, O> {
+    jobs: mpsc::Sender<Job<I, O>>,
+}
+
+impl<I, O> std::fmt::Debug for GroupCommit<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
+    /// Starts `writers` writer tasks (batches written concurrently, so one slow commit does not
+    /// stall the rest), each writing up to `max_batch` items at a time with `write`.
+    pub(crate) fn start(writers: usize, max_batch: usize, write: WriteBatch<I, O>) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(write_batches(
+                queue.clone(),
+                max_batch.max(1),
+                write.clone(),
+            ));
+        }
+        GroupCommit { jobs }
+    }
+
+    /// Writes `item` with whatever else is waiting, and returns its result once committed.
+    pub(crate) async fn submit(&self, item: I) -> Result<O, StorageError> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Job { item, answer })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        answered.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
+async fn write_batches<I, O>(
+    queue: Arc<Mutex<mpsc::Receiver<Job<I, O>>>>,
+    max_batch: usize,
+    write: WriteBatch<I, O>,
+) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    loop {
+        // Take the queue only to drain it: the other writers fill their batches meanwhile.
+        let received = queue.lock().await.recv_many(&mut jobs, max_batch).await;
+        if received == 0 {
+            return;
+        }
+        let (items, answers): (Vec<I>, Vec<_>) =
+            jobs.drain(..).map(|job| (job.item, job.answer)).unzip();
+        match write(items).await {
+            Ok(results) if results.len() == answers.len() => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(Ok(result));
+                }
+            }
+            Ok(results) => {
+                let err = StorageError::Corrupt(format!(
+                    "a batch of {} writes returned {} results",
+                    answers.len(),
+                    results.len()
+                ));
+                for answer in answers {
+                    let _ = answer.send(Err(err.clone()));
+                }
+            }
+            Err(err) => {
+                for answer in answers {
+                    let _ = answer.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_items_share_batches_and_each_gets_its_own_result() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = batches.clone();
+        let write: WriteBatch<u32, u32> = Arc::new(move |items: Vec<u32>| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Ok(items.into_iter().map(|n| n * 2).collect())
+            })
+        });
+        let group = Arc::new(GroupCommit::start(2, 64, write));
+        let calls: Vec<_> = (0..500)
+            .map(|n| {
+                let group = group.clone();
+                tokio::spawn(async move { (n, group.submit(n).await.unwrap()) })
+            })
+            .collect();
+        for call in calls {
+            let (n, doubled) = call.await.unwrap();
+            assert_eq!(doubled, n * 2);
+        }
+        let batches = batches.load(Ordering::Relaxed);
+        assert!(batches < 100, "500 items in {batches} batches");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_callers() {
+        let write: WriteBatch<u32, u32> =
+            Arc::new(|_| Box::pin(async { Err(StorageError::Corrupt("no".into())) }));
+        let group = GroupCommit::start(1, 8, write);
+        assert!(group.submit(1).await.is_err());
+    }
+}
