@@ -547,25 +547,40 @@ impl TaskConsumer for AmqpBroker {
     }
 
     async fn consume_tasks(&self, prefetch: u16) -> Result<Deliveries, QueueError> {
+        // Bounded prefetch: a worker holds at most this many unacked tasks, the rest stay
+        // queued for other workers. The channel is left to die with its consumer: in-flight
+        // handlers still ack on it.
+        let (_channel, consumer) = self
+            .consume_queue(&self.config.names.tasks(), prefetch)
+            .await?;
+        let deliveries =
+            consumer.map(|delivery| delivery.map(into_delivery).map_err(QueueError::from));
+        Ok(deliveries.boxed())
+    }
+}
+
+impl AmqpBroker {
+    /// A consumer of `queue` on a channel of its own on the consuming connection, with manual
+    /// acks (a message is removed only once it is settled) and at most `prefetch` unsettled.
+    async fn consume_queue(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, lapin::Consumer), QueueError> {
         let link = self.link(&self.consuming).await?;
         let channel = link.connection.create_channel().await?;
-        // Bounded prefetch: a worker holds at most this many unacked tasks, the rest stay
-        // queued for other workers.
         channel
             .basic_qos(prefetch.max(1), BasicQosOptions::default())
             .await?;
         let consumer = channel
             .basic_consume(
-                self.config.names.tasks().into(),
+                queue.into(),
                 "".into(),
-                // Manual acks (no_ack = false): a task is removed only once it is finished.
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        let deliveries =
-            consumer.map(|delivery| delivery.map(into_delivery).map_err(QueueError::from));
-        Ok(deliveries.boxed())
+        Ok((channel, consumer))
     }
 }
 
@@ -755,19 +770,8 @@ impl UpdateConsumer for AmqpBroker {
 #[async_trait]
 impl DeadLetterConsumer for AmqpBroker {
     async fn consume_dead_letters(&self, prefetch: u16) -> Result<Deliveries, QueueError> {
-        let link = self.link(&self.consuming).await?;
-        let channel = link.connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch.max(1), BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                self.config.names.dead_letters().into(),
-                "".into(),
-                // Manual acks: a dead letter is removed only once its task is finalised.
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        let (channel, consumer) = self
+            .consume_queue(&self.config.names.dead_letters(), prefetch)
             .await?;
         let closer = CloseOnDrop(Some(channel));
         let deliveries = consumer.map(move |delivery| {
