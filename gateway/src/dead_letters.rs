@@ -45,10 +45,7 @@ pub(crate) async fn run(
     let mut backoff = Backoff::reconnect();
     while !shutdown.is_cancelled() {
         let mut letters = match dead_letters.consume_dead_letters(PREFETCH).await {
-            Ok(letters) => {
-                backoff.reset();
-                letters
-            }
+            Ok(letters) => letters,
             Err(err) => {
                 let pause = backoff.next_delay();
                 warn!(error = %err, retry_in = ?pause, "cannot consume dead letters");
@@ -64,7 +61,11 @@ pub(crate) async fn run(
                 next = letters.next() => next,
             };
             match next {
-                Some(Ok(letter)) => finalise(&store, &waiters, &metrics, letter).await,
+                Some(Ok(letter)) => {
+                    // Only a consumer that delivers has recovered (no hot resubscribe loop).
+                    backoff.reset();
+                    finalise(&store, &waiters, &metrics, letter).await;
+                }
                 _ => break,
             }
         }

@@ -24,7 +24,9 @@ pub enum ApiError {
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
         if err.is_unavailable() {
-            ApiError::Unavailable(format!("the task database is unavailable: {err}"))
+            // The driver's words stay in the log: they name hosts and internals.
+            tracing::warn!(error = %err, "task database unavailable");
+            ApiError::Unavailable("the task database is unavailable; try again later".into())
         } else {
             ApiError::Internal(err.to_string())
         }
@@ -33,7 +35,8 @@ impl From<StorageError> for ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(err: QueueError) -> Self {
-        ApiError::Unavailable(format!("the task queue is unavailable: {err}"))
+        tracing::warn!(error = %err, "task queue unavailable");
+        ApiError::Unavailable(format!("the task queue is unavailable: {}", err.public()))
     }
 }
 

@@ -271,6 +271,8 @@ async fn route_updates(
     let mut backoff = Backoff::reconnect();
     loop {
         while let Some(task) = current.stream.next().await {
+            // Only a stream that delivers has recovered: one that ends at once backs off.
+            backoff.reset();
             waiters.deliver(task);
         }
         warn!("task update stream ended; resubscribing");
@@ -280,7 +282,6 @@ async fn route_updates(
                 Ok(next) => {
                     info!("task updates resubscribed");
                     current = next;
-                    backoff.reset();
                     break;
                 }
                 Err(err) => {

@@ -59,7 +59,12 @@ impl Tasks {
             .wait_until
             .map(|until| (until, self.waiters.subscribe(task.id)));
         let insert = async { Ok(self.store.insert(&task, self.config.sweep_grace).await?) };
-        budget.bound("the task database", insert).await?;
+        if let Err(err) = budget.bound("the task database", insert).await {
+            // Cut off at the call's deadline, the row may still land (its write had begun):
+            // end it then, rather than run a task whose caller heard UNAVAILABLE.
+            self.abandon(&task, &err.to_string());
+            return Err(err);
+        }
         #[cfg(feature = "fault-injection")]
         if self.config.fault_abort_before_publish {
             // Test-only fault: die like `kill -9` in the gap the sweeper exists for.
@@ -154,6 +159,8 @@ impl Tasks {
                     if update.is_terminal() {
                         return update;
                     }
+                    // RUNNING: what the caller sees if the wait ends now.
+                    task = update;
                 }
                 () = tokio::time::sleep_until(next_poll) => {
                     // A lost reply or event must not make us wait for nothing: the database

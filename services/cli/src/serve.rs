@@ -306,7 +306,7 @@ async fn connect_broker(
     // operator, or a fault test, close exactly one of them).
     config.connection_name = format!("{role}@{} pid {}", host_name(), std::process::id());
     let what = format!("RabbitMQ at {}", redact(url));
-    let is_outage = |err: &QueueError| matches!(err, QueueError::Unavailable(_));
+    let is_outage = QueueError::is_outage;
     let broker = wait_for(&what, shutdown, is_outage, || {
         AmqpBroker::connect(config.clone())
     })

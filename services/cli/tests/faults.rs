@@ -693,6 +693,18 @@ fn sync_request(expression: &str, timeout: Option<Duration>) -> SubmitTaskReques
     }
 }
 
+/// Submits without waiting and returns the accepted task's id.
+async fn submit_async(
+    client: &mut TaskServiceClient<Channel>,
+    expression: &str,
+    timeout: Option<Duration>,
+) -> TaskId {
+    let mut request = sync_request(expression, timeout);
+    request.wait = false;
+    let task = client.submit_task(request).await.unwrap().into_inner();
+    task.task.unwrap().id.parse().unwrap()
+}
+
 async fn wait_until(what: &str, patience: Duration, mut check: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
     while !check().await {
@@ -716,16 +728,12 @@ async fn fault_scenario_kill_9_a_worker_whose_task_then_passes_its_deadline() {
         &["--fault-stall-on", STALL, "--lease", "2s"],
     );
     let mut client = client(&gateway).await;
-    let mut request = sync_request(&format!("{STALL} + 1"), Some(Duration::from_secs(3)));
-    request.wait = false;
-    let task = client
-        .submit_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
-    let id: TaskId = task.id.parse().unwrap();
+    let id = submit_async(
+        &mut client,
+        &format!("{STALL} + 1"),
+        Some(Duration::from_secs(3)),
+    )
+    .await;
     wait_until("the task runs", Duration::from_secs(10), async || {
         deployment.store.get(id).await.unwrap().unwrap().status == Status::Running
     })
@@ -799,16 +807,7 @@ async fn fault_scenario_duplicate_and_early_redelivered_messages_run_once() {
     let [w1, w2] = workers;
     drop((w1, w2));
     let mut client = client(&gateway).await;
-    let mut request = sync_request(&format!("{STALL} * 0 + 99"), None);
-    request.wait = false;
-    let task = client
-        .submit_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
-    let id: TaskId = task.id.parse().unwrap();
+    let id = submit_async(&mut client, &format!("{STALL} * 0 + 99"), None).await;
     wait_until("w3 runs the task", Duration::from_secs(10), async || {
         let task = deployment.store.get(id).await.unwrap().unwrap();
         task.worker_id.as_deref() == Some("w3")

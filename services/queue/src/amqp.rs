@@ -27,9 +27,9 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     message::Delivery as LapinDelivery,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
     uri::AMQPUri,
@@ -200,12 +200,6 @@ impl Link {
     }
 }
 
-fn blocked_error() -> QueueError {
-    QueueError::Unavailable(
-        "the broker is refusing publishes (a memory or disk alarm); try again later".into(),
-    )
-}
-
 impl AmqpBroker {
     /// Connects both lanes and declares the topology, so a misconfiguration shows at start-up.
     pub async fn connect(config: AmqpConfig) -> Result<Self, QueueError> {
@@ -238,7 +232,7 @@ impl AmqpBroker {
         };
         match (&state.link, &state.last_failure) {
             (Some(link), _) if link.is_live() && link.connection.status().blocked() => {
-                Err(blocked_error())
+                Err(QueueError::Blocked)
             }
             (Some(link), _) if link.is_live() => Ok(()),
             (_, Some((at, err))) if at.elapsed() < FAIL_FAST_WINDOW => Err(err.clone()),
@@ -249,12 +243,35 @@ impl AmqpBroker {
     /// The lane's live connection, re-established (topology included) if it was lost.
     async fn link(&self, lane: &Lane) -> Result<Link, QueueError> {
         let mut state = lane.state.lock().await;
-        if let Some(link) = &state.link {
+        if let Some(link) = state.link.take() {
             if link.is_live() {
-                return Ok(link.clone());
+                state.link = Some(link.clone());
+                return Ok(link);
             }
-            warn!(lane = ?lane.role, "AMQP connection lost; reconnecting");
-            state.link = None;
+            if link.connection.status().connected() {
+                // Only the channel died (the broker closes a channel on a refused operation):
+                // a new one on the same connection, rather than a second connection.
+                match self.open_channel(&link.connection, lane.role).await {
+                    Ok(channel) => {
+                        let link = Link {
+                            connection: link.connection,
+                            channel,
+                        };
+                        state.link = Some(link.clone());
+                        return Ok(link);
+                    }
+                    Err(err) => {
+                        warn!(error = %err, lane = ?lane.role, "cannot reopen a channel; reconnecting")
+                    }
+                }
+                // lapin does not close a connection that is dropped: close it, or it leaks.
+                let connection = link.connection.clone();
+                tokio::spawn(async move {
+                    let _ = connection.close(200, "reconnecting".into()).await;
+                });
+            } else {
+                warn!(lane = ?lane.role, "AMQP connection lost; reconnecting");
+            }
         }
         if let Some((at, err)) = &state.last_failure
             && at.elapsed() < FAIL_FAST_WINDOW
@@ -297,6 +314,20 @@ impl AmqpBroker {
         let name = format!("{} {suffix}", self.config.connection_name);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect_uri(uri, properties).await?;
+        let channel = self.open_channel(&connection, role).await?;
+        info!(url = %redact_url(&self.config.url), lane = suffix, "connected to the message broker");
+        Ok(Link {
+            connection: Arc::new(connection),
+            channel,
+        })
+    }
+
+    /// A lane's channel: the topology declared on it, and confirm mode for publishing.
+    async fn open_channel(
+        &self,
+        connection: &Connection,
+        role: Role,
+    ) -> Result<Channel, QueueError> {
         let channel = connection.create_channel().await?;
         self.declare_topology(&channel).await?;
         if role == Role::Publish {
@@ -305,11 +336,7 @@ impl AmqpBroker {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
         }
-        info!(url = %redact_url(&self.config.url), lane = suffix, "connected to the message broker");
-        Ok(Link {
-            connection: Arc::new(connection),
-            channel,
-        })
+        Ok(channel)
     }
 
     async fn declare_topology(&self, channel: &Channel) -> Result<(), QueueError> {
@@ -398,7 +425,7 @@ impl AmqpBroker {
         let link = self.link(&self.publishing).await?;
         if link.connection.status().blocked() {
             // A publish now would wait for the alarm to clear: answer at once instead.
-            return Err(blocked_error());
+            return Err(QueueError::Blocked);
         }
         let options = BasicPublishOptions {
             mandatory,
@@ -548,13 +575,17 @@ impl TaskConsumer for AmqpBroker {
 
     async fn consume_tasks(&self, prefetch: u16) -> Result<Deliveries, QueueError> {
         // Bounded prefetch: a worker holds at most this many unacked tasks, the rest stay
-        // queued for other workers. The channel is left to die with its consumer: in-flight
-        // handlers still ack on it.
-        let (_channel, consumer) = self
+        // queued for other workers.
+        let (channel, consumer) = self
             .consume_queue(&self.config.names.tasks(), prefetch)
             .await?;
-        let deliveries =
-            consumer.map(|delivery| delivery.map(into_delivery).map_err(QueueError::from));
+        // When the worker stops consuming (shutdown), the broker must stop pushing it tasks
+        // nobody will read; the channel stays open for the acks of tasks still in flight.
+        let canceller = CancelOnDrop(Some((channel, consumer.tag())));
+        let deliveries = consumer.map(move |delivery| {
+            let _cancels_the_consumer_when_the_stream_goes = &canceller;
+            delivery.map(into_delivery).map_err(QueueError::from)
+        });
         Ok(deliveries.boxed())
     }
 }
@@ -794,6 +825,26 @@ impl Drop for CloseOnDrop {
         {
             runtime.spawn(async move {
                 let _ = channel.close(200, "resubscribing".into()).await;
+            });
+        }
+    }
+}
+
+/// Cancels a consumer when its stream is dropped, leaving its channel open so that held
+/// deliveries can still be acked. The broker pushes no more; the few it pushed that nobody read
+/// go back to the queue when the channel closes (at the latest, when the process exits).
+struct CancelOnDrop(Option<(Channel, ShortString)>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some((channel, tag)) = self.0.take()
+            && channel.status().connected()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await;
             });
         }
     }

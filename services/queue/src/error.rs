@@ -5,6 +5,9 @@ pub enum QueueError {
     /// The broker cannot be reached, or did not answer in time; retrying later may succeed.
     #[error("message broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker is blocking publishes (a memory or disk alarm) until the alarm clears.
+    #[error("the message broker is refusing publishes (a memory or disk alarm)")]
+    Blocked,
     /// The broker refused the message (a negative confirm, or no queue to route it to).
     #[error("message broker refused the message: {0}")]
     Refused(String),
@@ -12,6 +15,28 @@ pub enum QueueError {
     /// arguments by another deployment.
     #[error("message broker error: {0}")]
     Broker(String),
+}
+
+impl QueueError {
+    /// A fault to wait out: the broker is away, slow or blocking publishes.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, QueueError::Unavailable(_) | QueueError::Blocked)
+    }
+
+    /// What a client may be told: the kind of fault, without the broker's own words (hosts,
+    /// internals); those go to the log.
+    pub fn public(&self) -> &'static str {
+        match self {
+            QueueError::Blocked => {
+                "the broker is refusing publishes (a memory or disk alarm); try again later"
+            }
+            QueueError::Unavailable(_) => {
+                "the broker cannot be reached or did not answer in time; try again later"
+            }
+            QueueError::Refused(_) => "the broker refused the task; try again later",
+            QueueError::Broker(_) => "the broker rejected an operation; see the gateway's log",
+        }
+    }
 }
 
 impl From<lapin::Error> for QueueError {

@@ -39,7 +39,7 @@ impl<I, O> std::fmt::Debug for GroupCommit<I, O> {
     }
 }
 
-impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
+impl<I: Clone + Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     /// Starts `writers` writer tasks (batches written concurrently, so one slow commit does not
     /// stall the rest), each writing up to `max_batch` items at a time with `write`.
     pub(crate) fn start(writers: usize, max_batch: usize, write: WriteBatch<I, O>) -> Self {
@@ -66,7 +66,7 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     }
 }
 
-async fn write_batches<I, O>(
+async fn write_batches<I: Clone, O>(
     queue: Arc<Mutex<mpsc::Receiver<Job<I, O>>>>,
     max_batch: usize,
     write: WriteBatch<I, O>,
@@ -78,31 +78,48 @@ async fn write_batches<I, O>(
         if received == 0 {
             return;
         }
+        // A caller that gave up (its call's deadline passed) is not written for: its row must
+        // not appear after it was told the write failed.
+        jobs.retain(|job| !job.answer.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         let (items, answers): (Vec<I>, Vec<_>) =
             jobs.drain(..).map(|job| (job.item, job.answer)).unzip();
-        match write(items).await {
-            Ok(results) if results.len() == answers.len() => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(Ok(result));
+        let results = match write(items.clone()).await {
+            // One bad item must not fail the others: write them one by one to find it.
+            Err(err) if !err.is_unavailable() && items.len() > 1 => {
+                let mut results = Vec::with_capacity(items.len());
+                for item in items {
+                    results.push(one_result(write(vec![item]).await));
                 }
+                results
             }
-            Ok(results) => {
+            Ok(results) if results.len() != answers.len() => {
                 let err = StorageError::Corrupt(format!(
                     "a batch of {} writes returned {} results",
                     answers.len(),
                     results.len()
                 ));
-                for answer in answers {
-                    let _ = answer.send(Err(err.clone()));
-                }
+                vec_of_errors(&err, answers.len())
             }
-            Err(err) => {
-                for answer in answers {
-                    let _ = answer.send(Err(err.clone()));
-                }
-            }
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(err) => vec_of_errors(&err, answers.len()),
+        };
+        for (answer, result) in answers.into_iter().zip(results) {
+            let _ = answer.send(result);
         }
     }
+}
+
+fn one_result<O>(written: Result<Vec<O>, StorageError>) -> Result<O, StorageError> {
+    written?
+        .pop()
+        .ok_or_else(|| StorageError::Corrupt("a write of one item returned nothing".into()))
+}
+
+fn vec_of_errors<O>(err: &StorageError, count: usize) -> Vec<Result<O, StorageError>> {
+    (0..count).map(|_| Err(err.clone())).collect()
 }
 
 #[cfg(test)]
@@ -136,6 +153,30 @@ mod tests {
         }
         let batches = batches.load(Ordering::Relaxed);
         assert!(batches < 100, "500 items in {batches} batches");
+    }
+
+    #[tokio::test]
+    async fn one_bad_item_fails_only_its_own_caller() {
+        let write: WriteBatch<u32, u32> = Arc::new(|items: Vec<u32>| {
+            Box::pin(async move {
+                if items.contains(&13) {
+                    Err(StorageError::Corrupt("13".into()))
+                } else {
+                    Ok(items)
+                }
+            })
+        });
+        let group = Arc::new(GroupCommit::start(1, 64, write));
+        let calls: Vec<_> = (10..20)
+            .map(|n| {
+                let group = group.clone();
+                tokio::spawn(async move { (n, group.submit(n).await) })
+            })
+            .collect();
+        for call in calls {
+            let (n, result) = call.await.unwrap();
+            assert_eq!(result.is_err(), n == 13, "{n}");
+        }
     }
 
     #[tokio::test]

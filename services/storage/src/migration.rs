@@ -134,10 +134,44 @@ impl MigrationTrait for AddLeases {
                     .if_not_exists()
                     .to_owned(),
             )
-            .await
+            .await?;
+        // The sweeper no longer looks at creation times.
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_tasks_status_created_at")
+                    .table(Tasks::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
+        // Tasks an older version left RUNNING have no lease: give them one, so that a worker of
+        // that version still finishing one is not taken over at once. (SQLite is one process's
+        // file: its RUNNING tasks died with that process and may be taken over at once.)
+        if manager.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            manager
+                .get_connection()
+                .execute_unprepared(
+                    "UPDATE tasks SET lease_until = now() + interval '1 minute', \
+                     sweep_after = now() + interval '2 minutes' WHERE status = 'RUNNING'",
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tasks_status_created_at")
+                    .table(Tasks::Table)
+                    .col(Tasks::Status)
+                    .col(Tasks::CreatedAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
         for index in ["idx_tasks_finished_at", "idx_tasks_status_sweep_after"] {
             manager
                 .drop_index(Index::drop().name(index).table(Tasks::Table).to_owned())

@@ -60,6 +60,13 @@ impl Default for StoreOptions {
 const BATCH_WRITERS: usize = 2;
 /// The most rows one group-committed statement (or transaction) writes.
 const MAX_BATCH: usize = 256;
+/// The most rows one sweeper statement expires, so a large backlog is ended in short steps.
+const EXPIRE_BATCH: u64 = 1000;
+/// The longest offset from the database's clock any lease, grace or retention may take.
+const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// A RUNNING task the sweeper republished is left alone this many claims long: its new message
+/// may wait behind a backlog before a worker takes it over.
+const RUNNING_CLAIM_FACTOR: u32 = 6;
 
 /// A new task to store, and the grace its gateway has to confirm the publish.
 type InsertItem = (Task, Duration);
@@ -180,6 +187,11 @@ impl TaskStore {
             return Ok(());
         }
         let transaction = self.db.begin().await?;
+        // An index built over a large table may take longer than the statement timeout that
+        // guards the task path; a cancelled migration would keep every process from starting.
+        transaction
+            .execute_unprepared("SET LOCAL statement_timeout = 0")
+            .await?;
         transaction
             .execute_unprepared(&format!(
                 "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
@@ -201,21 +213,39 @@ impl TaskStore {
     }
 
     /// The database's clock `after` from now: the clock every lease and sweep time is on.
-    /// SQLite is a file on this host, so this process's clock is the database's.
+    /// `statement_timestamp()` rather than `clock_timestamp()`: one value per statement, and
+    /// STABLE, so an index can range-scan on it. SQLite is a file on this host, so this process's
+    /// clock is the database's.
     fn db_now_plus(&self, after: Duration) -> SimpleExpr {
+        self.db_now_offset(after, true)
+    }
+
+    fn db_now_minus(&self, before: Duration) -> SimpleExpr {
+        self.db_now_offset(before, false)
+    }
+
+    fn db_now_offset(&self, offset: Duration, ahead: bool) -> SimpleExpr {
+        // Far beyond any setting, and well inside both databases' timestamp range (and SQLite's
+        // four-digit years, which its text comparisons rely on).
+        let offset = offset.min(MAX_CLOCK_OFFSET);
         match self.backend() {
             DatabaseBackend::Postgres => {
-                let ms = after.as_millis();
+                let sign = if ahead { '+' } else { '-' };
+                let ms = offset.as_millis();
                 Expr::cust(format!(
-                    "(clock_timestamp() + {ms} * interval '1 millisecond')"
+                    "(statement_timestamp() {sign} {ms} * interval '1 millisecond')"
                 ))
             }
-            _ => Expr::value(
-                chrono::Duration::from_std(after)
-                    .ok()
-                    .and_then(|after| Utc::now().checked_add_signed(after))
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
-            ),
+            _ => {
+                let offset = chrono::Duration::from_std(offset).unwrap_or(chrono::Duration::zero());
+                let now = Utc::now();
+                let at = if ahead {
+                    now.checked_add_signed(offset)
+                } else {
+                    now.checked_sub_signed(offset)
+                };
+                Expr::value(at.unwrap_or(now))
+            }
         }
     }
 
@@ -234,37 +264,28 @@ impl TaskStore {
     /// gateway is about to publish it and record the confirm.
     #[instrument(skip_all, fields(task_id = %task.id))]
     pub async fn insert(&self, task: &Task, publish_grace: Duration) -> Result<(), StorageError> {
+        let item = (task.clone(), publish_grace);
         match &self.batches {
-            Some(batches) => batches.inserts.submit((task.clone(), publish_grace)).await,
-            None => {
-                self.insert_all(std::slice::from_ref(task), publish_grace)
-                    .await
-            }
+            Some(batches) => batches.inserts.submit(item).await,
+            None => self.insert_batch(vec![item]).await.map(drop),
         }
-    }
-
-    /// One group-committed batch of inserts: one statement per grace period (normally one).
-    async fn insert_batch(&self, items: Vec<InsertItem>) -> Result<Vec<()>, StorageError> {
-        let count = items.len();
-        let mut by_grace: HashMap<Duration, Vec<Task>> = HashMap::new();
-        for (task, grace) in items {
-            by_grace.entry(grace).or_default().push(task);
-        }
-        for (grace, tasks) in by_grace {
-            self.insert_all(&tasks, grace).await?;
-        }
-        Ok(vec![(); count])
     }
 
     /// Stores new PENDING tasks in one statement (one commit), as [`TaskStore::insert`] does one.
-    #[instrument(skip_all, fields(tasks = tasks.len()))]
     pub async fn insert_all(
         &self,
         tasks: &[Task],
         publish_grace: Duration,
     ) -> Result<(), StorageError> {
-        if tasks.is_empty() {
-            return Ok(());
+        let items = tasks.iter().map(|task| (task.clone(), publish_grace));
+        self.insert_batch(items.collect()).await.map(drop)
+    }
+
+    /// One group-committed batch of inserts: one multi-row INSERT.
+    #[instrument(skip_all, fields(tasks = items.len()))]
+    async fn insert_batch(&self, items: Vec<InsertItem>) -> Result<Vec<()>, StorageError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
         let mut insert = Query::insert();
         insert.into_table(Tasks).columns([
@@ -276,7 +297,7 @@ impl TaskStore {
             Column::Deadline,
             Column::SweepAfter,
         ]);
-        for task in tasks {
+        for (task, publish_grace) in &items {
             insert
                 .values([
                     Expr::value(task.id.as_uuid()),
@@ -286,12 +307,12 @@ impl TaskStore {
                     Expr::value(0),
                     Expr::value(task.deadline),
                     // On the database's clock, like every instant a sweeper compares.
-                    self.db_now_plus(publish_grace),
+                    self.db_now_plus(*publish_grace),
                 ])
                 .map_err(|err| StorageError::Corrupt(format!("cannot build an insert: {err}")))?;
         }
         self.db.execute(&insert).await?;
-        Ok(())
+        Ok(vec![(); items.len()])
     }
 
     #[instrument(skip_all, fields(task_id = %id))]
@@ -354,8 +375,9 @@ impl TaskStore {
         }
     }
 
-    /// One group-committed batch of starts: one UPDATE per worker (normally one). An id twice in
-    /// a batch (two copies of one message) starts once: the second copy gets `None`.
+    /// One group-committed batch of starts: one UPDATE per worker (normally one), in one
+    /// transaction. An id twice in a batch (two copies of one message) starts once: only the
+    /// copy of the worker the row now names gets the task, the other `None` (Busy).
     async fn start_batch(&self, items: Vec<StartItem>) -> Result<Vec<Option<Task>>, StorageError> {
         let mut by_worker: HashMap<(Arc<str>, Duration), Vec<TaskId>> = HashMap::new();
         for item in &items {
@@ -364,29 +386,36 @@ impl TaskStore {
                 .or_default()
                 .push(item.id);
         }
+        let transaction = self.db.begin().await?;
         let mut started: HashMap<TaskId, Task> = HashMap::new();
         for ((worker_id, lease), ids) in by_worker {
-            for task in self.start_all(&ids, &worker_id, lease).await? {
+            for task in self
+                .start_all(&transaction, &ids, &worker_id, lease)
+                .await?
+            {
                 started.insert(task.id, task);
             }
         }
-        Ok(items.iter().map(|item| started.remove(&item.id)).collect())
+        transaction.commit().await?;
+        Ok(items
+            .iter()
+            .map(|item| {
+                let mine = started
+                    .get(&item.id)
+                    .is_some_and(|task| task.worker_id.as_deref() == Some(&*item.worker_id));
+                if mine { started.remove(&item.id) } else { None }
+            })
+            .collect())
     }
 
     /// Starts attempts at every takeable task of `ids` for one worker, in one statement.
     async fn start_all(
         &self,
+        connection: &impl ConnectionTrait,
         ids: &[TaskId],
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Task>, StorageError> {
-        let takeable = Condition::any()
-            .add(Column::Status.eq(TaskStatus::Pending.as_str()))
-            .add(
-                Condition::all()
-                    .add(Column::Status.eq(TaskStatus::Running.as_str()))
-                    .add(self.passed(Column::LeaseUntil)),
-            );
         let updated = Tasks::update_many()
             .col_expr(Column::Status, Expr::value(TaskStatus::Running.as_str()))
             .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
@@ -406,8 +435,9 @@ impl TaskStore {
             )
             .filter(Column::Id.is_in(ids.iter().map(TaskId::as_uuid)))
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
-            .filter(takeable)
-            .exec_with_returning(&self.db)
+            // PENDING, or an attempt whose lease ran out: never a live attempt.
+            .filter(self.abandoned())
+            .exec_with_returning(connection)
             .await?;
         updated.into_iter().map(entity::Model::into_task).collect()
     }
@@ -453,16 +483,20 @@ impl TaskStore {
         &self,
         items: Vec<FinishItem>,
     ) -> Result<Vec<Option<Task>>, StorageError> {
+        // Rows locked in one order (by id) in every transaction: two batches never deadlock.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&index| items[index].0);
         let transaction = self.db.begin().await?;
-        let mut finished = Vec::with_capacity(items.len());
-        for (id, attempt, outcome) in &items {
+        let mut finished = vec![None; items.len()];
+        for index in order {
+            let (id, attempt, outcome) = &items[index];
             let this_attempt = Condition::all()
                 .add(Column::Status.eq(TaskStatus::Running.as_str()))
                 .add(Column::Attempts.eq(attempt_number(*attempt)));
             let mut tasks = self
                 .set_terminal_on(&transaction, Some(*id), outcome, this_attempt)
                 .await?;
-            finished.push(tasks.pop());
+            finished[index] = tasks.pop();
         }
         transaction.commit().await?;
         Ok(finished)
@@ -579,8 +613,17 @@ impl TaskStore {
         if self.backend() == DatabaseBackend::Postgres {
             due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
+        let running_claim = claim.saturating_mul(RUNNING_CLAIM_FACTOR);
         let claimed = Tasks::update_many()
-            .col_expr(Column::SweepAfter, self.db_now_plus(claim))
+            .col_expr(
+                Column::SweepAfter,
+                Expr::case(
+                    Column::Status.eq(TaskStatus::Running.as_str()),
+                    self.db_now_plus(running_claim),
+                )
+                .finally(self.db_now_plus(claim))
+                .into(),
+            )
             .filter(Column::Id.in_subquery(due))
             .exec_with_returning(&self.db)
             .await?;
@@ -594,26 +637,41 @@ impl TaskStore {
 
     /// Ends every task whose deadline passed and that no live attempt holds: PENDING tasks
     /// (their message expired in the queue, or was never delivered) and RUNNING tasks whose
-    /// attempt's lease ran out. Returns them.
+    /// attempt's lease ran out. In short steps of [`EXPIRE_BATCH`] rows, so a large backlog
+    /// never makes one long statement. Returns them.
     pub async fn expire_overdue(&self) -> Result<Vec<Task>, StorageError> {
-        let overdue = Expr::col(Column::Deadline).lt(self.db_now());
-        let mut expired = self
-            .set_terminal(
-                None,
-                &Outcome::expired_unstarted(),
-                Condition::all()
-                    .add(Column::Status.eq(TaskStatus::Pending.as_str()))
-                    .add(overdue.clone()),
-            )
-            .await?;
+        let mut expired = Vec::new();
+        let pending = Condition::all().add(Column::Status.eq(TaskStatus::Pending.as_str()));
         let abandoned = Condition::all()
             .add(Column::Status.eq(TaskStatus::Running.as_str()))
-            .add(self.passed(Column::LeaseUntil))
-            .add(overdue);
-        expired.extend(
-            self.set_terminal(None, &Outcome::expired_abandoned(), abandoned)
-                .await?,
-        );
+            .add(self.passed(Column::LeaseUntil));
+        for (which, outcome) in [
+            (pending, Outcome::expired_unstarted()),
+            (abandoned, Outcome::expired_abandoned()),
+        ] {
+            loop {
+                let mut overdue = Query::select();
+                overdue
+                    .column(Column::Id)
+                    .from(Tasks)
+                    .cond_where(
+                        which
+                            .clone()
+                            .add(Expr::col(Column::Deadline).lt(self.db_now())),
+                    )
+                    .limit(EXPIRE_BATCH);
+                if self.backend() == DatabaseBackend::Postgres {
+                    overdue.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+                }
+                let guard = Condition::all().add(Column::Id.in_subquery(overdue));
+                let ended = self.set_terminal(None, &outcome, guard).await?;
+                let done = u64::try_from(ended.len()).unwrap_or(u64::MAX) < EXPIRE_BATCH;
+                expired.extend(ended);
+                if done {
+                    break;
+                }
+            }
+        }
         Ok(expired)
     }
 
@@ -624,18 +682,7 @@ impl TaskStore {
         retention: Duration,
         limit: u64,
     ) -> Result<u64, StorageError> {
-        let cutoff = match self.backend() {
-            DatabaseBackend::Postgres => Expr::cust(format!(
-                "(clock_timestamp() - {} * interval '1 millisecond')",
-                retention.as_millis()
-            )),
-            _ => Expr::value(
-                chrono::Duration::from_std(retention)
-                    .ok()
-                    .and_then(|retention| Utc::now().checked_sub_signed(retention))
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
-            ),
-        };
+        let cutoff = self.db_now_minus(retention);
         let mut old = Query::select();
         old.column(Column::Id)
             .from(Tasks)

@@ -59,7 +59,7 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub const DEFAULT_CONCURRENCY: u16 = 4;
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
     pub fn new(worker_id: impl Into<String>) -> Self {
@@ -98,10 +98,7 @@ pub async fn run(
 
     while !shutdown.is_cancelled() {
         let mut deliveries = match tasks.consume_tasks(concurrency).await {
-            Ok(deliveries) => {
-                reconnect.reset();
-                deliveries
-            }
+            Ok(deliveries) => deliveries,
             Err(err) => {
                 let delay = reconnect.next_delay();
                 warn!(error = %err, retry_in = ?delay, "cannot consume tasks");
@@ -125,6 +122,9 @@ pub async fn run(
             };
             match delivery {
                 Some(Ok(delivery)) => {
+                    // Only a consumer that delivers has recovered: one that ends at once must
+                    // not resubscribe in a hot loop.
+                    reconnect.reset();
                     let processor = Arc::clone(&processor);
                     in_flight.spawn(async move {
                         processor.handle(delivery).await;
@@ -142,6 +142,14 @@ pub async fn run(
             }
             // Reap finished handlers so the set does not grow without bound.
             while in_flight.try_join_next().is_some() {}
+        }
+        drop(deliveries);
+        // The consumer ended (or shutdown): pause before resubscribing, longer each time until
+        // one delivers again.
+        let delay = reconnect.next_delay();
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
         }
     }
     info!(

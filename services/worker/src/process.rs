@@ -350,7 +350,10 @@ impl Processor {
             }
             None => {
                 // A newer attempt owns the task now; its worker records and replies.
-                debug!(attempt = task.attempts, "superseded by a newer attempt");
+                debug!(
+                    attempt = task.attempts,
+                    "no longer this attempt's to end (taken over or expired)"
+                );
                 Ok(Settlement::Ack)
             }
         }
@@ -454,7 +457,7 @@ impl RetryHint for StorageError {
 
 impl RetryHint for QueueError {
     fn is_outage(&self) -> bool {
-        matches!(self, QueueError::Unavailable(_))
+        QueueError::is_outage(self)
     }
 }
 
