@@ -1,7 +1,7 @@
 //! Command-line interface. Every option is a flag with a `DALC_*` environment variable and a
 //! default; `dalc <command> --help` lists them.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use dalc_gateway::GatewayConfig;
@@ -35,7 +35,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a task by id (with --wait, until it ends).
     Get(GetArgs),
-    /// Load a running gateway with concurrent submissions and report throughput and latency.
+    /// Load gateways with sync or async submissions, check every answer, and report
+    /// throughput, latency percentiles and errors.
     Bench(BenchArgs),
 }
 
@@ -259,20 +260,83 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The expression every request submits.
-    #[arg(default_value = "1 + 1")]
-    pub expression: String,
-    /// Requests in all.
-    #[arg(long, default_value_t = 2000)]
-    pub requests: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// Submit asynchronously (measure acceptance only) instead of waiting for results.
+    /// An expression to submit, as with --expr (kept for older scripts).
+    #[arg(value_name = "EXPR")]
+    pub expression: Option<String>,
+    /// sync: each call is a SubmitTask that waits for the result (latency: that call).
+    /// async: submit every task without waiting, then long-poll each until it ends.
+    #[arg(long, value_enum, default_value_t = BenchMode::Sync)]
+    pub mode: BenchMode,
+    /// Tasks to measure [default: 2000]; --duration wins when both are given.
+    #[arg(long, visible_alias = "requests", value_parser = clap::value_parser!(u64).range(1..))]
+    pub total: Option<u64>,
+    /// Measure for this long instead of a count, e.g. 30s.
     #[arg(long)]
-    pub no_wait: bool,
-    #[command(flatten)]
-    pub client: ClientArgs,
+    pub duration: Option<HumanDuration>,
+    /// Calls in flight at once (with --rate: at most).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Open loop: start this many tasks per second whatever the answers; each latency counts
+    /// from when its task was due. Unset: closed loop (the next call when one answers).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Calls made first and not counted (sync submissions, in both modes).
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// An expression to submit; repeat for a mix, used round-robin [default: "1 + 1"]. Each
+    /// answer must match a local evaluation: a wrong one is an error.
+    #[arg(long = "expr", value_name = "EXPR")]
+    pub exprs: Vec<String>,
+    /// A file of expressions to add to the mix: one per line, `#` comments, blank lines skipped.
+    #[arg(long, value_name = "FILE")]
+    pub expr_file: Option<PathBuf>,
+    /// Gateway address; repeat it or give a comma-separated list to spread calls round-robin,
+    /// one connection each.
+    #[arg(
+        long = "addr",
+        value_name = "URL",
+        env = "DALC_ADDR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addrs: Vec<String>,
+    /// The gRPC deadline of every call; waiting calls ask the server for 5 s less.
+    #[arg(long, default_value_t = HumanDuration(Duration::from_secs(60)))]
+    pub deadline: HumanDuration,
+    /// async: GetTask long polls in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub poll_concurrency: u32,
+    /// async: the longest the polling may take; tasks not over by then are errors.
+    #[arg(long, default_value_t = HumanDuration(Duration::from_secs(600)))]
+    pub drain_timeout: HumanDuration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How `dalc bench` submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    Sync,
+    Async,
+}
+
+impl BenchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchMode::Sync => "sync",
+            BenchMode::Async => "async",
+        }
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "invalid rate {text:?}: expected tasks per second, e.g. 500"
+        )),
+    }
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {

@@ -1,90 +1,402 @@
-//! `dalc bench`: a closed-loop load generator against a running gateway. It reports figures
-//! (throughput, latency percentiles); it asserts nothing.
+//! `dalc bench`: a load tool for running gateways. It reports figures (throughput, latency
+//! percentiles, errors by kind) and checks every answer against a local evaluation; it
+//! asserts no timing.
+//!
+//! * sync: every call is a `SubmitTask` with `wait`, and its latency is that call's.
+//! * async: every task is submitted without `wait` (the submit rate), then long-polled with
+//!   `GetTask` until it is over (the completion rate: first submit to last task over).
+//!
+//! Calls go round-robin over one connection per `--addr`. The load loop and the report are
+//! shared with the `rpc_floor` example (the broker's own round trip), which
+//! `benches/compare.sh` measures side by side.
 
-use std::time::{Duration, Instant};
+mod load;
+mod mix;
+mod progress;
+mod report;
 
-use anyhow::Result;
-use dalc_proto::v1::{SubmitTaskRequest, TaskStatus};
-use tokio::task::JoinSet;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use crate::{args::BenchArgs, client::connect};
+use anyhow::{Context, Result};
+use dalc_proto::v1::{
+    GetTaskRequest, SubmitTaskRequest, TaskStatus, task_service_client::TaskServiceClient,
+};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use self::{
+    load::{Counters, Load},
+    mix::{Expected, Mix, code_name},
+    progress::{Goal, Progress},
+    report::{Outcome, Report, Tally},
+};
+use crate::args::{BenchArgs, BenchMode};
+
+/// Waiting calls ask the server for this much less than their deadline, so that the server's
+/// answer ("still pending") arrives before the client gives up on the call.
+const WAIT_MARGIN: Duration = Duration::from_secs(5);
 
 pub async fn bench(args: BenchArgs) -> Result<u8> {
-    let client = connect(&args.client).await?;
-    let concurrency = args.concurrency.max(1);
-    let per_worker = args.requests.div_ceil(concurrency);
-    let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency {
-        let mut client = client.clone();
-        let expression = args.expression.clone();
-        let wait = !args.no_wait;
-        workers.spawn(async move {
-            let mut latencies = Vec::with_capacity(per_worker);
-            let mut failures = 0usize;
-            for _ in 0..per_worker {
-                let request = SubmitTaskRequest {
-                    expression: expression.clone(),
-                    wait,
-                    timeout: None,
-                };
-                let sent = Instant::now();
-                match client.submit_task(request).await {
-                    Ok(response) => {
-                        let done = response
-                            .into_inner()
-                            .task
-                            .is_some_and(|t| !wait || t.status() == TaskStatus::Succeeded);
-                        if done {
-                            latencies.push(sent.elapsed());
-                        } else {
-                            failures += 1;
-                        }
-                    }
-                    Err(_) => failures += 1,
-                }
-            }
-            (latencies, failures)
-        });
-    }
-    let mut latencies = Vec::new();
-    let mut failures = 0;
-    while let Some(joined) = workers.join_next().await {
-        let (mut part, failed) = joined?;
-        latencies.append(&mut part);
-        failures += failed;
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let percentile = |p: f64| -> Duration {
-        let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies.get(index).copied().unwrap_or_default()
+    let mut given = Vec::new();
+    given.extend(args.expression.clone());
+    given.extend(args.exprs.iter().cloned());
+    let mix = Mix::new(given, args.expr_file.as_deref())?;
+    let target = Arc::new(Target {
+        clients: connect_all(&args.addrs).await?,
+        mix,
+        deadline: args.deadline.0,
+    });
+    let load = Load {
+        total: args.total.unwrap_or(2000),
+        duration: args.duration.map(|d| d.0),
+        concurrency: args.concurrency,
+        rate: args.rate,
     };
-    let mode = if args.no_wait {
-        "async submit"
+
+    if args.warmup > 0 {
+        // Connections, the server's pools and caches warm up before anything counts; sync in
+        // both modes, so that no warm-up task is still queued when the measurement starts.
+        let warmup = Load {
+            total: args.warmup,
+            duration: None,
+            rate: None,
+            ..load
+        };
+        let counters = Arc::new(Counters::default());
+        let progress = Progress::start("warm-up", Goal::Calls(args.warmup), counters.clone());
+        let target = target.clone();
+        load::run(warmup, counters, move |seq| {
+            let target = target.clone();
+            async move { target.submit_sync(seq).await }
+        })
+        .await;
+        progress.finish().await;
+    }
+
+    let report = match args.mode {
+        BenchMode::Sync => run_sync(target, load).await,
+        BenchMode::Async => run_async(target, load, &args).await,
+    };
+    let report = Report {
+        setup: setup(&args, &report),
+        ..report
+    };
+    if args.json {
+        println!("{}", report.to_json());
     } else {
-        "sync submit (result included)"
-    };
-    println!(
-        "{mode} of {:?}: {} ok, {failures} failed, concurrency {concurrency}",
-        args.expression,
-        latencies.len()
-    );
-    println!(
-        "elapsed {:.2} s, {:.0} tasks/s",
-        elapsed.as_secs_f64(),
-        latencies.len() as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        ms(percentile(0.5)),
-        ms(percentile(0.9)),
-        ms(percentile(0.99)),
-        ms(percentile(1.0)),
-    );
-    Ok(u8::from(failures > 0))
+        println!("{}", report.to_text());
+    }
+    Ok(u8::from(report.has_errors()))
 }
 
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+/// What the report says about the run before its figures.
+fn setup(args: &BenchArgs, report: &Report) -> Vec<(&'static str, Value)> {
+    let mut setup: Vec<(&'static str, Value)> = vec![
+        ("addresses", args.addrs.clone().into()),
+        ("concurrency", args.concurrency.into()),
+        (
+            "loop",
+            match args.rate {
+                Some(_) => "open",
+                None => "closed",
+            }
+            .into(),
+        ),
+    ];
+    if let Some(rate) = args.rate {
+        setup.push(("rate", rate.into()));
+    }
+    setup.push(("warmup", args.warmup.into()));
+    setup.extend(report.setup.iter().cloned());
+    setup
+}
+
+async fn run_sync(target: Arc<Target>, load: Load) -> Report {
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start("sync", goal(&load), counters.clone());
+    let (tally, elapsed) = load::run(load, counters, move |seq| {
+        let target = target.clone();
+        async move { target.submit_sync(seq).await }
+    })
+    .await;
+    progress.finish().await;
+    Report {
+        tool: "dalc bench",
+        mode: BenchMode::Sync.as_str(),
+        setup: vec![("latency_of", "SubmitTask wait=true".into())],
+        tally,
+        elapsed,
+        rates: Vec::new(),
+    }
+}
+
+async fn run_async(target: Arc<Target>, load: Load, args: &BenchArgs) -> Report {
+    let started = Instant::now();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start("submit", goal(&load), counters.clone());
+    let (submitted, submit_elapsed) = {
+        let (target, accepted) = (target.clone(), accepted.clone());
+        load::run(load, counters, move |seq| {
+            let (target, accepted) = (target.clone(), accepted.clone());
+            async move { target.submit_async(seq, &accepted).await }
+        })
+        .await
+    };
+    progress.finish().await;
+
+    let pending: VecDeque<Pending> = std::mem::take(&mut *lock(&accepted)).into();
+    let drain_until = Instant::now() + args.drain_timeout.0;
+    let (ended, last_end) = poll_all(target, pending, args.poll_concurrency, drain_until).await;
+    let completion_elapsed = last_end
+        .map(|at| at.saturating_duration_since(started))
+        .unwrap_or(submit_elapsed)
+        .max(submit_elapsed);
+
+    let submit_throughput = report::per_second(submitted.answered(), submit_elapsed);
+    // Successes are only known at the end; refusals (expected or not) at submission. The
+    // latency samples are the submissions'.
+    let mut tally = Tally {
+        ok: ended.ok,
+        ..submitted
+    };
+    tally.merge(Tally {
+        ok: 0,
+        latencies: Vec::new(),
+        ..ended
+    });
+    let completion_throughput = report::per_second(tally.answered(), completion_elapsed);
+    Report {
+        tool: "dalc bench",
+        mode: BenchMode::Async.as_str(),
+        setup: vec![
+            ("poll_concurrency", args.poll_concurrency.into()),
+            ("latency_of", "SubmitTask wait=false".into()),
+        ],
+        tally,
+        elapsed: completion_elapsed,
+        rates: vec![
+            ("submit_throughput", submit_throughput),
+            ("completion_throughput", completion_throughput),
+        ],
+    }
+}
+
+/// Long-polls every accepted task until it is over, `concurrency` at a time, in submission
+/// order (roughly the order they end in). Returns their outcomes and when the last one was
+/// seen over.
+async fn poll_all(
+    target: Arc<Target>,
+    pending: VecDeque<Pending>,
+    concurrency: u32,
+    drain_until: Instant,
+) -> (Tally, Option<Instant>) {
+    let total = pending.len() as u64;
+    let queue = Arc::new(Mutex::new(pending));
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start("poll", Goal::Calls(total), counters.clone());
+    let mut pollers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (target, queue, counters) = (target.clone(), queue.clone(), counters.clone());
+        pollers.spawn(async move {
+            let mut tally = Tally::default();
+            let mut last_end = None;
+            loop {
+                // A poller leaves when the queue is empty; one that puts a task back always
+                // comes round to take it again, so no task is left behind.
+                let Some(mut task) = lock(&queue).pop_front() else {
+                    break;
+                };
+                let outcome = if Instant::now() >= drain_until {
+                    // Out of time: the task counts as what it was last seen as.
+                    Outcome::Error(task.last_seen.as_str_name().into())
+                } else {
+                    match target.poll(&task).await {
+                        Ok(status) if !is_terminal(status.status()) => {
+                            task.last_seen = status.status();
+                            lock(&queue).push_back(task);
+                            continue;
+                        }
+                        Ok(ended) => {
+                            last_end = Some(Instant::now());
+                            task.expected(&target.mix).check_task(&ended)
+                        }
+                        Err(outcome) => outcome,
+                    }
+                };
+                counters.count(&outcome);
+                tally.record(outcome, Duration::ZERO);
+            }
+            (tally, last_end)
+        });
+    }
+    let mut tally = Tally::default();
+    let mut last_end: Option<Instant> = None;
+    while let Some(joined) = pollers.join_next().await {
+        match joined {
+            Ok((part, end)) => {
+                tally.merge(part);
+                last_end = last_end.max(end);
+            }
+            Err(err) => tally.record(
+                Outcome::Error(format!("poller died: {err}")),
+                Duration::ZERO,
+            ),
+        }
+    }
+    progress.finish().await;
+    (tally, last_end)
+}
+
+fn goal(load: &Load) -> Goal {
+    match load.duration {
+        Some(limit) => Goal::Time(limit),
+        None => Goal::Calls(load.total),
+    }
+}
+
+fn is_terminal(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Expired
+    )
+}
+
+/// The pollers' queue and the accepted list are only held for a push or a pop; a poisoned lock
+/// (a panicking holder) still holds consistent data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An accepted asynchronous task, waiting to be seen over.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    id: String,
+    last_seen: TaskStatus,
+}
+
+impl Pending {
+    fn expected<'m>(&self, mix: &'m Mix) -> &'m Expected {
+        &mix.pick(self.seq).1
+    }
+}
+
+/// The gateways and what to send them.
+#[derive(Debug)]
+struct Target {
+    clients: Vec<TaskServiceClient<Channel>>,
+    mix: Mix,
+    deadline: Duration,
+}
+
+impl Target {
+    /// Round-robin over the addresses, in runs of one full mix, so that with several
+    /// addresses and several expressions every address gets every expression.
+    fn client(&self, seq: u64) -> TaskServiceClient<Channel> {
+        let turn = seq / self.mix.len() as u64;
+        self.clients[(turn % self.clients.len() as u64) as usize].clone()
+    }
+
+    fn wait(&self) -> prost_types::Duration {
+        let wait = self
+            .deadline
+            .saturating_sub(WAIT_MARGIN)
+            .max(Duration::from_secs(1));
+        prost_types::Duration {
+            seconds: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(wait.subsec_nanos()).unwrap_or(0),
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.deadline);
+        request
+    }
+
+    async fn submit_sync(&self, seq: u64) -> Outcome {
+        let (expression, expected) = self.mix.pick(seq);
+        let request = self.request(SubmitTaskRequest {
+            expression: expression.clone(),
+            wait: true,
+            // Also the task's deadline: fine here, the call waits no longer than that anyway.
+            timeout: Some(self.wait()),
+        });
+        match self.client(seq).submit_task(request).await {
+            Ok(response) => match response.into_inner().task {
+                Some(task) => expected.check_task(&task),
+                None => Outcome::Error("no task in the answer".into()),
+            },
+            Err(status) => expected.check_refusal(&status),
+        }
+    }
+
+    async fn submit_async(&self, seq: u64, accepted: &Mutex<Vec<Pending>>) -> Outcome {
+        let (expression, expected) = self.mix.pick(seq);
+        let request = self.request(SubmitTaskRequest {
+            expression: expression.clone(),
+            wait: false,
+            // The server's default task deadline: a long backlog must not expire on its own.
+            timeout: None,
+        });
+        match self.client(seq).submit_task(request).await {
+            Ok(response) => match response.into_inner().task {
+                Some(task) => {
+                    let outcome = expected.check_accepted();
+                    if outcome == Outcome::Ok {
+                        let last_seen = task.status();
+                        lock(accepted).push(Pending {
+                            seq,
+                            id: task.id,
+                            last_seen,
+                        });
+                    }
+                    outcome
+                }
+                None => Outcome::Error("no task in the answer".into()),
+            },
+            Err(status) => expected.check_refusal(&status),
+        }
+    }
+
+    /// One long poll: the task as it stands when it ends or the wait does.
+    async fn poll(&self, task: &Pending) -> Result<dalc_proto::v1::Task, Outcome> {
+        let request = self.request(GetTaskRequest {
+            id: task.id.clone(),
+            wait: true,
+            timeout: Some(self.wait()),
+        });
+        match self.client(task.seq).get_task(request).await {
+            Ok(response) => response
+                .into_inner()
+                .task
+                .ok_or_else(|| Outcome::Error("no task in the answer".into())),
+            Err(status) => Err(Outcome::Error(code_name(status.code()))),
+        }
+    }
+}
+
+/// One connection per address, made up front: a wrong address fails the run at once rather
+/// than as thousands of errors.
+async fn connect_all(addrs: &[String]) -> Result<Vec<TaskServiceClient<Channel>>> {
+    let mut clients = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let addr = addr.trim();
+        let channel = Channel::from_shared(addr.to_owned())
+            .with_context(|| format!("invalid gateway address {addr:?}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {addr}"))?;
+        clients.push(TaskServiceClient::new(channel));
+    }
+    anyhow::ensure!(!clients.is_empty(), "no gateway address given");
+    Ok(clients)
 }

@@ -1,0 +1,440 @@
+//! The floor under dalc's round trip: the least a request/reply over RabbitMQ costs with the
+//! same guarantees dalc's task path asks of the broker, and nothing else (no database, no
+//! gRPC, no evaluation). `benches/compare.sh` sets dalc's figures against it.
+//!
+//! One process, two connections:
+//! * echo side: `--workers` consumers on a durable request queue, manual acks, `--prefetch`
+//!   unacked each; for every request they publish the body back to its `reply_to` with its
+//!   `correlation_id`, wait for the broker's confirm, then ack the request;
+//! * client side: a closed loop (or `--rate`, open) of `--concurrency` calls, each publishing a
+//!   persistent message (delivery mode 2) to the request queue, waiting for its confirm, then
+//!   for the reply on the client's own reply queue, routed to it by correlation id. A reply
+//!   whose body differs from the request is a `wrong result`.
+//!
+//! It prints the report `dalc bench` prints, in the same JSON shape with `--json`:
+//!
+//! ```sh
+//! cargo run --release -p dalc-cli --example rpc_floor -- --concurrency 64 --total 20000 --json
+//! ```
+//!
+//! Queue names are unique per run and both queues are gone at the end (the request queue is
+//! deleted, the exclusive reply queue goes with its connection; a killed run's request queue
+//! expires after ten idle minutes).
+
+// Shared with `dalc bench`, so that both tools load and report alike; not every item is used
+// by this example.
+#[allow(dead_code)]
+#[path = "../src/bench/load.rs"]
+mod load;
+#[allow(dead_code)]
+#[path = "../src/bench/report.rs"]
+mod report;
+
+use std::{
+    collections::HashMap,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tokio::sync::oneshot;
+
+use crate::{
+    load::{Counters, Load},
+    report::{Outcome, Report, WRONG_RESULT},
+};
+
+/// A broker-only request/reply echo: the floor for dalc's round trip.
+#[derive(Debug, Parser)]
+#[command(name = "rpc_floor")]
+struct Args {
+    /// RabbitMQ URL.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Calls in flight at once (with --rate: at most).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Calls to measure; --duration wins when both are given.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    total: u64,
+    /// Measure for this long instead of a count: 500ms, 30s, 2m (a bare number is seconds).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Open loop: calls per second; unset: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Calls made first and not counted.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+    /// Echo consumers (dalc: the worker processes).
+    #[arg(long, default_value_t = 2)]
+    workers: u16,
+    /// Unacked requests per echo consumer (dalc: a worker's --concurrency).
+    #[arg(long, default_value_t = 32)]
+    prefetch: u16,
+    /// The request body (dalc: the expression).
+    #[arg(long, default_value = "1 + 1")]
+    payload: String,
+    /// How long a call may take before it counts as `DeadlineExceeded`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    deadline: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(report) => {
+            if report.json {
+                println!("{}", report.report.to_json());
+            } else {
+                println!("{}", report.report.to_text());
+            }
+            ExitCode::from(u8::from(report.report.has_errors()))
+        }
+        Err(err) => {
+            eprintln!("rpc_floor: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Finished {
+    report: Report,
+    json: bool,
+}
+
+async fn run(args: Args) -> Result<Finished> {
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of calls per second");
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let requests = format!("rpc-floor-{run_id}.requests");
+    let replies = format!("rpc-floor-{run_id}.replies");
+
+    let echo_side = connect(&args.amqp_url, "rpc_floor echo").await?;
+    let client_side = connect(&args.amqp_url, "rpc_floor client").await?;
+
+    let setup = echo_side.create_channel().await?;
+    let mut queue_args = FieldTable::default();
+    // A run killed before its clean-up leaves no queue for long.
+    queue_args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+    setup
+        .queue_declare(
+            requests.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            queue_args,
+        )
+        .await
+        .context("declare the request queue")?;
+
+    for worker in 0..args.workers {
+        let channel = echo_side.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(args.prefetch.max(1), BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                requests.as_str().into(),
+                format!("echo-{worker}").into(),
+                // Manual acks: a request leaves the queue only once its reply is confirmed.
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tokio::spawn(echo(channel, consumer));
+    }
+
+    let client = Arc::new(Client::start(&client_side, requests.clone(), replies, &args).await?);
+
+    if args.warmup > 0 {
+        let warmup = Load {
+            total: args.warmup,
+            duration: None,
+            concurrency: args.concurrency,
+            rate: None,
+        };
+        let client = client.clone();
+        load::run(warmup, Arc::new(Counters::default()), move |_| {
+            let client = client.clone();
+            async move { client.call().await }
+        })
+        .await;
+    }
+    let load = Load {
+        total: args.total,
+        duration: args.duration,
+        concurrency: args.concurrency,
+        rate: args.rate,
+    };
+    let (tally, elapsed) = {
+        let client = client.clone();
+        load::run(load, Arc::new(Counters::default()), move |_| {
+            let client = client.clone();
+            async move { client.call().await }
+        })
+        .await
+    };
+
+    // Deleting the queue cancels the echo consumers; closing the client's connection removes
+    // its exclusive reply queue.
+    let _ = setup
+        .queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = client_side.close(200, "done".into()).await;
+    let _ = echo_side.close(200, "done".into()).await;
+
+    let mut setup: Vec<(&'static str, serde_json::Value)> = vec![
+        ("concurrency", args.concurrency.into()),
+        (
+            "loop",
+            if args.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+            .into(),
+        ),
+    ];
+    if let Some(rate) = args.rate {
+        setup.push(("rate", rate.into()));
+    }
+    setup.extend([
+        ("warmup", args.warmup.into()),
+        ("workers", args.workers.into()),
+        ("prefetch", args.prefetch.into()),
+        (
+            "latency_of",
+            "persistent publish + confirm, echo with confirm, reply".into(),
+        ),
+    ]);
+    Ok(Finished {
+        report: Report {
+            tool: "rpc_floor",
+            mode: "sync",
+            setup,
+            tally,
+            elapsed,
+            rates: Vec::new(),
+        },
+        json: args.json,
+    })
+}
+
+async fn connect(url: &str, name: &str) -> Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ for the {name} side"))
+}
+
+/// One echo consumer. Each request is answered in a task of its own, so a consumer has up to
+/// its prefetch in progress at once, as a dalc worker does.
+async fn echo(channel: Channel, mut consumer: Consumer) {
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            if let Err(err) = answer(&channel, delivery).await {
+                eprintln!("rpc_floor: echo failed: {err}");
+            }
+        });
+    }
+}
+
+async fn answer(channel: &Channel, delivery: Delivery) -> Result<(), lapin::Error> {
+    let request = &delivery.properties;
+    if let Some(reply_to) = request.reply_to() {
+        let mut properties = BasicProperties::default()
+            // Transient, as dalc's replies: the request is the durable part.
+            .with_delivery_mode(1);
+        if let Some(id) = request.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        channel
+            .basic_publish(
+                ShortString::default(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+    }
+    delivery.acker.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+
+/// The calling side: one publishing channel with confirms, one reply queue, and the calls
+/// waiting on it by correlation id.
+struct Client {
+    publish: Channel,
+    requests: ShortString,
+    reply_to: ShortString,
+    waiters: Waiters,
+    next_id: AtomicU64,
+    payload: Vec<u8>,
+    deadline: Duration,
+}
+
+impl Client {
+    async fn start(
+        connection: &Connection,
+        requests: String,
+        replies: String,
+        args: &Args,
+    ) -> Result<Client> {
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consume = connection.create_channel().await?;
+        consume
+            .queue_declare(
+                replies.as_str().into(),
+                // Exclusive: the queue lives as long as this connection.
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .context("declare the reply queue")?;
+        let consumer = consume
+            .basic_consume(
+                replies.as_str().into(),
+                "replies".into(),
+                // Auto-ack: a lost reply would only time its call out.
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let waiters = Waiters::default();
+        tokio::spawn(route_replies(consume, consumer, waiters.clone()));
+        Ok(Client {
+            publish,
+            requests: requests.into(),
+            reply_to: replies.into(),
+            waiters,
+            next_id: AtomicU64::new(0),
+            payload: args.payload.clone().into_bytes(),
+            deadline: args.deadline,
+        })
+    }
+
+    async fn call(&self) -> Outcome {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, reply) = oneshot::channel();
+        // Registered before publishing: the reply can beat the confirm back.
+        lock(&self.waiters).insert(id, sender);
+        let outcome = match tokio::time::timeout(self.deadline, self.round_trip(id, reply)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Error("DeadlineExceeded".into()),
+        };
+        lock(&self.waiters).remove(&id);
+        outcome
+    }
+
+    async fn round_trip(&self, id: u64, reply: oneshot::Receiver<Vec<u8>>) -> Outcome {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_reply_to(self.reply_to.clone())
+            .with_correlation_id(id.to_string().into());
+        let published = self
+            .publish
+            .basic_publish(
+                ShortString::default(),
+                self.requests.clone(),
+                BasicPublishOptions::default(),
+                &self.payload,
+                properties,
+            )
+            .await;
+        let confirmed = match published {
+            Ok(confirm) => confirm.await,
+            Err(err) => Err(err),
+        };
+        match confirmed {
+            Ok(confirmation) if confirmation.is_nack() => return Outcome::Error("nack".into()),
+            Ok(_) => {}
+            Err(_) => return Outcome::Error("publish failed".into()),
+        }
+        match reply.await {
+            Ok(body) if body == self.payload => Outcome::Ok,
+            Ok(_) => Outcome::Error(WRONG_RESULT.into()),
+            Err(_) => Outcome::Error("reply lost".into()),
+        }
+    }
+}
+
+/// Hands each reply to the call waiting for its correlation id. The channel is held here so it
+/// stays open as long as its consumer runs.
+async fn route_replies(_channel: Channel, mut consumer: Consumer, waiters: Waiters) {
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let id = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse::<u64>().ok());
+        // A reply with no waiter belongs to a call that timed out: dropped.
+        if let Some(waiter) = id.and_then(|id| lock(&waiters).remove(&id)) {
+            let _ = waiter.send(delivery.data);
+        }
+    }
+}
+
+/// Held only for an insert or a remove; a poisoned map is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `500ms`, `30s`, `2m`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(amount)),
+        "" | "s" => Ok(Duration::from_secs(amount)),
+        "m" => Ok(Duration::from_secs(amount.saturating_mul(60))),
+        _ => Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
+    }
+}

@@ -1,0 +1,135 @@
+//! `dalc bench` against a real `dalc up`, a few hundred tasks a run, so that the load tool
+//! cannot rot. Counts only: no test here asserts a timing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::Path, process::Command};
+
+use dalc_testkit::process::DalcProcess;
+use serde_json::Value;
+
+fn dalc() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_dalc"))
+}
+
+/// `dalc up` with its defaults in a fresh directory, on a free port.
+fn up(name: &str) -> DalcProcess {
+    let dir = std::env::temp_dir().join(format!("dalc-{name}-{}", dalc_testkit::unique_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = ["up", "--listen", "127.0.0.1:0"];
+    DalcProcess::start_in(name, dalc(), &args, &[], true, Some(&dir))
+}
+
+/// Runs `dalc bench ARGS --json`; its exit code and report.
+fn bench(args: &[&str]) -> (Option<i32>, Value) {
+    let output = Command::new(dalc())
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--warmup", "20"])
+        .env_remove("DALC_ADDR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+        panic!(
+            "not one JSON object ({err}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), report)
+}
+
+const MIX: [&str; 6] = ["--expr", "1 + 1", "--expr", "1 / 0", "--expr", "2^10"];
+
+/// 300 tasks of the three-expression mix: 200 right values, 100 FAILED as they must be.
+fn assert_mix_answered(report: &Value) {
+    assert_eq!(report["total"], 300, "{report}");
+    assert_eq!(report["ok"], 200, "{report}");
+    assert_eq!(
+        report["expected_failures"]["TASK_STATUS_FAILED"], 100,
+        "{report}"
+    );
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(report["latency_ms"][key].is_number(), "{report}");
+    }
+    assert!(report["throughput"].is_number(), "{report}");
+}
+
+#[test]
+fn sync_mode_checks_every_answer() {
+    let up = up("bench-sync");
+    let url = up.url();
+    let mut args = vec!["--total", "300", "--concurrency", "8", "--addr", &url];
+    args.extend(MIX);
+    let (code, report) = bench(&args);
+    assert_eq!(report["mode"], "sync");
+    assert_mix_answered(&report);
+    assert_eq!(code, Some(0), "{report}");
+}
+
+#[test]
+fn async_mode_submits_then_waits_for_every_task() {
+    let up = up("bench-async");
+    let url = up.url();
+    let mut args = vec![
+        "--mode",
+        "async",
+        "--total",
+        "300",
+        "--concurrency",
+        "8",
+        "--addr",
+        &url,
+    ];
+    args.extend(MIX);
+    let (code, report) = bench(&args);
+    assert_eq!(report["mode"], "async");
+    assert_mix_answered(&report);
+    assert!(report["submit_throughput"].is_number(), "{report}");
+    assert!(report["completion_throughput"].is_number(), "{report}");
+    assert_eq!(code, Some(0), "{report}");
+}
+
+#[test]
+fn several_addresses_share_the_load_and_refusals_are_expected_where_due() {
+    let up = up("bench-addrs");
+    let url = up.url();
+    let both = format!("{url},{url}");
+    let args = [
+        "--total",
+        "200",
+        "--concurrency",
+        "4",
+        "--addr",
+        &both,
+        "--expr",
+        "1 + 1",
+        "--expr",
+        "1 +",
+    ];
+    let (code, report) = bench(&args);
+    assert_eq!(
+        report["addresses"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert_eq!(report["ok"], 100, "{report}");
+    assert_eq!(
+        report["expected_failures"]["InvalidArgument"], 100,
+        "{report}"
+    );
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(code, Some(0), "{report}");
+}
+
+#[test]
+fn an_unreachable_gateway_fails_the_run_at_once() {
+    // Port 9 (discard) on loopback: nothing listens there in the test environment.
+    let output = Command::new(dalc())
+        .args(["bench", "--total", "10", "--addr", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach the gateway"), "{stderr}");
+}
