@@ -164,6 +164,11 @@ pub fn parse(source: &str, limits: &Limits) -> Result<Expr, CalcError> {
     parser::parse_source(source, limits).map(|root| Expr { root })
 }
 
+/// Parses and evaluates `source`.
+pub fn evaluate(source: &str, limits: &Limits) -> Result<Value, CalcError> {
+    parse(source, limits)?.evaluate(limits)
+}
+
 #[cfg(test)]
 mod cheapness {
     #![allow(clippy::unwrap_used)]
@@ -195,9 +200,4 @@ mod cheapness {
             assert!(!parse(costly, &limits).unwrap().is_cheap(), "{costly}");
         }
     }
-}
-
-/// Parses and evaluates `source`.
-pub fn evaluate(source: &str, limits: &Limits) -> Result<Value, CalcError> {
-    parse(source, limits)?.evaluate(limits)
 }
