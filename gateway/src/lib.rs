@@ -7,6 +7,7 @@
 mod convert;
 mod dead_letters;
 mod error;
+mod events;
 mod health;
 mod marks;
 mod service;
@@ -31,7 +32,7 @@ pub use error::ApiError;
 pub use sweeper::{SweepPolicy, SweepReport, sweep_once};
 pub use waiters::Waiters;
 
-use crate::{marks::PublishMarks, service::TaskServiceImpl, tasks::Tasks};
+use crate::{events::Events, marks::PublishMarks, service::TaskServiceImpl, tasks::Tasks};
 
 /// How a gateway behaves. The `DEFAULT_*` constants are the documented defaults (`dalc gateway
 /// --help` shows them; the CLI takes them from here).
@@ -152,12 +153,14 @@ pub async fn run(
         dead_letters,
     } = backends;
     let waiters = Waiters::default();
-    let first = updates.consume_updates(&config.gateway_id).await?;
+    let first = updates.consume_updates(&config.gateway_id, false).await?;
     let reply_to = first.reply_to.clone();
+    let events = Events::new(updates.clone(), config.gateway_id.clone());
     // Routing runs for the life of the process, past shutdown: calls still draining need it.
     tokio::spawn(route_updates(
         first,
         updates,
+        events.clone(),
         config.gateway_id.clone(),
         waiters.clone(),
     ));
@@ -206,6 +209,7 @@ pub async fn run(
         store,
         publisher,
         waiters,
+        events,
         marks,
         reply_to,
         draining: draining.clone(),
@@ -265,6 +269,7 @@ pub async fn run(
 async fn route_updates(
     mut current: dalc_queue::Updates,
     updates: Arc<dyn UpdateConsumer>,
+    events: Arc<Events>,
     gateway_id: String,
     waiters: Waiters,
 ) {
@@ -278,9 +283,11 @@ async fn route_updates(
         warn!("task update stream ended; resubscribing");
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
-            match updates.consume_updates(&gateway_id).await {
+            let listen = events.wanted();
+            match updates.consume_updates(&gateway_id, listen).await {
                 Ok(next) => {
                     info!("task updates resubscribed");
+                    events.resubscribed(listen).await;
                     current = next;
                     break;
                 }

@@ -11,7 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, instrument, warn};
 
-use crate::{ApiError, GatewayConfig, marks::PublishMarks, wait::CallBudget, waiters::Waiters};
+use crate::{
+    ApiError, GatewayConfig, events::Events, marks::PublishMarks, wait::CallBudget,
+    waiters::Waiters,
+};
 
 /// The longest pause between database reads while waiting: the fallback for a lost reply.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(4);
@@ -25,6 +28,8 @@ pub(crate) struct Tasks {
     pub(crate) store: TaskStore,
     pub(crate) publisher: Arc<dyn TaskPublisher>,
     pub(crate) waiters: Waiters,
+    /// Status events, for callers waiting for tasks other gateways accepted.
+    pub(crate) events: Arc<Events>,
     pub(crate) marks: PublishMarks,
     /// This gateway's reply queue: where workers send the results of tasks it accepted.
     pub(crate) reply_to: String,
@@ -87,6 +92,16 @@ impl Tasks {
     /// Reads a task; with a wait in `budget`, long-polls until it is terminal or the wait ends.
     #[instrument(skip_all, fields(task_id = %id))]
     pub(crate) async fn get(&self, id: TaskId, budget: CallBudget) -> Result<Task, ApiError> {
+        // Another gateway may have accepted the task: its status events must flow here, from
+        // before the read on.
+        let _listening = match (budget.wait_until, budget.answer_by) {
+            (None, _) => None,
+            (Some(_), None) => Some(self.events.listen().await),
+            // A broker slow to bind must not make the call late: it polls instead.
+            (Some(_), Some(answer_by)) => tokio::time::timeout_at(answer_by, self.events.listen())
+                .await
+                .ok(),
+        };
         // Subscribe before reading, so an update landing in between is not missed.
         let subscription = budget
             .wait_until

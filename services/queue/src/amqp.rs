@@ -16,7 +16,10 @@
 use std::{
     collections::BTreeMap,
     str::FromStr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -154,6 +157,8 @@ const HEALTH_PROBE_ROUTING_KEY: &str = "dalc.health-probe.no-such-queue";
 /// How many updates a gateway's update consumer holds unacked: bounds what lapin buffers when
 /// routing lags.
 const UPDATE_PREFETCH: u16 = 256;
+/// Updates acked at once (well under the prefetch, so the consumer never stalls on its acks).
+const UPDATE_ACK_EVERY: u64 = 32;
 
 /// A handle on the broker. Clones share its two connections.
 #[derive(Debug, Clone)]
@@ -716,7 +721,11 @@ impl UpdatePublisher for AmqpBroker {
 
 #[async_trait]
 impl UpdateConsumer for AmqpBroker {
-    async fn consume_updates(&self, gateway_id: &str) -> Result<Updates, QueueError> {
+    async fn consume_updates(
+        &self,
+        gateway_id: &str,
+        listen_for_events: bool,
+    ) -> Result<Updates, QueueError> {
         let names = &self.config.names;
         let link = self.link(&self.consuming).await?;
         let channel = link.connection.create_channel().await?;
@@ -748,15 +757,9 @@ impl UpdateConsumer for AmqpBroker {
         channel
             .queue_declare(events_queue.as_str().into(), options, args)
             .await?;
-        channel
-            .queue_bind(
-                events_queue.as_str().into(),
-                names.events().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        if listen_for_events {
+            self.bind_events(&channel, &events_queue, true).await?;
+        }
 
         let mut consumers = Vec::new();
         for queue in [&reply_queue, &events_queue] {
@@ -779,15 +782,22 @@ impl UpdateConsumer for AmqpBroker {
             );
         }
         let closer = CloseOnDrop(Some(channel));
+        let received = Arc::new(AtomicU64::new(0));
         let updates = stream::select_all(consumers)
             .take_while(|delivery| std::future::ready(matches!(delivery, Some(Ok(_)))))
             .filter_map(move |delivery| {
                 let _closes_the_channel_when_the_stream_goes = &closer;
+                let received = received.clone();
                 async move {
                     let delivery = delivery?.ok()?;
-                    // A lost update costs nothing (waiters fall back to the database), so
-                    // acking before routing is fine; the ack is not waited on by the broker.
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    // One ack for every UPDATE_ACK_EVERY updates (`multiple`: all up to this
+                    // one, on both consumers): the prefetch bound without an ack frame per
+                    // update. A lost update costs nothing (waiters fall back to the database),
+                    // so acking before routing is fine.
+                    if (received.fetch_add(1, Ordering::Relaxed) + 1) % UPDATE_ACK_EVERY == 0 {
+                        let multiple = BasicAckOptions { multiple: true };
+                        let _ = delivery.acker.ack(multiple).await;
+                    }
                     decode_update(&delivery.data)
                 }
             });
@@ -795,6 +805,49 @@ impl UpdateConsumer for AmqpBroker {
             reply_to: reply_queue,
             stream: updates.boxed(),
         })
+    }
+
+    async fn listen_for_events(&self, gateway_id: &str, listen: bool) -> Result<(), QueueError> {
+        let link = self.link(&self.consuming).await?;
+        // A channel of its own: a refused bind (the queue expired) must not close another's.
+        let channel = link.connection.create_channel().await?;
+        let events_queue = self.config.names.events_queue(gateway_id);
+        let bound = self.bind_events(&channel, &events_queue, listen).await;
+        let _ = channel.close(200, "done".into()).await;
+        bound
+    }
+}
+
+impl AmqpBroker {
+    /// Binds (or unbinds) a gateway's events queue to every status event.
+    async fn bind_events(
+        &self,
+        channel: &Channel,
+        events_queue: &str,
+        bind: bool,
+    ) -> Result<(), QueueError> {
+        let exchange = self.config.names.events();
+        if bind {
+            channel
+                .queue_bind(
+                    events_queue.into(),
+                    exchange.as_str().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        } else {
+            channel
+                .queue_unbind(
+                    events_queue.into(),
+                    exchange.as_str().into(),
+                    "#".into(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 

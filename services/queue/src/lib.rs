@@ -103,9 +103,22 @@ pub trait DeadLetterConsumer: Send + Sync {
 /// Receives task updates at a gateway.
 #[async_trait]
 pub trait UpdateConsumer: Send + Sync {
-    /// Declares this gateway's reply queue and its events subscription, and starts consuming
-    /// both. The stream ends when the connection is lost; call again to resume.
-    async fn consume_updates(&self, gateway_id: &str) -> Result<Updates, QueueError>;
+    /// Declares this gateway's reply queue and its events queue, and starts consuming both;
+    /// with `listen_for_events`, the events queue is bound to the status events of every task.
+    /// The stream ends when the connection is lost; call again to resume.
+    async fn consume_updates(
+        &self,
+        gateway_id: &str,
+        listen_for_events: bool,
+    ) -> Result<Updates, QueueError>;
+
+    /// Starts or stops routing every task's status events to this gateway. Only a gateway with
+    /// a caller waiting for a task it did not accept needs them: replies reach the accepting
+    /// gateway anyway, and an event nobody listens to is then dropped by the broker at once,
+    /// never queued and delivered. The in-process queue always delivers them (it costs nothing).
+    async fn listen_for_events(&self, _gateway_id: &str, _listen: bool) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 /// Task deliveries from the request queue.

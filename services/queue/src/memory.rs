@@ -224,7 +224,11 @@ impl UpdatePublisher for MemoryBroker {
 
 #[async_trait]
 impl UpdateConsumer for MemoryBroker {
-    async fn consume_updates(&self, gateway_id: &str) -> Result<Updates, QueueError> {
+    async fn consume_updates(
+        &self,
+        gateway_id: &str,
+        _listen_for_events: bool,
+    ) -> Result<Updates, QueueError> {
         let reply_to = QueueNames::new("memory.").reply_queue(gateway_id);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.inner.reply_queues).insert(reply_to.clone(), tx);

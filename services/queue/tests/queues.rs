@@ -130,8 +130,8 @@ async fn prefetch_bounds_unsettled_deliveries(a: &impl Broker, b: &impl Broker) 
 }
 
 async fn updates_reach_the_reply_queue_and_the_events_feed(a: &impl Broker, b: &impl Broker) {
-    let mut updates = a.consume_updates("gw-a").await.unwrap();
-    let mut other_gateway = a.consume_updates("gw-b").await.unwrap();
+    let mut updates = a.consume_updates("gw-a", true).await.unwrap();
+    let mut other_gateway = a.consume_updates("gw-b", true).await.unwrap();
     let mut task = Task::new("1 + 1", None);
     task.status = TaskStatus::Succeeded;
     task.result = Some("2".into());
@@ -261,6 +261,33 @@ async fn rabbitmq_dead_letters_tasks_past_their_deadline() {
 }
 
 #[tokio::test]
+async fn status_events_flow_only_while_the_gateway_listens() {
+    let (a, b) = amqp_pair().await;
+    let mut updates = a.consume_updates("gw-quiet", false).await.unwrap();
+    let mut task = Task::new("1", None);
+    task.status = TaskStatus::Succeeded;
+    b.publish_update(None, &task).await.unwrap();
+    assert!(
+        tokio::time::timeout(QUIET, updates.stream.next())
+            .await
+            .is_err(),
+        "not listening: the broker drops the event"
+    );
+    a.listen_for_events("gw-quiet", true).await.unwrap();
+    b.publish_update(None, &task).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, updates.stream.next()).await;
+    assert_eq!(got.unwrap().unwrap().id, task.id, "listening: it arrives");
+    a.listen_for_events("gw-quiet", false).await.unwrap();
+    b.publish_update(None, &task).await.unwrap();
+    assert!(
+        tokio::time::timeout(QUIET, updates.stream.next())
+            .await
+            .is_err()
+    );
+    a.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
 async fn rejected_dead_letters_say_so() {
     let (a, b) = amqp_pair().await;
     a.publish_task(&message("9")).await.unwrap();
@@ -281,7 +308,7 @@ async fn rejected_dead_letters_say_so() {
 async fn the_update_stream_ends_when_either_consumer_is_cancelled() {
     use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
     let (a, _b) = amqp_pair().await;
-    let mut updates = a.consume_updates("gw-half").await.unwrap();
+    let mut updates = a.consume_updates("gw-half", true).await.unwrap();
     // The broker cancels the events consumer (its queue is deleted under it)...
     let connection =
         Connection::connect(&dalc_testkit::amqp_url(), ConnectionProperties::default())
@@ -297,7 +324,7 @@ async fn the_update_stream_ends_when_either_consumer_is_cancelled() {
     // replies only.
     let ended = tokio::time::timeout(PATIENCE, updates.stream.next()).await;
     assert!(matches!(ended, Ok(None)), "the stream ends");
-    let mut rebuilt = a.consume_updates("gw-half").await.unwrap();
+    let mut rebuilt = a.consume_updates("gw-half", true).await.unwrap();
     let mut task = Task::new("1", None);
     task.status = TaskStatus::Succeeded;
     a.publish_update(None, &task).await.unwrap();

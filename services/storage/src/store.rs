@@ -331,13 +331,45 @@ impl TaskStore {
         if ids.is_empty() {
             return Ok(());
         }
+        // Rows a worker holds locked are being started (which marks them) or finished: skip
+        // them rather than wait, so a mark never takes part in a deadlock.
+        let unmarked = self.rows_locked(ids, true, |rows| {
+            rows.and_where(Expr::col(Column::PublishedAt).is_null());
+        });
         Tasks::update_many()
             .col_expr(Column::PublishedAt, self.db_now())
-            .filter(Column::Id.is_in(ids.iter().map(TaskId::as_uuid)))
+            .filter(Column::Id.in_subquery(unmarked))
             .filter(Column::PublishedAt.is_null())
             .exec(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// `SELECT id FROM tasks WHERE id IN ids …`, locked in id order on PostgreSQL: every
+    /// multi-row write takes its row locks in this one order (or skips locked rows), so two
+    /// batches never deadlock. SQLite has one writer at a time and no row locks.
+    fn rows_locked(
+        &self,
+        ids: &[TaskId],
+        skip_locked: bool,
+        narrow: impl FnOnce(&mut sea_orm::sea_query::SelectStatement),
+    ) -> sea_orm::sea_query::SelectStatement {
+        let mut rows = Query::select();
+        rows.column(Column::Id)
+            .from(Tasks)
+            .and_where(Expr::col(Column::Id).is_in(ids.iter().map(TaskId::as_uuid)))
+            .order_by(Column::Id, sea_orm::Order::Asc);
+        narrow(&mut rows);
+        match (self.backend(), skip_locked) {
+            (DatabaseBackend::Postgres, true) => {
+                rows.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            }
+            (DatabaseBackend::Postgres, false) => {
+                rows.lock(LockType::Update);
+            }
+            _ => {}
+        }
+        rows
     }
 
     /// Starts a new attempt holding a `lease`: PENDING → RUNNING, or RUNNING → RUNNING when the
@@ -433,7 +465,7 @@ impl TaskStore {
                 Column::PublishedAt,
                 Expr::col(Column::PublishedAt).if_null(self.db_now()),
             )
-            .filter(Column::Id.is_in(ids.iter().map(TaskId::as_uuid)))
+            .filter(Column::Id.in_subquery(self.rows_locked(ids, false, |_| {})))
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
             // PENDING, or an attempt whose lease ran out: never a live attempt.
             .filter(self.abandoned())

@@ -49,7 +49,7 @@ async fn a_task_is_run_stored_and_replied_to() {
         broker,
         processor,
     } = setup().await;
-    let mut updates = broker.consume_updates("gw").await.unwrap();
+    let mut updates = broker.consume_updates("gw", true).await.unwrap();
     let (task, message) = stored(&store, "1 + 1").await;
     assert_eq!(processor.process(&message, false).await, Settlement::Ack);
 
@@ -85,7 +85,7 @@ async fn a_redelivered_finished_task_is_replied_to_again_not_rerun() {
     } = setup().await;
     let (task, message) = stored(&store, "2 * 3").await;
     processor.process(&message, false).await;
-    let mut updates = broker.consume_updates("gw").await.unwrap();
+    let mut updates = broker.consume_updates("gw", true).await.unwrap();
     assert_eq!(processor.process(&message, false).await, Settlement::Ack);
     let reply = tokio::time::timeout(Duration::from_secs(5), updates.stream.next())
         .await
