@@ -794,7 +794,9 @@ impl UpdateConsumer for AmqpBroker {
                     // one, on both consumers): the prefetch bound without an ack frame per
                     // update. A lost update costs nothing (waiters fall back to the database),
                     // so acking before routing is fine.
-                    if (received.fetch_add(1, Ordering::Relaxed) + 1) % UPDATE_ACK_EVERY == 0 {
+                    if (received.fetch_add(1, Ordering::Relaxed) + 1)
+                        .is_multiple_of(UPDATE_ACK_EVERY)
+                    {
                         let multiple = BasicAckOptions { multiple: true };
                         let _ = delivery.acker.ack(multiple).await;
                     }
