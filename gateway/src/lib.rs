@@ -203,7 +203,7 @@ pub async fn run(
     // Cancelled shortly before the grace period ends: waiting calls then answer with the task
     // as it stands instead of being cut off.
     let draining = CancellationToken::new();
-    let marks = PublishMarks::start(store.clone());
+    let marks = PublishMarks::start(store.clone(), config.sweep_grace);
     let tasks = Arc::new(Tasks {
         config,
         store,

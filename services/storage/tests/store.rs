@@ -62,6 +62,7 @@ on_both_backends!(
     open_tasks_can_be_queued_again_after_a_restart,
     retention_deletes_only_old_finished_tasks,
     the_state_machine_is_enforced_by_the_store,
+    many_attempts_start_and_end_at_once_each_with_its_own_outcome,
 );
 
 /// What a database can hold: PostgreSQL keeps microseconds.
@@ -497,4 +498,72 @@ async fn a_locked_sqlite_database_is_an_outage_not_a_bug() {
     assert!(err.is_unavailable(), "SQLITE_BUSY is transient: {err}");
     holding.rollback().await.unwrap();
     store.insert(&Task::new("1", None), NOW).await.unwrap();
+}
+
+async fn many_attempts_start_and_end_at_once_each_with_its_own_outcome(store: TaskStore) {
+    // Enough at once that the group commit batches them: each caller still gets its own row.
+    let tasks: Vec<Task> = (0..120).map(|n| Task::new(n.to_string(), None)).collect();
+    let inserts: Vec<_> = tasks
+        .iter()
+        .map(|task| {
+            let (store, task) = (store.clone(), task.clone());
+            tokio::spawn(async move { store.insert(&task, NOW).await })
+        })
+        .collect();
+    for insert in inserts {
+        insert.await.unwrap().unwrap();
+    }
+    let starts: Vec<_> = tasks
+        .iter()
+        .map(|task| {
+            let (store, id) = (store.clone(), task.id);
+            tokio::spawn(async move { store.start_attempt(id, "w1", LEASE).await })
+        })
+        .collect();
+    for start in starts {
+        assert!(matches!(
+            start.await.unwrap().unwrap(),
+            StartOutcome::Started(_)
+        ));
+    }
+    let finishes: Vec<_> = tasks
+        .iter()
+        .enumerate()
+        .map(|(n, task)| {
+            let (store, id) = (store.clone(), task.id);
+            tokio::spawn(async move {
+                let outcome = if n % 3 == 0 {
+                    Outcome::Failed {
+                        error: format!("e{n}"),
+                    }
+                } else {
+                    Outcome::Succeeded {
+                        result: n.to_string(),
+                    }
+                };
+                // Every fifth caller names a stale attempt: it must record nothing.
+                let attempt = if n % 5 == 0 { 7 } else { 1 };
+                (
+                    n,
+                    attempt,
+                    store.finish_attempt(id, attempt, &outcome).await,
+                )
+            })
+        })
+        .collect();
+    for finish in finishes {
+        let (n, attempt, finished) = finish.await.unwrap();
+        let finished = finished.unwrap();
+        if attempt != 1 {
+            assert_eq!(finished, None, "a stale attempt records nothing");
+            continue;
+        }
+        let task = finished.expect("the current attempt ends its task");
+        assert_eq!(task.expression, n.to_string());
+        if n % 3 == 0 {
+            assert_eq!(task.error, Some(format!("e{n}")));
+        } else {
+            assert_eq!(task.result, Some(n.to_string()));
+        }
+    }
 }
