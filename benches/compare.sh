@@ -6,6 +6,13 @@
 # see the same machine noise; the table gives the medians of the rounds, dalc's figure, the
 # floor's, their ratio and the target. Figures only: nothing here fails on a timing.
 #
+# After the rounds, two more measurements of the gateway + 2 workers stack:
+#   memory: both workers are paused (SIGSTOP) while WAITING sync calls are made, so that the
+#     gateway holds them all; its RSS is read then, the workers resume, every call must end
+#     right. The workers' peak RSS is read at the end of the whole run.
+#   size: GetTask (`dalc bench --mode get`) and sync runs on an empty table, then again after
+#     SIZE_ROWS finished tasks are inserted straight into PostgreSQL.
+#
 #   benches/compare.sh                     (needs RabbitMQ and PostgreSQL as for scripts/test.sh)
 #   ROUNDS=1 TOTAL=3000 TOTAL_ASYNC=5000 benches/compare.sh      (a quick look)
 #
@@ -18,6 +25,11 @@
 #                         100000 takes about a minute and a half per round on 2 cores
 #   WORKER_CONCURRENCY=32 each worker's --concurrency, and the floor's prefetch per consumer
 #   WARMUP=200            uncounted calls before every run
+#   MEMORY=1              0 skips the memory measurement
+#   WAITING=5000          sync calls the gateway holds in it
+#   SIZE=1                0 skips the size measurement
+#   SIZE_ROWS=1000000     finished tasks inserted before its second half
+#   SIZE_TOTAL=TOTAL      tasks per run in it (get: tasks read, sync: tasks submitted), at 64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,6 +41,11 @@ DURATION=${DURATION:-}
 TOTAL_ASYNC=${TOTAL_ASYNC:-20000}
 WORKER_CONCURRENCY=${WORKER_CONCURRENCY:-32}
 WARMUP=${WARMUP:-200}
+MEMORY=${MEMORY:-1}
+WAITING=${WAITING:-5000}
+SIZE=${SIZE:-1}
+SIZE_ROWS=${SIZE_ROWS:-1000000}
+SIZE_TOTAL=${SIZE_TOTAL:-$TOTAL}
 PG=${DALC_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}
 AMQP=${DALC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
@@ -44,6 +61,7 @@ wait_for_port() {
   die "$what did not open port $port within 2 minutes"
 }
 pg() { PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql "$PG/postgres" -qtAc "$1"; }
+pg_bench() { PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql "$PG/$DB" -v ON_ERROR_STOP=1 -qtAc "$1"; }
 
 # RabbitMQ and PostgreSQL: started when installed but stopped, as scripts/test.sh does
 # (which also installs them; run it once on a fresh machine).
@@ -72,10 +90,15 @@ WORK=$(mktemp -d)
 DB="dalc_bench_$RANDOM$RANDOM"
 PREFIX="bench-$RANDOM$RANDOM."
 PIDS=()
+HOLD=
 DB_CREATED=
 cleanup() {
   local pid
+  if [ -n "$HOLD" ]; then kill -TERM "$HOLD" 2>/dev/null || true; fi
+  # A worker paused by the memory measurement must run again to act on SIGTERM.
+  for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  if [ -n "$HOLD" ]; then wait "$HOLD" 2>/dev/null || true; fi
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "$DB_CREATED" ]; then pg "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null || true; fi
   # The durable queues of this run's prefix (the gateway's reply queues expire by themselves).
@@ -106,10 +129,11 @@ DB_CREATED=1
 STACK=(DALC_DATABASE_URL="$PG/$DB" DALC_AMQP_URL="$AMQP" DALC_QUEUE_PREFIX="$PREFIX" DALC_LOG=warn)
 
 log "starting a gateway, 2 workers (--concurrency $WORKER_CONCURRENCY) and a dalc up"
-env "${STACK[@]}" "$DALC" gateway --listen 127.0.0.1:0 >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
+env "${STACK[@]}" "$DALC" gateway --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
 GATEWAY=$!
 PIDS+=("$GATEWAY")
 GATEWAY_URL="http://$(wait_for_line "$WORK/gateway.out" "dalc gateway listening on ")"
+GATEWAY_METRICS="http://$(wait_for_line "$WORK/gateway.out" "dalc metrics listening on ")/metrics"
 WORKERS=()
 for n in 1 2; do
   env "${STACK[@]}" "$DALC" worker --concurrency "$WORKER_CONCURRENCY" >"$WORK/worker$n.out" 2>"$WORK/worker$n.err" &
@@ -124,42 +148,120 @@ PIDS+=("$UP")
 UP_URL="http://$(wait_for_line "$WORK/up/up.out" "dalc gateway listening on ")"
 
 if [ -n "$DURATION" ]; then
-  SIZE=(--duration "$DURATION")
-  SIZE_SERIAL=(--duration "$DURATION")
+  RUN=(--duration "$DURATION")
+  RUN_SERIAL=(--duration "$DURATION")
 else
-  SIZE=(--total "$TOTAL")
-  SIZE_SERIAL=(--total "$TOTAL_SERIAL")
+  RUN=(--total "$TOTAL")
+  RUN_SERIAL=(--total "$TOTAL_SERIAL")
 fi
 FLOOR_ARGS=(--amqp-url "$AMQP" --workers 2 --prefetch "$WORKER_CONCURRENCY" --warmup "$WARMUP" --json)
 BENCH_ARGS=(bench --warmup "$WARMUP" --json)
 
 RESULTS=$WORK/results.jsonl
 round=0
-measure() { # scenario command... : one JSON report into $RESULTS
-  local scenario=$1 out status=0
-  shift
-  log "round $round/$ROUNDS: $scenario"
-  out=$("$@") || status=$?
+step=
+record() { # scenario exit-status report : the report, one JSON line, into $RESULTS
+  local scenario=$1 status=$2 out=$3
   if [ -z "$out" ]; then
     die "$scenario printed no report (exit $status)"
   fi
   [ "$status" = 0 ] || log "$scenario reported errors (exit $status); they are in the table"
   printf '{"scenario":"%s","round":%d,"report":%s}\n' "$scenario" "$round" "$out" >>"$RESULTS"
 }
+measure() { # scenario command... : run it, record its report
+  local scenario=$1 out status=0
+  shift
+  log "${step:-round $round/$ROUNDS}: $scenario"
+  out=$("$@") || status=$?
+  record "$scenario" "$status" "$out"
+}
 
 STARTED=$SECONDS
 for round in $(seq 1 "$ROUNDS"); do
-  measure floor-64 "$FLOOR" --concurrency 64 "${SIZE[@]}" "${FLOOR_ARGS[@]}"
-  measure dalc-sync-64 "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 64 "${SIZE[@]}"
-  measure dalc-sync-1 "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 1 "${SIZE_SERIAL[@]}"
-  measure floor-1 "$FLOOR" --concurrency 1 "${SIZE_SERIAL[@]}" "${FLOOR_ARGS[@]}"
-  measure up-sync-64 "$DALC" "${BENCH_ARGS[@]}" --addr "$UP_URL" --concurrency 64 "${SIZE[@]}"
+  measure floor-64 "$FLOOR" --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
+  measure dalc-sync-64 "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 64 "${RUN[@]}"
+  measure dalc-sync-1 "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 1 "${RUN_SERIAL[@]}"
+  measure floor-1 "$FLOOR" --concurrency 1 "${RUN_SERIAL[@]}" "${FLOOR_ARGS[@]}"
+  measure up-sync-64 "$DALC" "${BENCH_ARGS[@]}" --addr "$UP_URL" --concurrency 64 "${RUN[@]}"
   measure dalc-async "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --mode async --concurrency 64 --total "$TOTAL_ASYNC"
 done
 ELAPSED=$((SECONDS - STARTED))
 
-peak_rss_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-RSS="gateway=$(peak_rss_kib "$GATEWAY") worker1=$(peak_rss_kib "${WORKERS[0]}") worker2=$(peak_rss_kib "${WORKERS[1]}") up=$(peak_rss_kib "$UP")"
+status_kib() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+gauge() { # metric name -> its value on the gateway's /metrics (empty when unreadable)
+  python3 - "$GATEWAY_METRICS" "$1" 2>/dev/null <<'PY' || true
+import sys, urllib.request
+url, name = sys.argv[1], sys.argv[2]
+for line in urllib.request.urlopen(url, timeout=2).read().decode().splitlines():
+    parts = line.split()
+    if len(parts) == 2 and parts[0] == name:
+        print(int(float(parts[1])))
+PY
+}
+
+# Memory: the gateway holding WAITING sync calls that cannot end yet (both workers paused).
+MEM_HELD=0 MEM_RSS=0 MEM_HWM=0 MEM_HWM_RESET=0
+GATEWAY_PEAK=$(status_kib "$GATEWAY" VmHWM) # before the memory step resets it
+if [ "$MEMORY" != 0 ]; then
+  step=memory round=1
+  log "memory: workers paused, $WAITING sync calls held by the gateway"
+  for pid in "${WORKERS[@]}"; do kill -STOP "$pid"; done
+  # Resets the gateway's VmHWM, so that it gives the peak of the hold, not of the rounds.
+  if { echo 5 >"/proc/$GATEWAY/clear_refs"; } 2>/dev/null; then MEM_HWM_RESET=1; fi
+  # The calls ask the server to wait 115 s (the deadline less 5 s): far longer than the hold.
+  # 100 calls per connection, as from many clients: the gateway's HTTP/2 server ends (GOAWAY,
+  # ENHANCE_YOUR_CALM) one connection that opens thousands of streams at once.
+  "$DALC" bench --mode sync --warmup 0 --json --addr "$GATEWAY_URL" --total "$WAITING" \
+    --concurrency "$WAITING" --connections $(((WAITING + 99) / 100)) --deadline 120s \
+    >"$WORK/memory.out" 2>"$WORK/memory.err" &
+  HOLD=$!
+  # Until the gateway holds every call (the dalc_waiting_calls gauge), at most 60 s.
+  for _ in $(seq 1 300); do
+    MEM_HELD=$(gauge dalc_waiting_calls)
+    if [ "${MEM_HELD:-0}" -ge "$WAITING" ] || ! kill -0 "$HOLD" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  sleep 1 # the last calls in: let their allocations settle
+  MEM_HELD=$(gauge dalc_waiting_calls)
+  MEM_RSS=$(status_kib "$GATEWAY" VmRSS)
+  MEM_HWM=$(status_kib "$GATEWAY" VmHWM)
+  log "memory: gateway holds ${MEM_HELD:-?} calls, VmRSS $MEM_RSS kB, VmHWM $MEM_HWM kB; workers resumed"
+  for pid in "${WORKERS[@]}"; do kill -CONT "$pid"; done
+  status=0
+  wait "$HOLD" || status=$?
+  HOLD=
+  record memory-hold "$status" "$(cat "$WORK/memory.out")"
+fi
+
+# Size: GetTask and sync on an empty table, then with SIZE_ROWS finished tasks in it. Rows
+# only grow, so the two cannot alternate: empty, empty, fill, full, full; the table gives the
+# medians (of 2) of each. "Empty" starts from an empty table (the rounds' tasks are
+# truncated away) and holds only the size runs' own tasks.
+SIZE_FILL_S=0
+if [ "$SIZE" != 0 ]; then
+  pg_bench "TRUNCATE tasks" >/dev/null
+  round=0
+  for phase in empty empty fill full full; do
+    if [ "$phase" = fill ]; then
+      log "size: inserting $SIZE_ROWS finished tasks"
+      fill_started=$SECONDS
+      pg_bench "INSERT INTO tasks (id, expression, status, result, created_at, started_at, finished_at, worker_id, attempts)
+        SELECT gen_random_uuid(), '1 + 1', 'SUCCEEDED', '2', now(), now(), now(), 'bulk', 1
+        FROM generate_series(1, $SIZE_ROWS)" >/dev/null
+      pg_bench "ANALYZE tasks" >/dev/null
+      SIZE_FILL_S=$((SECONDS - fill_started))
+      round=0
+      continue
+    fi
+    round=$((round + 1))
+    step="size ($(pg_bench "SELECT count(*) FROM tasks") rows)"
+    measure "size-get-$phase" "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --mode get --concurrency 64 --total "$SIZE_TOTAL"
+    measure "size-sync-$phase" "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 64 --total "$SIZE_TOTAL"
+  done
+fi
+
+GATEWAY_HWM=$(status_kib "$GATEWAY" VmHWM)
+RSS="gateway=$((GATEWAY_HWM > GATEWAY_PEAK ? GATEWAY_HWM : GATEWAY_PEAK)) worker1=$(status_kib "${WORKERS[0]}" VmHWM) worker2=$(status_kib "${WORKERS[1]}" VmHWM) up=$(status_kib "$UP" VmHWM)"
 
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 RABBITMQ=$(rabbitmq-diagnostics -q server_version 2>/dev/null || dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo unknown)
@@ -174,14 +276,23 @@ if [ -n "$DURATION" ]; then
 else
   echo "runs: $ROUNDS rounds; sync $TOTAL tasks at 64 in flight, $TOTAL_SERIAL at 1; async $TOTAL_ASYNC tasks; workers --concurrency $WORKER_CONCURRENCY; $ELAPSED s of measuring"
 fi
+if [ "$MEMORY" != 0 ]; then
+  echo "memory: workers paused while $WAITING sync calls (each waiting up to 115 s, 100 per connection) reach the gateway; its RSS read once they are held"
+fi
+if [ "$SIZE" != 0 ]; then
+  echo "size: get and sync runs of $SIZE_TOTAL tasks at 64 in flight, twice from an empty table, then twice after inserting $SIZE_ROWS finished tasks ($SIZE_FILL_S s); medians of 2"
+fi
 echo "everything shares the machine: the load tools, gateway, workers, dalc up, RabbitMQ, PostgreSQL"
 echo
-python3 - "$RESULTS" "$RSS" "$TOTAL_ASYNC" <<'PY'
-import json, statistics, sys
+env RSS="$RSS" TOTAL_ASYNC="$TOTAL_ASYNC" WAITING="$WAITING" SIZE_ROWS="$SIZE_ROWS" \
+  MEM_HELD="${MEM_HELD:-0}" MEM_RSS="${MEM_RSS:-0}" MEM_HWM="${MEM_HWM:-0}" MEM_HWM_RESET="$MEM_HWM_RESET" \
+  python3 - "$RESULTS" <<'PY'
+import json, math, os, statistics, sys
 
-results, rss, total_async = sys.argv[1], sys.argv[2], int(sys.argv[3])
+env = os.environ
+total_async, waiting, size_rows = int(env["TOTAL_ASYNC"]), int(env["WAITING"]), int(env["SIZE_ROWS"])
 runs = {}
-with open(results) as lines:
+with open(sys.argv[1]) as lines:
     for line in lines:
         run = json.loads(line)
         runs.setdefault(run["scenario"], []).append(run["report"])
@@ -200,9 +311,14 @@ def rate(value):
 def ms(value):
     return f"{value:.2f} ms"
 
+def mib(kib):
+    return f"{kib / 1024:.0f} MiB" if kib else "?"
+
 rows = []
-def row(name, dalc, floor, show, ratio_text, target, met):
-    rows.append((name, show(dalc), show(floor) if floor is not None else "—", ratio_text, target,
+def row(name, dalc, base, show, ratio_text, target, met):
+    if isinstance(met, bool) and any(isinstance(v, float) and math.isnan(v) for v in (dalc, base)):
+        met = None
+    rows.append((name, show(dalc), show(base) if base is not None else "—", ratio_text, target,
                  "—" if met is None else ("yes" if met else "no")))
 
 d, f = median("dalc-sync-64", "throughput"), median("floor-64", "throughput")
@@ -220,16 +336,40 @@ d = median("up-sync-64", "throughput")
 row("`dalc up`, sync 64 in flight: throughput", d, None, rate, "—", "≥ 15,000/s", d >= 15000)
 d = median("up-sync-64", "latency_ms", "p99")
 row("`dalc up`, sync 64 in flight: p99", d, None, ms, "—", "—", None)
-peaks = dict(part.split("=") for part in rss.split())
-for name, label in [("gateway", "gateway"), ("worker1", "worker 1"), ("worker2", "worker 2"), ("up", "`dalc up`")]:
-    kib = int(peaks.get(name, "0") or 0)
-    rows.append((f"{label}: peak RSS (VmHWM)", f"{kib / 1024:.0f} MiB" if kib else "?", "—", "—", "—", "—"))
 
-header = ("scenario", "dalc", "floor", "dalc/floor", "target", "met")
+if "memory-hold" in runs:
+    held, rss, hwm = int(env["MEM_HELD"] or 0), int(env["MEM_RSS"] or 0), int(env["MEM_HWM"] or 0)
+    holding = f"{held:,}" if held >= waiting else f"{held:,} of {waiting:,}"
+    peak = "peak of the hold" if env["MEM_HWM_RESET"] == "1" else "peak of the whole run"
+    rows.append((f"gateway RSS holding {holding} waiting sync calls",
+                 f"{mib(rss)} ({peak} {mib(hwm)})", "—", "—", "≤ 64 MiB",
+                 "yes" if rss and rss <= 64 * 1024 and held >= waiting else "no"))
+
+if "size-get-full" in runs:
+    d, f = median("size-get-full", "latency_ms", "p99"), median("size-get-empty", "latency_ms", "p99")
+    row(f"GetTask p99, {size_rows:,} tasks vs empty", d, f, ms, f"{d / f:.2f}×",
+        "≤ 1.2× empty (within 20 %)", d / f <= 1.2)
+    d, f = median("size-get-full", "throughput"), median("size-get-empty", "throughput")
+    row(f"GetTask throughput, {size_rows:,} tasks vs empty", d, f, rate, f"{d / f:.0%}", "—", None)
+    d, f = median("size-sync-full", "throughput"), median("size-sync-empty", "throughput")
+    row(f"sync throughput, {size_rows:,} tasks vs empty", d, f, rate, f"{d / f:.0%}",
+        "≥ 80 % of empty (within 20 %)", d / f >= 0.8)
+
+peaks = {name: int(kib or 0) for name, kib in (part.split("=") for part in env["RSS"].split())}
+workers = [peaks.get("worker1", 0), peaks.get("worker2", 0)]
+rows.append(("worker peak RSS (VmHWM, whole run; the larger of 2)",
+             f"{mib(max(workers))} ({mib(workers[0])}, {mib(workers[1])})", "—", "—", "≤ 32 MiB",
+             "yes" if all(workers) and max(workers) <= 32 * 1024 else "no"))
+for name, label in [("gateway", "gateway"), ("up", "`dalc up`")]:
+    rows.append((f"{label}: peak RSS (VmHWM, whole run)", mib(peaks.get(name, 0)), "—", "—", "—", "—"))
+
+header = ("scenario", "dalc", "baseline", "ratio", "target", "met")
 print("| " + " | ".join(header) + " |")
 print("|" + "|".join("---" for _ in header) + "|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
+print()
+print("baseline: the floor (rpc_floor) for the round trips; the same stack on an empty table for the size rows")
 
 errors = {}
 for scenario, reports in runs.items():
@@ -238,7 +378,7 @@ for scenario, reports in runs.items():
             errors[f"{scenario}: {kind}"] = errors.get(f"{scenario}: {kind}", 0) + count
 print()
 if errors:
-    print("errors (all rounds): " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
+    print("errors (all runs): " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
 else:
     print(f"every answer checked and right: {sum(len(r) for r in runs.values())} runs, 0 errors")
 PY

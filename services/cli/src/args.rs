@@ -265,9 +265,12 @@ pub struct BenchArgs {
     pub expression: Option<String>,
     /// sync: each call is a SubmitTask that waits for the result (latency: that call).
     /// async: submit every task without waiting, then long-poll each until it ends.
+    /// get: submit --total tasks and wait until all are over (not measured), then measure
+    /// GetTask without waiting on those ids, round-robin, checking every answer.
     #[arg(long, value_enum, default_value_t = BenchMode::Sync)]
     pub mode: BenchMode,
-    /// Tasks to measure [default: 2000]; --duration wins when both are given.
+    /// Tasks to measure [default: 2000]; --duration wins when both are given. get: the tasks
+    /// submitted first, and the GetTask calls (unless --duration).
     #[arg(long, visible_alias = "requests", value_parser = clap::value_parser!(u64).range(1..))]
     pub total: Option<u64>,
     /// Measure for this long instead of a count, e.g. 30s.
@@ -280,7 +283,7 @@ pub struct BenchArgs {
     /// from when its task was due. Unset: closed loop (the next call when one answers).
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
-    /// Calls made first and not counted (sync submissions, in both modes).
+    /// Calls made first and not counted (sync submissions, in every mode).
     #[arg(long, default_value_t = 100)]
     pub warmup: u64,
     /// An expression to submit; repeat for a mix, used round-robin [default: "1 + 1"]. Each
@@ -300,13 +303,18 @@ pub struct BenchArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub addrs: Vec<String>,
+    /// HTTP/2 connections to each address; calls go round-robin over all of them. Thousands
+    /// of calls in flight need several: a gateway ends a connection (GOAWAY, ENHANCE_YOUR_CALM)
+    /// that sends it more small frames at once than it can buffer.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub connections: u32,
     /// The gRPC deadline of every call; waiting calls ask the server for 5 s less.
     #[arg(long, default_value_t = HumanDuration(Duration::from_secs(60)))]
     pub deadline: HumanDuration,
-    /// async: GetTask long polls in flight at once.
+    /// async and get: GetTask long polls in flight at once while waiting for the tasks.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub poll_concurrency: u32,
-    /// async: the longest the polling may take; tasks not over by then are errors.
+    /// async and get: the longest the polling may take; tasks not over by then are errors.
     #[arg(long, default_value_t = HumanDuration(Duration::from_secs(600)))]
     pub drain_timeout: HumanDuration,
     /// Print one JSON object instead of text.
@@ -319,6 +327,7 @@ pub struct BenchArgs {
 pub enum BenchMode {
     Sync,
     Async,
+    Get,
 }
 
 impl BenchMode {
@@ -326,6 +335,7 @@ impl BenchMode {
         match self {
             BenchMode::Sync => "sync",
             BenchMode::Async => "async",
+            BenchMode::Get => "get",
         }
     }
 }

@@ -5,8 +5,10 @@
 //! * sync: every call is a `SubmitTask` with `wait`, and its latency is that call's.
 //! * async: every task is submitted without `wait` (the submit rate), then long-polled with
 //!   `GetTask` until it is over (the completion rate: first submit to last task over).
+//! * get: as async, unmeasured, to have `--total` tasks over; then `GetTask` without `wait` on
+//!   those ids, round-robin, and its latency is that call's: the read path alone.
 //!
-//! Calls go round-robin over one connection per `--addr`. The load loop and the report are
+//! Calls go round-robin over `--connections` connections (default 1) per `--addr`. The load loop and the report are
 //! shared with the `rpc_floor` example (the broker's own round trip), which
 //! `benches/compare.sh` measures side by side.
 
@@ -46,7 +48,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
     given.extend(args.exprs.iter().cloned());
     let mix = Mix::new(given, args.expr_file.as_deref())?;
     let target = Arc::new(Target {
-        clients: connect_all(&args.addrs).await?,
+        clients: connect_all(&args.addrs, args.connections).await?,
         mix,
         deadline: args.deadline.0,
     });
@@ -80,6 +82,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
     let report = match args.mode {
         BenchMode::Sync => run_sync(target, load).await,
         BenchMode::Async => run_async(target, load, &args).await,
+        BenchMode::Get => run_get(target, load, &args).await,
     };
     let report = Report {
         setup: setup(&args, &report),
@@ -97,6 +100,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
 fn setup(args: &BenchArgs, report: &Report) -> Vec<(&'static str, Value)> {
     let mut setup: Vec<(&'static str, Value)> = vec![
         ("addresses", args.addrs.clone().into()),
+        ("connections_per_address", args.connections.into()),
         ("concurrency", args.concurrency.into()),
         (
             "loop",
@@ -135,27 +139,13 @@ async fn run_sync(target: Arc<Target>, load: Load) -> Report {
 }
 
 async fn run_async(target: Arc<Target>, load: Load, args: &BenchArgs) -> Report {
-    let started = Instant::now();
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let counters = Arc::new(Counters::default());
-    let progress = Progress::start("submit", goal(&load), counters.clone());
-    let (submitted, submit_elapsed) = {
-        let (target, accepted) = (target.clone(), accepted.clone());
-        load::run(load, counters, move |seq| {
-            let (target, accepted) = (target.clone(), accepted.clone());
-            async move { target.submit_async(seq, &accepted).await }
-        })
-        .await
-    };
-    progress.finish().await;
-
-    let pending: VecDeque<Pending> = std::mem::take(&mut *lock(&accepted)).into();
-    let drain_until = Instant::now() + args.drain_timeout.0;
-    let (ended, last_end) = poll_all(target, pending, args.poll_concurrency, drain_until).await;
-    let completion_elapsed = last_end
-        .map(|at| at.saturating_duration_since(started))
-        .unwrap_or(submit_elapsed)
-        .max(submit_elapsed);
+    let Drained {
+        submitted,
+        submit_elapsed,
+        ended,
+        completion_elapsed,
+        ..
+    } = submit_and_drain(target, load, args, "submit").await;
 
     let submit_throughput = report::per_second(submitted.answered(), submit_elapsed);
     // Successes are only known at the end; refusals (expected or not) at submission. The
@@ -186,15 +176,128 @@ async fn run_async(target: Arc<Target>, load: Load, args: &BenchArgs) -> Report 
     }
 }
 
+/// Submits `load.total` tasks without waiting and waits until they are all over, unmeasured;
+/// then measures `GetTask` (no wait) on the ones that ended as they should, round-robin, under
+/// `load` (its rate and duration apply to the reads only). A task that did not end as it
+/// should is an error named `prepare: KIND`; the reads are checked like any answer.
+async fn run_get(target: Arc<Target>, load: Load, args: &BenchArgs) -> Report {
+    let prepare = Load {
+        duration: None,
+        rate: None,
+        ..load
+    };
+    let drained = submit_and_drain(target.clone(), prepare, args, "prepare").await;
+    let mut tally = Tally::default();
+    for (kind, count) in drained
+        .submitted
+        .errors
+        .into_iter()
+        .chain(drained.ended.errors)
+    {
+        *tally.errors.entry(format!("prepare: {kind}")).or_default() += count;
+    }
+    let tasks = Arc::new(drained.over);
+    let setup = vec![
+        ("tasks", (tasks.len() as u64).into()),
+        ("poll_concurrency", args.poll_concurrency.into()),
+        ("latency_of", "GetTask wait=false".into()),
+    ];
+    if tasks.is_empty() {
+        tally.record(Outcome::Error("no task to get".into()), Duration::ZERO);
+        return Report {
+            tool: "dalc bench",
+            mode: BenchMode::Get.as_str(),
+            setup,
+            tally,
+            elapsed: Duration::ZERO,
+            rates: Vec::new(),
+        };
+    }
+
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start("get", goal(&load), counters.clone());
+    let (got, elapsed) = load::run(load, counters, move |seq| {
+        let (target, tasks) = (target.clone(), tasks.clone());
+        async move {
+            let task = &tasks[(seq % tasks.len() as u64) as usize];
+            target.get(seq, task).await
+        }
+    })
+    .await;
+    progress.finish().await;
+    tally.merge(got);
+    Report {
+        tool: "dalc bench",
+        mode: BenchMode::Get.as_str(),
+        setup,
+        tally,
+        elapsed,
+        rates: Vec::new(),
+    }
+}
+
+/// What [`submit_and_drain`] saw.
+struct Drained {
+    /// The submissions' outcomes and latencies (successes: accepted).
+    submitted: Tally,
+    /// From the first submission to the last answer to one.
+    submit_elapsed: Duration,
+    /// The accepted tasks' ends (no latencies).
+    ended: Tally,
+    /// From the first submission to the last task seen over (at least `submit_elapsed`).
+    completion_elapsed: Duration,
+    /// The tasks that ended as they should, in the order they were seen over.
+    over: Vec<Pending>,
+}
+
+/// Submits every task of `load` without waiting, then long-polls each accepted one until it is
+/// over (or `--drain-timeout` passes).
+async fn submit_and_drain(
+    target: Arc<Target>,
+    load: Load,
+    args: &BenchArgs,
+    label: &'static str,
+) -> Drained {
+    let started = Instant::now();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(label, goal(&load), counters.clone());
+    let (submitted, submit_elapsed) = {
+        let (target, accepted) = (target.clone(), accepted.clone());
+        load::run(load, counters, move |seq| {
+            let (target, accepted) = (target.clone(), accepted.clone());
+            async move { target.submit_async(seq, &accepted).await }
+        })
+        .await
+    };
+    progress.finish().await;
+
+    let pending: VecDeque<Pending> = std::mem::take(&mut *lock(&accepted)).into();
+    let drain_until = Instant::now() + args.drain_timeout.0;
+    let (ended, last_end, over) =
+        poll_all(target, pending, args.poll_concurrency, drain_until).await;
+    let completion_elapsed = last_end
+        .map(|at| at.saturating_duration_since(started))
+        .unwrap_or(submit_elapsed)
+        .max(submit_elapsed);
+    Drained {
+        submitted,
+        submit_elapsed,
+        ended,
+        completion_elapsed,
+        over,
+    }
+}
+
 /// Long-polls every accepted task until it is over, `concurrency` at a time, in submission
-/// order (roughly the order they end in). Returns their outcomes and when the last one was
-/// seen over.
+/// order (roughly the order they end in). Returns their outcomes, when the last one was seen
+/// over, and the tasks that ended as they should.
 async fn poll_all(
     target: Arc<Target>,
     pending: VecDeque<Pending>,
     concurrency: u32,
     drain_until: Instant,
-) -> (Tally, Option<Instant>) {
+) -> (Tally, Option<Instant>, Vec<Pending>) {
     let total = pending.len() as u64;
     let queue = Arc::new(Mutex::new(pending));
     let counters = Arc::new(Counters::default());
@@ -205,6 +308,7 @@ async fn poll_all(
         pollers.spawn(async move {
             let mut tally = Tally::default();
             let mut last_end = None;
+            let mut over = Vec::new();
             loop {
                 // A poller leaves when the queue is empty; one that puts a task back always
                 // comes round to take it again, so no task is left behind.
@@ -223,24 +327,30 @@ async fn poll_all(
                         }
                         Ok(ended) => {
                             last_end = Some(Instant::now());
+                            task.last_seen = ended.status();
                             task.expected(&target.mix).check_task(&ended)
                         }
                         Err(outcome) => outcome,
                     }
                 };
                 counters.count(&outcome);
+                if !matches!(outcome, Outcome::Error(_)) {
+                    over.push(task);
+                }
                 tally.record(outcome, Duration::ZERO);
             }
-            (tally, last_end)
+            (tally, last_end, over)
         });
     }
     let mut tally = Tally::default();
     let mut last_end: Option<Instant> = None;
+    let mut over = Vec::new();
     while let Some(joined) = pollers.join_next().await {
         match joined {
-            Ok((part, end)) => {
+            Ok((part, end, part_over)) => {
                 tally.merge(part);
                 last_end = last_end.max(end);
+                over.extend(part_over);
             }
             Err(err) => tally.record(
                 Outcome::Error(format!("poller died: {err}")),
@@ -249,7 +359,7 @@ async fn poll_all(
         }
     }
     progress.finish().await;
-    (tally, last_end)
+    (tally, last_end, over)
 }
 
 fn goal(load: &Load) -> Goal {
@@ -274,7 +384,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// An accepted asynchronous task, waiting to be seen over.
+/// An accepted asynchronous task, waiting to be seen over (or seen over, by `get`).
 #[derive(Debug)]
 struct Pending {
     seq: u64,
@@ -297,7 +407,7 @@ struct Target {
 }
 
 impl Target {
-    /// Round-robin over the addresses, in runs of one full mix, so that with several
+    /// Round-robin over the connections, in runs of one full mix, so that with several
     /// addresses and several expressions every address gets every expression.
     fn client(&self, seq: u64) -> TaskServiceClient<Channel> {
         let turn = seq / self.mix.len() as u64;
@@ -366,6 +476,23 @@ impl Target {
         }
     }
 
+    /// One `GetTask` without waiting, call `seq` of the reads, checked: the task must be over
+    /// with its expected answer.
+    async fn get(&self, seq: u64, task: &Pending) -> Outcome {
+        let request = self.request(GetTaskRequest {
+            id: task.id.clone(),
+            wait: false,
+            timeout: None,
+        });
+        match self.client(seq).get_task(request).await {
+            Ok(response) => match response.into_inner().task {
+                Some(got) => task.expected(&self.mix).check_task(&got),
+                None => Outcome::Error("no task in the answer".into()),
+            },
+            Err(status) => Outcome::Error(code_name(status.code())),
+        }
+    }
+
     /// One long poll: the task as it stands when it ends or the wait does.
     async fn poll(&self, task: &Pending) -> Result<dalc_proto::v1::Task, Outcome> {
         let request = self.request(GetTaskRequest {
@@ -383,19 +510,26 @@ impl Target {
     }
 }
 
-/// One connection per address, made up front: a wrong address fails the run at once rather
-/// than as thousands of errors.
-async fn connect_all(addrs: &[String]) -> Result<Vec<TaskServiceClient<Channel>>> {
-    let mut clients = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let addr = addr.trim();
-        let channel = Channel::from_shared(addr.to_owned())
-            .with_context(|| format!("invalid gateway address {addr:?}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the gateway at {addr}"))?;
-        clients.push(TaskServiceClient::new(channel));
+/// `per_address` connections to each address, made up front (a wrong address fails the run at
+/// once rather than as thousands of errors), interleaved so that consecutive turns go to
+/// different addresses.
+async fn connect_all(
+    addrs: &[String],
+    per_address: u32,
+) -> Result<Vec<TaskServiceClient<Channel>>> {
+    let mut clients = Vec::with_capacity(addrs.len() * per_address as usize);
+    for _ in 0..per_address {
+        for addr in addrs {
+            let addr = addr.trim();
+            // Each `connect` opens its own HTTP/2 connection.
+            let channel = Channel::from_shared(addr.to_owned())
+                .with_context(|| format!("invalid gateway address {addr:?}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach the gateway at {addr}"))?;
+            clients.push(TaskServiceClient::new(channel));
+        }
     }
     anyhow::ensure!(!clients.is_empty(), "no gateway address given");
     Ok(clients)

@@ -91,6 +91,60 @@ fn async_mode_submits_then_waits_for_every_task() {
 }
 
 #[test]
+fn get_mode_reads_every_task_it_submitted() {
+    let up = up("bench-get");
+    let url = up.url();
+    let mut args = vec![
+        "--mode",
+        "get",
+        "--total",
+        "300",
+        "--concurrency",
+        "8",
+        "--addr",
+        &url,
+    ];
+    args.extend(MIX);
+    let (code, report) = bench(&args);
+    assert_eq!(report["mode"], "get");
+    assert_eq!(report["latency_of"], "GetTask wait=false", "{report}");
+    // 300 tasks over, then 300 reads: each task read once, with its answer checked.
+    assert_eq!(report["tasks"], 300, "{report}");
+    assert_mix_answered(&report);
+    assert_eq!(code, Some(0), "{report}");
+}
+
+#[test]
+fn get_mode_reads_round_robin_over_several_connections_and_skips_refused_expressions() {
+    let up = up("bench-get-rr");
+    let url = up.url();
+    let args = [
+        "--mode",
+        "get",
+        "--total",
+        "200",
+        "--concurrency",
+        "4",
+        "--addr",
+        &url,
+        "--connections",
+        "3",
+        "--expr",
+        "1 + 1",
+        "--expr",
+        "1 +",
+    ];
+    let (code, report) = bench(&args);
+    assert_eq!(report["connections_per_address"], 3, "{report}");
+    // Half the submissions are refused as they must be, so 100 tasks, each read twice.
+    assert_eq!(report["tasks"], 100, "{report}");
+    assert_eq!(report["total"], 200, "{report}");
+    assert_eq!(report["ok"], 200, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(code, Some(0), "{report}");
+}
+
+#[test]
 fn several_addresses_share_the_load_and_refusals_are_expected_where_due() {
     let up = up("bench-addrs");
     let url = up.url();
