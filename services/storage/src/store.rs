@@ -336,15 +336,30 @@ impl TaskStore {
         // Only tasks still PENDING: a start marks its task itself.
         let unmarked = self.rows_locked(ids, true, |rows| {
             rows.and_where(Expr::col(Column::PublishedAt).is_null())
-                .and_where(Expr::col(Column::Status).eq(TaskStatus::Pending.as_str()));
+                .and_where(status_is(TaskStatus::Pending));
         });
         Tasks::update_many()
             .col_expr(Column::PublishedAt, self.db_now())
-            .filter(Column::Id.in_subquery(unmarked))
+            .filter(self.id_among(unmarked))
             .filter(Column::PublishedAt.is_null())
             .exec(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// `id` is one of the ids `rows` selects. On PostgreSQL as `id = ANY(ARRAY(rows))`: the rows
+    /// are picked (and locked) first, once, and the write then finds each by its primary key.
+    /// `id IN (rows)` with a LIMIT or a lock in `rows` is planned as a filter on a scan of the
+    /// whole table, which a table of a million finished tasks makes slow.
+    fn id_among(&self, rows: sea_orm::sea_query::SelectStatement) -> SimpleExpr {
+        match self.backend() {
+            DatabaseBackend::Postgres => {
+                // Our own statement, its values quoted by sea-query's PostgreSQL printer.
+                let rows = rows.to_string(sea_orm::sea_query::PostgresQueryBuilder);
+                Expr::cust(format!("\"tasks\".\"id\" = ANY(ARRAY({rows}))"))
+            }
+            _ => Column::Id.in_subquery(rows),
+        }
     }
 
     /// `SELECT id FROM tasks WHERE id IN ids …`, locked in id order on PostgreSQL: every
@@ -467,7 +482,7 @@ impl TaskStore {
                 Column::PublishedAt,
                 Expr::col(Column::PublishedAt).if_null(self.db_now()),
             )
-            .filter(Column::Id.in_subquery(self.rows_locked(ids, false, |_| {})))
+            .filter(self.id_among(self.rows_locked(ids, false, |_| {})))
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
             // PENDING, or an attempt whose lease ran out: never a live attempt.
             .filter(self.abandoned())
@@ -487,7 +502,7 @@ impl TaskStore {
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
             .filter(Column::Id.eq(id.as_uuid()))
-            .filter(Column::Status.eq(TaskStatus::Running.as_str()))
+            .filter(status_is(TaskStatus::Running))
             .filter(Column::Attempts.eq(attempt_number(attempt)))
             .exec(&self.db)
             .await?;
@@ -529,7 +544,7 @@ impl TaskStore {
         for index in order {
             let (id, attempt, outcome) = &items[index];
             let this_attempt = Condition::all()
-                .add(Column::Status.eq(TaskStatus::Running.as_str()))
+                .add(status_is(TaskStatus::Running))
                 .add(Column::Attempts.eq(attempt_number(*attempt)));
             let mut tasks = self
                 .set_terminal_on(&transaction, Some(*id), outcome, this_attempt)
@@ -579,9 +594,10 @@ impl TaskStore {
              SET status = v.status, result = v.result, error = v.error, \
                  finished_at = statement_timestamp() \
              FROM (VALUES {}) AS v (id, attempt, status, result, error) \
-             WHERE t.id = v.id AND t.attempts = v.attempt AND t.status = '{}' \
-               AND t.id IN (SELECT id FROM tasks WHERE id = ANY(ARRAY(SELECT id FROM (VALUES {}) \
-                   AS w (id, attempt, status, result, error))) ORDER BY id FOR UPDATE) \
+             WHERE t.id = v.id AND t.attempts = v.attempt AND (t.status || '') = '{}' \
+               AND t.id = ANY(ARRAY(SELECT id FROM tasks WHERE id = ANY(ARRAY(SELECT w.id \
+                   FROM (VALUES {}) AS w (id, attempt, status, result, error))) \
+                   ORDER BY id FOR UPDATE)) \
              RETURNING t.*",
             rows.join(", "),
             TaskStatus::Running.as_str(),
@@ -612,7 +628,7 @@ impl TaskStore {
         id: TaskId,
         outcome: &Outcome,
     ) -> Result<Option<Task>, StorageError> {
-        let pending = Condition::all().add(Column::Status.eq(TaskStatus::Pending.as_str()));
+        let pending = Condition::all().add(status_is(TaskStatus::Pending));
         self.set_terminal(Some(id), outcome, pending)
             .await
             .map(|mut tasks| tasks.pop())
@@ -633,13 +649,11 @@ impl TaskStore {
 
     /// PENDING, or RUNNING with no live lease.
     fn abandoned(&self) -> Condition {
-        Condition::any()
-            .add(Column::Status.eq(TaskStatus::Pending.as_str()))
-            .add(
-                Condition::all()
-                    .add(Column::Status.eq(TaskStatus::Running.as_str()))
-                    .add(self.passed(Column::LeaseUntil)),
-            )
+        Condition::any().add(status_is(TaskStatus::Pending)).add(
+            Condition::all()
+                .add(status_is(TaskStatus::Running))
+                .add(self.passed(Column::LeaseUntil)),
+        )
     }
 
     /// Moves the task `id` (every task matching `guard`, when `id` is `None`) to `outcome`,
@@ -725,7 +739,7 @@ impl TaskStore {
                 .finally(self.db_now_plus(claim))
                 .into(),
             )
-            .filter(Column::Id.in_subquery(due))
+            .filter(self.id_among(due))
             .exec_with_returning(&self.db)
             .await?;
         let mut tasks: Vec<Task> = claimed
@@ -764,7 +778,7 @@ impl TaskStore {
                 if self.backend() == DatabaseBackend::Postgres {
                     overdue.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
                 }
-                let guard = Condition::all().add(Column::Id.in_subquery(overdue));
+                let guard = Condition::all().add(self.id_among(overdue));
                 let ended = self.set_terminal(None, &outcome, guard).await?;
                 let done = u64::try_from(ended.len()).unwrap_or(u64::MAX) < EXPIRE_BATCH;
                 expired.extend(ended);
@@ -792,7 +806,7 @@ impl TaskStore {
             .order_by(Column::FinishedAt, sea_orm::Order::Asc)
             .limit(limit);
         let deleted = Tasks::delete_many()
-            .filter(Column::Id.in_subquery(old))
+            .filter(self.id_among(old))
             .exec(&self.db)
             .await?;
         Ok(deleted.rows_affected)
@@ -850,8 +864,22 @@ fn status_names(statuses: Vec<TaskStatus>) -> Vec<&'static str> {
     statuses.into_iter().map(TaskStatus::as_str).collect()
 }
 
+/// The task's status, as an expression no index serves. A compare-and-set on rows picked by id
+/// must find them by their primary key: offered an index on `status` (which finds all open
+/// tasks, and whose statistics lag right behind a bulk change), the planner may walk that index
+/// instead, which on a large table is slow.
+fn status_text() -> SimpleExpr {
+    Expr::cust("(\"tasks\".\"status\" || '')")
+}
+
+/// The status is `status` (a compare-and-set condition; see [`status_text`]).
+fn status_is(status: TaskStatus) -> SimpleExpr {
+    status_text().eq(status.as_str())
+}
+
+/// The status is one of `statuses` (a compare-and-set condition; see [`status_text`]).
 fn status_in(statuses: Vec<TaskStatus>) -> SimpleExpr {
-    Column::Status.is_in(status_names(statuses))
+    status_text().is_in(status_names(statuses))
 }
 
 fn attempt_number(attempt: u32) -> i32 {
