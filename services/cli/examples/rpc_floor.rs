@@ -24,12 +24,16 @@
 // Shared with `dalc bench`, so that both tools load and report alike; not every item is used
 // by this example.
 #[allow(dead_code)]
+#[path = "../src/duration.rs"]
+mod duration;
+#[allow(dead_code)]
 #[path = "../src/bench/load.rs"]
 mod load;
 #[allow(dead_code)]
 #[path = "../src/bench/report.rs"]
 mod report;
 
+use duration::parse_duration;
 use std::{
     collections::HashMap,
     process::ExitCode,
@@ -419,22 +423,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// `500ms`, `30s`, `2m`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(amount)),
-        "" | "s" => Ok(Duration::from_secs(amount)),
-        "m" => Ok(Duration::from_secs(amount.saturating_mul(60))),
-        _ => Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
-    }
 }

@@ -10,6 +10,8 @@ use dalc_storage::StoreOptions;
 use dalc_telemetry::LogFormat;
 use dalc_worker::WorkerConfig;
 
+pub use crate::duration::{HumanDuration, parse_duration};
+
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[derive(Debug, Parser)]
@@ -351,61 +353,6 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {
     s.parse()
-}
-
-/// A duration as people write it on a command line: `500ms`, `30s`, `5m`, `1h`, `7d` (a bare
-/// number is seconds); shown the same way in `--help`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl std::fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = self.0.as_millis();
-        let units = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
-        ];
-        match units
-            .iter()
-            .find(|(size, _)| ms > 0 && ms.is_multiple_of(*size))
-        {
-            Some((size, unit)) => write!(f, "{}{unit}", ms / size),
-            None => write!(f, "{ms}ms"),
-        }
-    }
-}
-
-impl std::str::FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        parse_duration(text).map(HumanDuration)
-    }
-}
-
-/// Parses `500ms`, `30s`, `5m`, `1h`, `7d` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s"))?;
-    let seconds = |n: u64| Ok(Duration::from_secs(n));
-    match unit {
-        "ms" => Ok(Duration::from_millis(amount)),
-        "" | "s" => seconds(amount),
-        "m" => seconds(amount.saturating_mul(60)),
-        "h" => seconds(amount.saturating_mul(3600)),
-        "d" => seconds(amount.saturating_mul(86_400)),
-        _ => Err(format!(
-            "invalid duration unit in {text:?}: use ms, s, m, h or d"
-        )),
-    }
 }
 
 /// RabbitMQ refuses a message TTL above 2^32 - 1 ms (about 49.7 days).

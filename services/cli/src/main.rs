@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod client;
+mod duration;
 mod serve;
 
 use std::{process::ExitCode, sync::Arc};

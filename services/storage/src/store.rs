@@ -353,10 +353,10 @@ impl TaskStore {
     /// whole table, which a table of a million finished tasks makes slow.
     fn id_among(&self, rows: sea_orm::sea_query::SelectStatement) -> SimpleExpr {
         match self.backend() {
+            // `$1` renders as the parenthesised subquery, its values bound as parameters (so
+            // the statement's text, and its prepared plan, is the same for every batch size).
             DatabaseBackend::Postgres => {
-                // Our own statement, its values quoted by sea-query's PostgreSQL printer.
-                let rows = rows.to_string(sea_orm::sea_query::PostgresQueryBuilder);
-                Expr::cust(format!("\"tasks\".\"id\" = ANY(ARRAY({rows}))"))
+                Expr::cust_with_expr("\"tasks\".\"id\" = ANY(ARRAY $1)", rows)
             }
             _ => Column::Id.in_subquery(rows),
         }
@@ -527,15 +527,13 @@ impl TaskStore {
         }
     }
 
-    /// One group-committed batch of attempt ends: one statement on PostgreSQL, one transaction
-    /// elsewhere; one commit either way.
+    /// One group-committed batch of attempt ends: one transaction of single-row compare-and-sets
+    /// (each found by its primary key), one commit. (One `UPDATE … FROM (VALUES …)` was tried on
+    /// PostgreSQL: its planner joined by scanning the table, which doubled the database's CPU.)
     async fn finish_batch(
         &self,
         items: Vec<FinishItem>,
     ) -> Result<Vec<Option<Task>>, StorageError> {
-        if self.backend() == DatabaseBackend::Postgres {
-            return self.finish_batch_in_one_statement(items).await;
-        }
         // Rows locked in one order (by id) in every transaction: two batches never deadlock.
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by_key(|&index| items[index].0);
@@ -553,70 +551,6 @@ impl TaskStore {
         }
         transaction.commit().await?;
         Ok(finished)
-    }
-
-    /// PostgreSQL: every attempt's end in one `UPDATE … FROM (VALUES …)`, its rows locked in id
-    /// order first (as every multi-row write here does), each row still a compare-and-set on
-    /// RUNNING under its own attempt number.
-    async fn finish_batch_in_one_statement(
-        &self,
-        items: Vec<FinishItem>,
-    ) -> Result<Vec<Option<Task>>, StorageError> {
-        use sea_orm::{Statement, Value};
-        // The state machine decides which outcomes an attempt may record.
-        let allowed: Vec<&FinishItem> = items
-            .iter()
-            .filter(|(_, _, outcome)| TaskStatus::Running.can_become(outcome.status()))
-            .collect();
-        if allowed.is_empty() {
-            return Ok(vec![None; items.len()]);
-        }
-        let mut values = Vec::with_capacity(allowed.len() * 5);
-        let mut rows = Vec::with_capacity(allowed.len());
-        for (n, (id, attempt, outcome)) in allowed.iter().enumerate() {
-            let at = n * 5;
-            rows.push(format!(
-                "(${}::uuid, ${}::int4, ${}::varchar, ${}::text, ${}::text)",
-                at + 1,
-                at + 2,
-                at + 3,
-                at + 4,
-                at + 5
-            ));
-            values.push(Value::from(id.as_uuid()));
-            values.push(Value::from(attempt_number(*attempt)));
-            values.push(Value::from(outcome.status().as_str()));
-            values.push(Value::from(outcome.result().map(str::to_owned)));
-            values.push(Value::from(outcome.error().map(str::to_owned)));
-        }
-        let sql = format!(
-            "UPDATE tasks AS t \
-             SET status = v.status, result = v.result, error = v.error, \
-                 finished_at = statement_timestamp() \
-             FROM (VALUES {}) AS v (id, attempt, status, result, error) \
-             WHERE t.id = v.id AND t.attempts = v.attempt AND (t.status || '') = '{}' \
-               AND t.id = ANY(ARRAY(SELECT id FROM tasks WHERE id = ANY(ARRAY(SELECT w.id \
-                   FROM (VALUES {}) AS w (id, attempt, status, result, error))) \
-                   ORDER BY id FOR UPDATE)) \
-             RETURNING t.*",
-            rows.join(", "),
-            TaskStatus::Running.as_str(),
-            rows.join(", "),
-        );
-        let statement = Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values);
-        let finished = Tasks::find().from_raw_sql(statement).all(&self.db).await?;
-        let mut by_id: HashMap<TaskId, Task> = HashMap::new();
-        for model in finished {
-            let task = model.into_task()?;
-            by_id.insert(task.id, task);
-        }
-        Ok(items
-            .iter()
-            .map(|(id, attempt, _)| {
-                let mine = by_id.get(id).is_some_and(|task| task.attempts == *attempt);
-                if mine { by_id.remove(id) } else { None }
-            })
-            .collect())
     }
 
     /// Ends a task that no attempt has started (deadline passed, publish failed): PENDING →
