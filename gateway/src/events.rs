@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use dalc_queue::UpdateConsumer;
+use dalc_queue::{QueueError, UpdateConsumer, Updates};
 use tokio::sync::Mutex;
 use tracing::warn;
 
@@ -57,14 +57,22 @@ impl Events {
         hold
     }
 
-    /// Whether anyone listens: a resubscription binds the new events queue then.
-    pub(crate) fn wanted(&self) -> bool {
+    fn wanted(&self) -> bool {
         self.listeners.load(Ordering::SeqCst) > 0
     }
 
-    /// After a resubscription that bound the events queue (or did not).
-    pub(crate) async fn resubscribed(&self, bound: bool) {
-        *self.bound.lock().await = bound;
+    /// Subscribes to this gateway's updates again (after the stream ended), its events queue
+    /// bound if anyone listens. Under the binding's lock, so that no listener arriving and no
+    /// unbinding meanwhile can leave the flag and the broker disagreeing.
+    pub(crate) async fn resubscribe(&self) -> Result<Updates, QueueError> {
+        let mut bound = self.bound.lock().await;
+        let listen = self.wanted();
+        let updates = self
+            .updates
+            .consume_updates(&self.gateway_id, listen)
+            .await?;
+        *bound = listen;
+        Ok(updates)
     }
 
     async fn unbind_if_idle(&self) {

@@ -157,13 +157,7 @@ pub async fn run(
     let reply_to = first.reply_to.clone();
     let events = Events::new(updates.clone(), config.gateway_id.clone());
     // Routing runs for the life of the process, past shutdown: calls still draining need it.
-    tokio::spawn(route_updates(
-        first,
-        updates,
-        events.clone(),
-        config.gateway_id.clone(),
-        waiters.clone(),
-    ));
+    tokio::spawn(route_updates(first, events.clone(), waiters.clone()));
     let policy = SweepPolicy {
         claim: config.sweep_grace,
         retention: config.retention,
@@ -266,13 +260,7 @@ pub async fn run(
 /// The one long-lived update consumer: routes replies and events to waiters by task id, and
 /// resubscribes (with backoff, re-declaring its queues) whenever the stream ends: the broker
 /// connection dropped, or the broker cancelled either consumer.
-async fn route_updates(
-    mut current: dalc_queue::Updates,
-    updates: Arc<dyn UpdateConsumer>,
-    events: Arc<Events>,
-    gateway_id: String,
-    waiters: Waiters,
-) {
+async fn route_updates(mut current: dalc_queue::Updates, events: Arc<Events>, waiters: Waiters) {
     let mut backoff = Backoff::reconnect();
     loop {
         while let Some(task) = current.stream.next().await {
@@ -283,11 +271,9 @@ async fn route_updates(
         warn!("task update stream ended; resubscribing");
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
-            let listen = events.wanted();
-            match updates.consume_updates(&gateway_id, listen).await {
+            match events.resubscribe().await {
                 Ok(next) => {
                     info!("task updates resubscribed");
-                    events.resubscribed(listen).await;
                     current = next;
                     break;
                 }

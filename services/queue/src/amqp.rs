@@ -885,10 +885,16 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// Cancels a consumer when its stream is dropped, leaving its channel open so that held
-/// deliveries can still be acked. The broker pushes no more; the few it pushed that nobody read
-/// go back to the queue when the channel closes (at the latest, when the process exits).
+/// Cancels a consumer when its stream is dropped, leaving its channel open for a while so that
+/// held deliveries can still be acked, then closes it (lapin never closes a dropped channel; a
+/// worker that resubscribes again and again must not pile them up). The broker pushes no more
+/// after the cancel; whatever it pushed that nobody read, or that is still held when the channel
+/// closes, goes back to the queue.
 struct CancelOnDrop(Option<(Channel, ShortString)>);
+
+/// How long a cancelled consumer's channel stays open for its held deliveries: the longest a
+/// worker holds a result through an outage.
+const CANCELLED_CHANNEL_LINGER: Duration = Duration::from_secs(150);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -900,6 +906,8 @@ impl Drop for CancelOnDrop {
                 let _ = channel
                     .basic_cancel(tag, BasicCancelOptions::default())
                     .await;
+                tokio::time::sleep(CANCELLED_CHANNEL_LINGER).await;
+                let _ = channel.close(200, "consumer cancelled".into()).await;
             });
         }
     }
