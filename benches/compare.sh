@@ -49,36 +49,14 @@ SIZE_TOTAL=${SIZE_TOTAL:-$TOTAL}
 PG=${DALC_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432}
 AMQP=${DALC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_for_port() {
-  local port=$1 what=$2
-  for _ in $(seq 1 120); do
-    port_open "$port" && return 0
-    sleep 1
-  done
-  die "$what did not open port $port within 2 minutes"
-}
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
 pg() { PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql "$PG/postgres" -qtAc "$1"; }
 pg_bench() { PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql "$PG/$DB" -v ON_ERROR_STOP=1 -qtAc "$1"; }
 
-# RabbitMQ and PostgreSQL: started when installed but stopped, as scripts/test.sh does
-# (which also installs them; run it once on a fresh machine).
-if ! port_open 5672; then
-  command -v rabbitmq-server >/dev/null || die "RabbitMQ is not running on 5672 nor installed: run scripts/test.sh once"
-  log "starting RabbitMQ"
-  rabbitmq-server -detached >/dev/null 2>&1 || true
-  wait_for_port 5672 RabbitMQ
-  rabbitmqctl -q await_startup >/dev/null 2>&1 || true
-fi
-if ! port_open 5432; then
-  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || die "PostgreSQL is not running on 5432 nor installed: run scripts/test.sh once"
-  log "starting PostgreSQL"
-  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start
-  wait_for_port 5432 PostgreSQL
-fi
+# RabbitMQ and PostgreSQL: started (or installed) exactly as for the tests.
+ensure_rabbitmq
+ensure_postgres
 command -v python3 >/dev/null || die "python3 is needed for the table"
 
 log "cargo build --release (dalc and the floor)"
