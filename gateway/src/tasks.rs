@@ -94,13 +94,15 @@ impl Tasks {
     pub(crate) async fn get(&self, id: TaskId, budget: CallBudget) -> Result<Task, ApiError> {
         // Another gateway may have accepted the task: its status events must flow here, from
         // before the read on.
-        let _listening = match (budget.wait_until, budget.answer_by) {
-            (None, _) => None,
-            (Some(_), None) => Some(self.events.listen().await),
-            // A broker slow to bind must not make the call late: it polls instead.
-            (Some(_), Some(answer_by)) => tokio::time::timeout_at(answer_by, self.events.listen())
-                .await
-                .ok(),
+        // A broker slow to bind must not make the call late: past the wait, it just polls.
+        let _listening = match budget.wait_until {
+            None => None,
+            Some(until) => {
+                let by = budget
+                    .answer_by
+                    .map_or(until, |answer_by| answer_by.min(until));
+                tokio::time::timeout_at(by, self.events.listen()).await.ok()
+            }
         };
         // Subscribe before reading, so an update landing in between is not missed.
         let subscription = budget
