@@ -16,6 +16,7 @@ pub(crate) fn task_to_proto(task: &Task) -> v1::Task {
         finished_at: task.finished_at.map(timestamp),
         worker_id: task.worker_id.clone().unwrap_or_default(),
         attempts: task.attempts,
+        priority: 0,
     }
 }
 

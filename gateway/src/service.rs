@@ -4,7 +4,9 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use dalc_domain::TaskId;
 use dalc_proto::v1::{
-    GetTaskRequest, GetTaskResponse, SubmitTaskRequest, SubmitTaskResponse,
+    CancelTaskRequest, CancelTaskResponse, GetStatsRequest, GetStatsResponse, GetTaskRequest,
+    GetTaskResponse, ListTasksRequest, ListTasksResponse, SubmitBatchRequest, SubmitBatchResponse,
+    SubmitTaskRequest, SubmitTaskResponse, WatchTaskRequest, WatchTaskResponse,
     task_service_server::TaskService,
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -67,7 +69,49 @@ impl TaskService for TaskServiceImpl {
             task: Some(task_to_proto(&task)),
         }))
     }
+
+    type WatchTaskStream = Stream<WatchTaskResponse>;
+
+    async fn watch_task(
+        &self,
+        _request: Request<WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        Err(Status::unimplemented("WatchTask"))
+    }
+
+    async fn list_tasks(
+        &self,
+        _request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        Err(Status::unimplemented("ListTasks"))
+    }
+
+    async fn cancel_task(
+        &self,
+        _request: Request<CancelTaskRequest>,
+    ) -> Result<Response<CancelTaskResponse>, Status> {
+        Err(Status::unimplemented("CancelTask"))
+    }
+
+    type SubmitBatchStream = Stream<SubmitBatchResponse>;
+
+    async fn submit_batch(
+        &self,
+        _request: Request<SubmitBatchRequest>,
+    ) -> Result<Response<Self::SubmitBatchStream>, Status> {
+        Err(Status::unimplemented("SubmitBatch"))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<GetStatsRequest>,
+    ) -> Result<Response<GetStatsResponse>, Status> {
+        Err(Status::unimplemented("GetStats"))
+    }
 }
+
+/// A server stream of one RPC.
+type Stream<T> = futures::stream::BoxStream<'static, Result<T, Status>>;
 
 impl TaskServiceImpl {
     /// The call's time, fixed on arrival.

@@ -438,6 +438,7 @@ impl Target {
             wait: true,
             // Also the task's deadline: fine here, the call waits no longer than that anyway.
             timeout: Some(self.wait()),
+            ..Default::default()
         });
         match self.client(seq).submit_task(request).await {
             Ok(response) => match response.into_inner().task {
@@ -455,6 +456,7 @@ impl Target {
             wait: false,
             // The server's default task deadline: a long backlog must not expire on its own.
             timeout: None,
+            ..Default::default()
         });
         match self.client(seq).submit_task(request).await {
             Ok(response) => match response.into_inner().task {

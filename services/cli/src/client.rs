@@ -41,6 +41,7 @@ pub async fn submit(args: SubmitArgs) -> Result<u8> {
         expression: args.expression,
         wait,
         timeout: timeout.map(to_proto_duration),
+        ..Default::default()
     };
     let response = client
         .submit_task(with_deadline(request, wait, timeout))

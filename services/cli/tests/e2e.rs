@@ -62,6 +62,7 @@ fn submit(expression: &str, wait: bool) -> SubmitTaskRequest {
         expression: expression.into(),
         wait,
         timeout: None,
+        ..Default::default()
     }
 }
 

@@ -269,6 +269,7 @@ async fn submit_many(
                 expression,
                 wait: false,
                 timeout: None,
+                ..Default::default()
             };
             let accepted = client.submit_task(request).await;
             drop(permit);
@@ -306,6 +307,7 @@ async fn submit_steadily(
             expression,
             wait: false,
             timeout: None,
+            ..Default::default()
         };
         let sent = Instant::now();
         let stopped = stop.notified();
@@ -504,6 +506,7 @@ async fn fault_scenario_gateway_dies_between_insert_and_publish() {
         expression: "6 * 7".into(),
         wait: true,
         timeout: None,
+        ..Default::default()
     };
     let died = Instant::now();
     assert!(
@@ -569,6 +572,7 @@ async fn fault_scenario_a_poison_task_ends_while_others_complete() {
         expression: "7777777 + 1".into(),
         wait: false,
         timeout: None,
+        ..Default::default()
     };
     let poison = poison_client
         .submit_task(poison)
@@ -635,6 +639,7 @@ async fn fault_scenario_sigterm_a_worker_and_a_gateway_under_load() {
                 expression,
                 wait: true,
                 timeout: None,
+                ..Default::default()
             };
             (client.submit_task(request).await, expected)
         }));
@@ -690,6 +695,7 @@ fn sync_request(expression: &str, timeout: Option<Duration>) -> SubmitTaskReques
             seconds: i64::try_from(t.as_secs()).unwrap(),
             nanos: 0,
         }),
+        ..Default::default()
     }
 }
 

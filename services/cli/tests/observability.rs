@@ -146,6 +146,7 @@ async fn one_trace_runs_from_the_grpc_call_through_rabbitmq_to_the_worker() {
         expression: "1 + 1".into(),
         wait: true,
         timeout: None,
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "traceparent",
@@ -167,6 +168,7 @@ async fn one_trace_runs_from_the_grpc_call_through_rabbitmq_to_the_worker() {
         expression: "2 + 2".into(),
         wait: true,
         timeout: None,
+        ..Default::default()
     };
     let other = client
         .submit_task(request)
@@ -338,6 +340,7 @@ async fn metrics_count_the_work_done() {
             expression,
             wait: true,
             timeout: None,
+            ..Default::default()
         };
         client.submit_task(request).await.unwrap();
     }
@@ -346,6 +349,7 @@ async fn metrics_count_the_work_done() {
         expression: "1 +".into(),
         wait: true,
         timeout: None,
+        ..Default::default()
     };
     assert!(client.submit_task(bad).await.is_err());
 
@@ -427,6 +431,7 @@ async fn json_logs_name_the_task_and_the_trace() {
         expression: "1 + 1".into(),
         wait: true,
         timeout: None,
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "traceparent",
