@@ -1,8 +1,13 @@
 //! Domain types to their `dalc.v1` wire form.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use dalc_domain::{Task, TaskStatus};
 use dalc_proto::v1;
+use dalc_storage::WorkerFigures;
+
+use crate::{ApiError, tasks::Stats};
 
 pub(crate) fn task_to_proto(task: &Task) -> v1::Task {
     v1::Task {
@@ -16,7 +21,7 @@ pub(crate) fn task_to_proto(task: &Task) -> v1::Task {
         finished_at: task.finished_at.map(timestamp),
         worker_id: task.worker_id.clone().unwrap_or_default(),
         attempts: task.attempts,
-        priority: 0,
+        priority: u32::from(task.priority.get()),
     }
 }
 
@@ -28,6 +33,68 @@ fn status_to_proto(status: TaskStatus) -> v1::TaskStatus {
         TaskStatus::Failed => v1::TaskStatus::Failed,
         TaskStatus::Cancelled => v1::TaskStatus::Cancelled,
         TaskStatus::Expired => v1::TaskStatus::Expired,
+    }
+}
+
+/// A wire status as the domain's; UNSPECIFIED is no status.
+pub(crate) fn status_from_proto(status: v1::TaskStatus) -> Result<TaskStatus, ApiError> {
+    TaskStatus::ALL
+        .into_iter()
+        .find(|&domain| status_to_proto(domain) == status)
+        .ok_or_else(|| ApiError::InvalidArgument("unspecified task status".into()))
+}
+
+pub(crate) fn stats_to_proto(stats: &Stats) -> v1::GetStatsResponse {
+    let mut totals = WorkerFigures::default();
+    let workers = stats
+        .workers
+        .iter()
+        .map(|record| {
+            let figures = &record.figures;
+            totals.succeeded += figures.succeeded;
+            totals.failed += figures.failed;
+            totals.total += figures.total;
+            totals.run_times.merge(&figures.run_times);
+            let mut wire = worker_stats(&record.worker_id, figures);
+            wire.last_seen = Some(timestamp(record.last_seen));
+            wire
+        })
+        .collect();
+    let mut totals = worker_stats("", &totals);
+    totals.last_seen = stats
+        .workers
+        .iter()
+        .map(|record| record.last_seen)
+        .max()
+        .map(timestamp);
+    v1::GetStatsResponse {
+        workers,
+        totals: Some(totals),
+        queue_depth: stats.queue_depth,
+        tasks_by_status: stats
+            .by_status
+            .iter()
+            .map(|(&status, &count)| (status_to_proto(status).as_str_name().to_owned(), count))
+            .collect(),
+    }
+}
+
+fn worker_stats(worker_id: &str, figures: &WorkerFigures) -> v1::WorkerStats {
+    v1::WorkerStats {
+        worker_id: worker_id.to_owned(),
+        succeeded: figures.succeeded,
+        failed: figures.failed,
+        total: figures.total,
+        mean_run_time: Some(duration(figures.run_times.mean())),
+        p99_run_time: Some(duration(figures.run_times.quantile(0.99))),
+        last_seen: None,
+    }
+}
+
+fn duration(value: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
     }
 }
 

@@ -13,6 +13,18 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    /// The same idempotency key was used for something else.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The task is not in a state that allows this (e.g. cancelling a RUNNING task).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A limit is reached (a full queue, too many waiting calls): retry later, more slowly.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// No API key, or one this gateway does not know.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// A dependency is out of reach: retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -35,6 +47,9 @@ impl From<StorageError> for ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(err: QueueError) -> Self {
+        if matches!(err, QueueError::Full) {
+            return ApiError::ResourceExhausted(err.public().into());
+        }
         tracing::warn!(error = %err, "task queue unavailable");
         ApiError::Unavailable(format!("the task queue is unavailable: {}", err.public()))
     }
@@ -45,6 +60,10 @@ impl From<ApiError> for Status {
         match err {
             ApiError::InvalidArgument(message) => Status::new(Code::InvalidArgument, message),
             ApiError::NotFound(message) => Status::new(Code::NotFound, message),
+            ApiError::AlreadyExists(message) => Status::new(Code::AlreadyExists, message),
+            ApiError::FailedPrecondition(message) => Status::new(Code::FailedPrecondition, message),
+            ApiError::ResourceExhausted(message) => Status::new(Code::ResourceExhausted, message),
+            ApiError::Unauthenticated(message) => Status::new(Code::Unauthenticated, message),
             ApiError::Unavailable(message) => {
                 error!(error = %message, "dependency unavailable");
                 Status::new(Code::Unavailable, message)

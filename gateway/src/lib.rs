@@ -4,6 +4,8 @@
 //!
 //! [`run`] is what the binary and the tests call, on a listener they bound (port 0 in tests).
 
+mod auth;
+mod batch;
 mod convert;
 mod dead_letters;
 mod error;
@@ -20,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 
 use dalc_domain::Backoff;
 use dalc_proto::v1::task_service_server::TaskServiceServer;
-use dalc_queue::{DeadLetterConsumer, TaskPublisher, UpdateConsumer};
+use dalc_queue::{DeadLetterConsumer, TaskPublisher, UpdateConsumer, UpdatePublisher};
 use dalc_storage::TaskStore;
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -28,6 +30,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use auth::{ApiKeys, KeysFileError, Tenant, keys_file_line, valid_tenant};
 pub use error::ApiError;
 pub use sweeper::{SweepPolicy, SweepReport, sweep_once};
 pub use waiters::Waiters;
@@ -73,6 +76,32 @@ pub struct GatewayConfig {
     pub fault_abort_before_publish: bool,
     /// Where submissions and waiting calls are counted.
     pub metrics: Arc<dalc_telemetry::Metrics>,
+    /// With keys, every TaskService call needs one, and belongs to its tenant; `None`: no
+    /// authentication, one tenant.
+    pub api_keys: Option<ApiKeys>,
+    /// The most expressions one SubmitBatch may hold.
+    pub max_batch_size: usize,
+    /// The most calls waiting at once (sync submissions, long polls, watches, batches); past
+    /// it calls are RESOURCE_EXHAUSTED.
+    pub max_waiting_calls: usize,
+    /// The largest gRPC message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// PEM certificate chain and private key: serve gRPC over TLS.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server certificate and its key, as PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
 }
 
 impl GatewayConfig {
@@ -86,6 +115,9 @@ impl GatewayConfig {
     pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
     pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(10);
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const DEFAULT_MAX_BATCH_SIZE: usize = 10_000;
+    pub const DEFAULT_MAX_WAITING_CALLS: usize = 10_000;
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
     pub fn new(gateway_id: impl Into<String>) -> Self {
         GatewayConfig {
@@ -105,6 +137,11 @@ impl GatewayConfig {
             #[cfg(feature = "fault-injection")]
             fault_abort_before_publish: false,
             metrics: Arc::default(),
+            api_keys: None,
+            max_batch_size: Self::DEFAULT_MAX_BATCH_SIZE,
+            max_waiting_calls: Self::DEFAULT_MAX_WAITING_CALLS,
+            max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+            tls: None,
         }
     }
 }
@@ -116,6 +153,8 @@ pub struct GatewayBackends {
     pub publisher: Arc<dyn TaskPublisher>,
     pub updates: Arc<dyn UpdateConsumer>,
     pub dead_letters: Arc<dyn DeadLetterConsumer>,
+    /// Announces changes made at the gateway (cancellations) to other gateways' watchers.
+    pub notifier: Arc<dyn UpdatePublisher>,
 }
 
 impl std::fmt::Debug for GatewayBackends {
@@ -151,6 +190,7 @@ pub async fn run(
         publisher,
         updates,
         dead_letters,
+        notifier,
     } = backends;
     let waiters = Waiters::default();
     let first = updates.consume_updates(&config.gateway_id, false).await?;
@@ -198,17 +238,24 @@ pub async fn run(
     // as it stands instead of being cut off.
     let draining = CancellationToken::new();
     let marks = PublishMarks::start(store.clone(), config.sweep_grace);
+    let waiting = Arc::new(tokio::sync::Semaphore::new(config.max_waiting_calls));
+    let max_message_bytes = config.max_message_bytes;
+    let tls = config.tls.clone();
     let tasks = Arc::new(Tasks {
         config,
         store,
         publisher,
+        notifier,
+        waiting,
         waiters,
         events,
         marks,
         reply_to,
         draining: draining.clone(),
     });
-    let task_service = TaskServiceServer::new(TaskServiceImpl { tasks });
+    let task_service = TaskServiceServer::new(TaskServiceImpl { tasks })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(dalc_proto::FILE_DESCRIPTOR_SET)
@@ -219,7 +266,12 @@ pub async fn run(
         info!(%addr, "gateway listening");
     }
     let stopping = shutdown.clone();
-    let serve = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let serve = server
         .tcp_nodelay(true)
         // Detect dead clients holding long waits.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -2,20 +2,23 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use dalc_domain::TaskId;
+use dalc_domain::{Priority, TaskId};
 use dalc_proto::v1::{
-    CancelTaskRequest, CancelTaskResponse, GetStatsRequest, GetStatsResponse, GetTaskRequest,
+    self, CancelTaskRequest, CancelTaskResponse, GetStatsRequest, GetStatsResponse, GetTaskRequest,
     GetTaskResponse, ListTasksRequest, ListTasksResponse, SubmitBatchRequest, SubmitBatchResponse,
     SubmitTaskRequest, SubmitTaskResponse, WatchTaskRequest, WatchTaskResponse,
     task_service_server::TaskService,
 };
+use futures::StreamExt;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field::Empty, info_span};
 
 use crate::{
     ApiError,
-    convert::task_to_proto,
-    tasks::Tasks,
+    auth::Tenant,
+    batch::Batch,
+    convert::{stats_to_proto, status_from_proto, task_to_proto},
+    tasks::{Submission, Tasks},
     wait::{CallBudget, requested_timeout},
 };
 
@@ -33,11 +36,16 @@ impl TaskService for TaskServiceImpl {
         let caller = caller_trace_context(&metadata);
         let span = server_span("SubmitTask", &caller);
         let task = async {
+            let tenant = self.authenticate(&metadata)?;
             let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
+            let submission = Submission {
+                expression: request.expression,
+                timeout,
+                priority: requested_priority(request.priority)?,
+                idempotency_key: non_empty(request.idempotency_key),
+            };
             let budget = self.budget(&metadata, request.wait, timeout);
-            self.tasks
-                .submit(request.expression, timeout, budget, caller)
-                .await
+            self.tasks.submit(&tenant, submission, budget, caller).await
         }
         .instrument(span.clone())
         .await;
@@ -54,13 +62,11 @@ impl TaskService for TaskServiceImpl {
         let (metadata, _, request) = request.into_parts();
         let span = server_span("GetTask", &caller_trace_context(&metadata));
         let task = async {
-            let id: TaskId = request
-                .id
-                .parse()
-                .map_err(|err| ApiError::InvalidArgument(format!("{err}")))?;
+            let tenant = self.authenticate(&metadata)?;
+            let id = parse_id(&request.id)?;
             let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
             let budget = self.budget(&metadata, request.wait, timeout);
-            self.tasks.get(id, budget).await
+            self.tasks.get(&tenant, id, budget).await
         }
         .instrument(span.clone())
         .await;
@@ -74,46 +80,131 @@ impl TaskService for TaskServiceImpl {
 
     async fn watch_task(
         &self,
-        _request: Request<WatchTaskRequest>,
+        request: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        Err(Status::unimplemented("WatchTask"))
+        let (metadata, _, request) = request.into_parts();
+        let span = server_span("WatchTask", &caller_trace_context(&metadata));
+        let changes = async {
+            let tenant = self.authenticate(&metadata)?;
+            let id = parse_id(&request.id)?;
+            self.tasks.watch(&tenant, id).await
+        }
+        .instrument(span.clone())
+        .await
+        .map_err(|err| record_error(&span, err))?;
+        let changes = changes.map(|task| {
+            Ok(WatchTaskResponse {
+                task: Some(task_to_proto(&task)),
+            })
+        });
+        Ok(Response::new(changes.boxed()))
     }
 
     async fn list_tasks(
         &self,
-        _request: Request<ListTasksRequest>,
+        request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        Err(Status::unimplemented("ListTasks"))
+        let (metadata, _, request) = request.into_parts();
+        let span = server_span("ListTasks", &caller_trace_context(&metadata));
+        let page = async {
+            let tenant = self.authenticate(&metadata)?;
+            let status = match request.status() {
+                v1::TaskStatus::Unspecified => None,
+                status => Some(status_from_proto(status)?),
+            };
+            self.tasks
+                .list(&tenant, request.page_size, &request.page_token, status)
+                .await
+        }
+        .instrument(span.clone())
+        .await;
+        let (tasks, next_page_token) = page.map_err(|err| record_error(&span, err))?;
+        Ok(Response::new(ListTasksResponse {
+            tasks: tasks.iter().map(task_to_proto).collect(),
+            next_page_token,
+        }))
     }
 
     async fn cancel_task(
         &self,
-        _request: Request<CancelTaskRequest>,
+        request: Request<CancelTaskRequest>,
     ) -> Result<Response<CancelTaskResponse>, Status> {
-        Err(Status::unimplemented("CancelTask"))
+        let (metadata, _, request) = request.into_parts();
+        let span = server_span("CancelTask", &caller_trace_context(&metadata));
+        let task = async {
+            let tenant = self.authenticate(&metadata)?;
+            let id = parse_id(&request.id)?;
+            self.tasks.cancel(&tenant, id).await
+        }
+        .instrument(span.clone())
+        .await;
+        let task = record_outcome(&span, task)?;
+        Ok(Response::new(CancelTaskResponse {
+            task: Some(task_to_proto(&task)),
+        }))
     }
 
     type SubmitBatchStream = Stream<SubmitBatchResponse>;
 
     async fn submit_batch(
         &self,
-        _request: Request<SubmitBatchRequest>,
+        request: Request<SubmitBatchRequest>,
     ) -> Result<Response<Self::SubmitBatchStream>, Status> {
-        Err(Status::unimplemented("SubmitBatch"))
+        let (metadata, _, request) = request.into_parts();
+        let caller = caller_trace_context(&metadata);
+        let span = server_span("SubmitBatch", &caller);
+        let answers = async {
+            let tenant = self.authenticate(&metadata)?;
+            let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
+            let batch = Batch {
+                expressions: request.expressions,
+                timeout,
+                priority: requested_priority(request.priority)?,
+                idempotency_key: non_empty(request.idempotency_key),
+            };
+            let budget = self.budget(&metadata, true, timeout);
+            self.tasks
+                .submit_batch(&tenant, batch, budget, caller)
+                .await
+        }
+        .instrument(span.clone())
+        .await
+        .map_err(|err| record_error(&span, err))?;
+        let answers = answers.map(|(index, task)| {
+            Ok(SubmitBatchResponse {
+                index,
+                task: Some(task_to_proto(&task)),
+            })
+        });
+        Ok(Response::new(answers.boxed()))
     }
 
     async fn get_stats(
         &self,
-        _request: Request<GetStatsRequest>,
+        request: Request<GetStatsRequest>,
     ) -> Result<Response<GetStatsResponse>, Status> {
-        Err(Status::unimplemented("GetStats"))
+        let (metadata, _, _) = request.into_parts();
+        let span = server_span("GetStats", &caller_trace_context(&metadata));
+        let stats = async {
+            let tenant = self.authenticate(&metadata)?;
+            self.tasks.stats(&tenant).await
+        }
+        .instrument(span.clone())
+        .await
+        .map_err(|err| record_error(&span, err))?;
+        Ok(Response::new(stats_to_proto(&stats)))
     }
 }
 
-/// A server stream of one RPC.
-type Stream<T> = futures::stream::BoxStream<'static, Result<T, Status>>;
-
 impl TaskServiceImpl {
+    /// The caller's tenant: from its API key when the gateway has keys, else the one tenant.
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<Tenant, ApiError> {
+        match &self.tasks.config.api_keys {
+            Some(keys) => keys.authenticate(metadata),
+            None => Ok(Tenant::default()),
+        }
+    }
+
     /// The call's time, fixed on arrival.
     fn budget(
         &self,
@@ -131,6 +222,27 @@ impl TaskServiceImpl {
         )
     }
 }
+
+fn parse_id(text: &str) -> Result<TaskId, ApiError> {
+    text.parse()
+        .map_err(|err| ApiError::InvalidArgument(format!("{err}")))
+}
+
+fn requested_priority(priority: u32) -> Result<Priority, ApiError> {
+    Priority::new(priority).ok_or_else(|| {
+        ApiError::InvalidArgument(format!(
+            "priority must be 0 to {}, got {priority}",
+            Priority::MAX
+        ))
+    })
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// A server stream of one RPC.
+type Stream<T> = futures::stream::BoxStream<'static, Result<T, Status>>;
 
 /// The caller's W3C trace context (`traceparent`, `tracestate`), if it sent one.
 fn caller_trace_context(metadata: &MetadataMap) -> BTreeMap<String, String> {
@@ -166,16 +278,15 @@ fn record_outcome(
     span: &Span,
     outcome: Result<dalc_domain::Task, ApiError>,
 ) -> Result<dalc_domain::Task, Status> {
-    match outcome {
-        Ok(task) => {
-            span.record("task_id", tracing::field::display(task.id));
-            span.record("status", task.status.as_str());
-            Ok(task)
-        }
-        Err(err) => {
-            let status = Status::from(err);
-            span.record("rpc.grpc.status_code", status.code() as i32);
-            Err(status)
-        }
-    }
+    let task = outcome.map_err(|err| record_error(span, err))?;
+    span.record("task_id", tracing::field::display(task.id));
+    span.record("status", task.status.as_str());
+    Ok(task)
+}
+
+/// Records an error's gRPC code on the server span, and turns it into the call's status.
+fn record_error(span: &Span, err: ApiError) -> Status {
+    let status = Status::from(err);
+    span.record("rpc.grpc.status_code", status.code() as i32);
+    status
 }

@@ -3,30 +3,73 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use dalc_domain::{Backoff, Outcome, Task, TaskId};
-use dalc_queue::{TaskMessage, TaskPublisher};
-use dalc_storage::TaskStore;
+use dalc_domain::{Backoff, Outcome, Priority, Task, TaskId, TaskStatus};
+use dalc_queue::{TaskMessage, TaskPublisher, UpdatePublisher};
+use dalc_storage::{Cancelled, PageCursor, StorageError, TaskStore, WorkerRecord};
 use dalc_telemetry::metrics::GaugeGuard;
-use tokio::time::Instant;
+use futures::{StreamExt, stream, stream::BoxStream};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, instrument, warn};
 
 use crate::{
-    ApiError, GatewayConfig, events::Events, marks::PublishMarks, wait::CallBudget,
-    waiters::Waiters,
+    ApiError, GatewayConfig,
+    auth::Tenant,
+    events::{Events, Listening},
+    marks::PublishMarks,
+    wait::CallBudget,
+    waiters::{Subscription, Waiters},
 };
 
 /// The longest pause between database reads while waiting: the fallback for a lost reply.
-const MAX_POLL_INTERVAL: Duration = Duration::from_secs(4);
+pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(4);
 
 /// A waiting call's last read starts this long before its wait ends, so it can finish in time.
-const LAST_READ_ALLOWANCE: Duration = Duration::from_millis(50);
+pub(crate) const LAST_READ_ALLOWANCE: Duration = Duration::from_millis(50);
+
+/// The longest idempotency key a client may send: it is stored with the task.
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// How long a watch waits for the broker to route status events here before it relies on
+/// re-reading the database alone.
+const EVENTS_BIND_BOUND: Duration = Duration::from_secs(2);
+
+/// ListTasks' page size when the request names none, and the largest it may ask for.
+pub(crate) const DEFAULT_PAGE_SIZE: u64 = 100;
+pub(crate) const MAX_PAGE_SIZE: u64 = 1000;
+
+/// One expression to run, as a client submitted it.
+#[derive(Debug, Clone)]
+pub(crate) struct Submission {
+    pub(crate) expression: String,
+    /// The task's deadline (and a sync call's wait), when the request gives one.
+    pub(crate) timeout: Option<Duration>,
+    /// As requested; 0 takes the default for sync or async.
+    pub(crate) priority: Priority,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// What GetStats reports, before its wire form.
+#[derive(Debug, Clone)]
+pub(crate) struct Stats {
+    pub(crate) workers: Vec<WorkerRecord>,
+    pub(crate) queue_depth: u64,
+    pub(crate) by_status: BTreeMap<TaskStatus, u64>,
+}
 
 /// The gateway's task logic, shared by all calls.
 pub(crate) struct Tasks {
     pub(crate) config: GatewayConfig,
     pub(crate) store: TaskStore,
     pub(crate) publisher: Arc<dyn TaskPublisher>,
+    /// Tells other gateways' watchers about changes made here (a cancellation).
+    pub(crate) notifier: Arc<dyn UpdatePublisher>,
+    /// One permit per call that waits for tasks (sync calls, long polls, watches, batches):
+    /// past `max_waiting_calls`, calls are refused instead of exhausting the gateway.
+    pub(crate) waiting: Arc<Semaphore>,
     pub(crate) waiters: Waiters,
     /// Status events, for callers waiting for tasks other gateways accepted.
     pub(crate) events: Arc<Events>,
@@ -43,32 +86,68 @@ impl Tasks {
     #[instrument(skip_all, fields(task_id))]
     pub(crate) async fn submit(
         &self,
-        expression: String,
-        timeout: Option<Duration>,
+        tenant: &Tenant,
+        submission: Submission,
         budget: CallBudget,
         caller_context: BTreeMap<String, String>,
     ) -> Result<Task, ApiError> {
-        dalc_calc::parse(&expression, &self.config.limits)
+        let Submission {
+            expression,
+            timeout,
+            priority,
+            idempotency_key,
+        } = submission;
+        self.validate(&expression)
             .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
+        check_idempotency_key(idempotency_key.as_deref(), MAX_IDEMPOTENCY_KEY_LEN)?;
+        let _waiting = self.reserve_wait(&budget)?;
+        if let Some(key) = &idempotency_key
+            && let Some(existing) = self.keyed_task(tenant, key, &expression).await?
+        {
+            // A retry: the task runs once, whichever gateway took the first try.
+            return self.read_and_follow(tenant, existing.id, budget).await;
+        }
         // The broker is known to be away or refusing publishes: refuse before writing anything.
         self.publisher.ready()?;
-        let ttl = timeout.unwrap_or(self.config.task_ttl);
-        let deadline = chrono::Duration::from_std(ttl)
-            .ok()
-            .and_then(|ttl| Utc::now().checked_add_signed(ttl));
-        let task = Task::new(expression, deadline);
+        let mut task = Task::new(expression, self.deadline_after(timeout));
+        task.tenant.clone_from(&tenant.0);
+        task.priority = Priority::for_submission(priority, budget.wait_until.is_some());
+        task.idempotency_key = idempotency_key;
         tracing::Span::current().record("task_id", tracing::field::display(task.id));
 
         // Subscribe before publishing: the reply can beat us back.
         let subscription = budget
             .wait_until
             .map(|until| (until, self.waiters.subscribe(task.id)));
-        let insert = async { Ok(self.store.insert(&task, self.config.sweep_grace).await?) };
-        if let Err(err) = budget.bound("the task database", insert).await {
-            // Cut off at the call's deadline, the row may still land (its write had begun):
-            // end it then, rather than run a task whose caller heard UNAVAILABLE.
-            self.abandon(&task, &err.to_string());
-            return Err(err);
+        let insert = async {
+            match self.store.insert(&task, self.config.sweep_grace).await {
+                Ok(()) => Ok(true),
+                // Another gateway stored this key's task first (a concurrent retry).
+                Err(StorageError::Duplicate(_)) => Ok(false),
+                Err(err) => Err(ApiError::from(err)),
+            }
+        };
+        match budget.bound("the task database", insert).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let key = task.idempotency_key.as_deref().unwrap_or_default();
+                let existing = self
+                    .keyed_task(tenant, key, &task.expression)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Unavailable(
+                            "a concurrent retry is still being stored; try again".into(),
+                        )
+                    })?;
+                drop(subscription);
+                return self.read_and_follow(tenant, existing.id, budget).await;
+            }
+            Err(err) => {
+                // Cut off at the call's deadline, the row may still land (its write had begun):
+                // end it then, rather than run a task whose caller heard UNAVAILABLE.
+                self.abandon(&task, &err.to_string());
+                return Err(err);
+            }
         }
         #[cfg(feature = "fault-injection")]
         if self.config.fault_abort_before_publish {
@@ -91,7 +170,23 @@ impl Tasks {
 
     /// Reads a task; with a wait in `budget`, long-polls until it is terminal or the wait ends.
     #[instrument(skip_all, fields(task_id = %id))]
-    pub(crate) async fn get(&self, id: TaskId, budget: CallBudget) -> Result<Task, ApiError> {
+    pub(crate) async fn get(
+        &self,
+        tenant: &Tenant,
+        id: TaskId,
+        budget: CallBudget,
+    ) -> Result<Task, ApiError> {
+        let _waiting = self.reserve_wait(&budget)?;
+        self.read_and_follow(tenant, id, budget).await
+    }
+
+    /// [`Tasks::get`], its waiting call already counted.
+    async fn read_and_follow(
+        &self,
+        tenant: &Tenant,
+        id: TaskId,
+        budget: CallBudget,
+    ) -> Result<Task, ApiError> {
         // Another gateway may have accepted the task: its status events must flow here, from
         // before the read on.
         // A broker slow to bind must not make the call late: past the wait, it just polls.
@@ -108,11 +203,8 @@ impl Tasks {
         let subscription = budget
             .wait_until
             .map(|until| (until, self.waiters.subscribe(id)));
-        let read = async { Ok(self.store.get(id).await?) };
-        let task = budget
-            .bound("the task database", read)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
+        let read = self.read_owned(tenant, id);
+        let task = budget.bound("the task database", read).await?;
         match subscription {
             Some((until, subscription)) if !task.is_terminal() => {
                 Ok(self.wait_for(task, subscription, until).await)
@@ -121,9 +213,173 @@ impl Tasks {
         }
     }
 
+    /// Streams the task as it stands, then each change, until it is terminal.
+    pub(crate) async fn watch(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        id: TaskId,
+    ) -> Result<BoxStream<'static, Task>, ApiError> {
+        let waiting = self.reserve_waiting()?;
+        // Status events from every gateway's tasks: RUNNING comes only that way.
+        let listening = tokio::time::timeout(EVENTS_BIND_BOUND, self.events.listen())
+            .await
+            .ok();
+        let subscription = self.waiters.subscribe(id);
+        let first = self.read_owned(tenant, id).await?;
+        let watch = Watch {
+            tasks: self.clone(),
+            subscription,
+            last: first,
+            shown_first: false,
+            polls: Backoff::new(self.config.poll_interval, MAX_POLL_INTERVAL),
+            _held: (waiting, listening),
+        };
+        Ok(stream::unfold(watch, Watch::next_change).boxed())
+    }
+
+    /// A page of the tenant's tasks, newest first, and the token of the next page (empty
+    /// when this is the last).
+    pub(crate) async fn list(
+        &self,
+        tenant: &Tenant,
+        page_size: u32,
+        page_token: &str,
+        status: Option<TaskStatus>,
+    ) -> Result<(Vec<Task>, String), ApiError> {
+        let cursor = match page_token {
+            "" => None,
+            token => Some(
+                token
+                    .parse::<PageCursor>()
+                    .map_err(|err| ApiError::InvalidArgument(err.to_string()))?,
+            ),
+        };
+        let size = match u64::from(page_size) {
+            0 => DEFAULT_PAGE_SIZE,
+            size => size.min(MAX_PAGE_SIZE),
+        };
+        // One more than the page: whether another page follows.
+        let mut tasks = self.store.list(&tenant.0, status, cursor, size + 1).await?;
+        let more = u64::try_from(tasks.len()).unwrap_or(u64::MAX) > size;
+        tasks.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let next = match tasks.last() {
+            Some(last) if more => PageCursor::after(last).to_string(),
+            _ => String::new(),
+        };
+        Ok((tasks, next))
+    }
+
+    /// Cancels a PENDING task; a CANCELLED one is returned as it is.
+    #[instrument(skip_all, fields(task_id = %id))]
+    pub(crate) async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<Task, ApiError> {
+        self.read_owned(tenant, id).await?;
+        match self.store.cancel(id).await? {
+            Cancelled::Now(task) => {
+                self.waiters.deliver(task.clone());
+                // Watchers at other gateways: best effort (they re-read the database too).
+                let (notifier, event) = (self.notifier.clone(), task.clone());
+                tokio::spawn(
+                    async move {
+                        if let Err(err) = notifier.publish_update(None, &event).await {
+                            warn!(error = %err, "cannot announce a cancellation");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                Ok(task)
+            }
+            Cancelled::Not(task) if task.status == TaskStatus::Cancelled => Ok(task),
+            Cancelled::Not(task) => Err(ApiError::FailedPrecondition(format!(
+                "task {id} is {}: only a PENDING task can be cancelled",
+                task.status
+            ))),
+            Cancelled::Missing => Err(not_found(id)),
+        }
+    }
+
+    /// Every worker's figures, the request queue's depth and the tenant's tasks by status.
+    pub(crate) async fn stats(&self, tenant: &Tenant) -> Result<Stats, ApiError> {
+        let (workers, by_status, depth) = tokio::join!(
+            self.store.workers(),
+            self.store.count_by_status_for(&tenant.0),
+            self.publisher.depth()
+        );
+        Ok(Stats {
+            workers: workers?,
+            by_status: by_status?,
+            queue_depth: depth?.unwrap_or_default(),
+        })
+    }
+
+    /// The task `id` if it is the tenant's: another tenant's task is as good as missing.
+    pub(crate) async fn read_owned(&self, tenant: &Tenant, id: TaskId) -> Result<Task, ApiError> {
+        match self.store.get(id).await? {
+            Some(task) if task.tenant == tenant.0 => Ok(task),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// The tenant's task submitted under `key`, if any; the same key for another expression
+    /// is ALREADY_EXISTS.
+    async fn keyed_task(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+        expression: &str,
+    ) -> Result<Option<Task>, ApiError> {
+        let found = self
+            .store
+            .find_by_idempotency_keys(&tenant.0, &[key])
+            .await?;
+        match found.into_iter().next() {
+            Some(task) if task.expression != expression => Err(ApiError::AlreadyExists(format!(
+                "idempotency key {key:?} was used for another expression (task {})",
+                task.id
+            ))),
+            found => Ok(found),
+        }
+    }
+
+    /// Checks an expression the way a worker will parse it.
+    pub(crate) fn validate(&self, expression: &str) -> Result<(), dalc_calc::CalcError> {
+        dalc_calc::parse(expression, &self.config.limits).map(drop)
+    }
+
+    /// A task deadline `timeout` (or the default TTL) from now.
+    pub(crate) fn deadline_after(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Option<chrono::DateTime<Utc>> {
+        let ttl = timeout.unwrap_or(self.config.task_ttl);
+        chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+    }
+
+    /// Counts a call that will wait (its budget says so) against the gateway's cap.
+    pub(crate) fn reserve_wait(
+        &self,
+        budget: &CallBudget,
+    ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        budget
+            .wait_until
+            .map(|_| self.reserve_waiting())
+            .transpose()
+    }
+
+    /// Counts a waiting call against the gateway's cap, or refuses it.
+    pub(crate) fn reserve_waiting(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.waiting.clone().try_acquire_owned().map_err(|_| {
+            ApiError::ResourceExhausted(format!(
+                "this gateway already holds {} waiting calls; retry later or use another gateway",
+                self.config.max_waiting_calls
+            ))
+        })
+    }
+
     /// Publishes in a producer span (OpenTelemetry messaging conventions) whose context rides
     /// in the message headers, so the worker's span continues this trace.
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         task: &Task,
         caller_context: BTreeMap<String, String>,
@@ -159,10 +415,10 @@ impl Tasks {
     /// database fault it returns the task as last seen, and the client can poll on. Every read
     /// is bounded by `until`, so the answer is never late.
     #[instrument(name = "wait for result", skip_all)]
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         mut task: Task,
-        mut subscription: crate::waiters::Subscription,
+        mut subscription: Subscription,
         until: Instant,
     ) -> Task {
         let _waiting = GaugeGuard::inc(&self.config.metrics.waiting_calls);
@@ -201,7 +457,7 @@ impl Tasks {
     /// The publish failed, so no worker will see the task: end it rather than strand it (in the
     /// background: the client hears UNAVAILABLE now). Only a task still PENDING is ended: if
     /// the confirm was lost but the message landed and a worker started it, the attempt stands.
-    fn abandon(&self, task: &Task, reason: &str) {
+    pub(crate) fn abandon(&self, task: &Task, reason: &str) {
         let failed = Outcome::Failed {
             error: format!("could not be queued: {reason}"),
         };
@@ -213,4 +469,77 @@ impl Tasks {
         };
         tokio::spawn(record.in_current_span());
     }
+}
+
+fn not_found(id: TaskId) -> ApiError {
+    ApiError::NotFound(format!("no task with id {id}"))
+}
+
+/// An idempotency key is optional; a given one is 1 to `max` characters.
+pub(crate) fn check_idempotency_key(key: Option<&str>, max: usize) -> Result<(), ApiError> {
+    match key {
+        Some(key) if key.chars().count() > max => Err(ApiError::InvalidArgument(format!(
+            "idempotency_key is {} characters long; at most {max} are allowed",
+            key.chars().count()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// One WatchTask stream's state.
+struct Watch {
+    tasks: Arc<Tasks>,
+    subscription: Subscription,
+    /// The state the client saw last.
+    last: Task,
+    shown_first: bool,
+    polls: Backoff,
+    /// Held for the life of the stream: its place among waiting calls, and the event routing.
+    _held: (OwnedSemaphorePermit, Option<Listening>),
+}
+
+impl Watch {
+    /// The next state to show, or `None` once the task is terminal (or the gateway drains).
+    async fn next_change(mut self) -> Option<(Task, Self)> {
+        if !self.shown_first {
+            self.shown_first = true;
+            return Some((self.last.clone(), self));
+        }
+        while !self.last.is_terminal() {
+            let update = tokio::select! {
+                () = self.tasks.draining.cancelled() => return None,
+                update = self.subscription.next() => Some(update),
+                () = tokio::time::sleep(self.polls.peek()) => {
+                    self.polls.next_delay();
+                    // A lost event must not stall the watch: the database has the truth.
+                    match self.tasks.store.get(self.last.id).await {
+                        Ok(stored) => stored,
+                        Err(err) => {
+                            warn!(error = %err, "cannot re-read a watched task");
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(update) = update
+                && is_newer(&update, &self.last)
+            {
+                self.polls.reset();
+                self.last = update;
+                return Some((self.last.clone(), self));
+            }
+        }
+        None
+    }
+}
+
+/// Whether `update` is a later state of the task than `last` (events may arrive late, or
+/// twice).
+fn is_newer(update: &Task, last: &Task) -> bool {
+    if last.is_terminal() {
+        return false;
+    }
+    update.is_terminal()
+        || (update.status == TaskStatus::Running
+            && (last.status == TaskStatus::Pending || update.attempts > last.attempts))
 }

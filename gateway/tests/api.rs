@@ -71,7 +71,8 @@ async fn stack_configured(
         store: store.clone(),
         publisher,
         updates: broker.clone(),
-        dead_letters: broker,
+        dead_letters: broker.clone(),
+        notifier: broker,
     };
     tokio::spawn(dalc_gateway::run(
         config,

@@ -123,6 +123,27 @@ pub struct ApiArgs {
     /// load balancers stop sending before the listener closes.
     #[arg(long, env = "DALC_DRAIN_DELAY", default_value_t = HumanDuration(GatewayConfig::DEFAULT_DRAIN_DELAY))]
     pub drain_delay: HumanDuration,
+    /// API keys file: one key a line as `TENANT SHA256-HEX-OF-KEY` (`dalc keygen` makes
+    /// them). With it, every TaskService call needs `authorization: Bearer <key>` and sees only
+    /// its tenant's tasks; without it, no authentication.
+    #[arg(long, env = "DALC_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// PEM certificate (chain) to serve gRPC over TLS; needs --tls-key.
+    #[arg(long, env = "DALC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DALC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The most expressions one SubmitBatch may hold.
+    #[arg(long, env = "DALC_MAX_BATCH_SIZE", default_value_t = GatewayConfig::DEFAULT_MAX_BATCH_SIZE)]
+    pub max_batch_size: usize,
+    /// The most calls waiting at once on this gateway (sync submissions, long polls, watches,
+    /// batches); past it calls are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DALC_MAX_WAITING_CALLS", default_value_t = GatewayConfig::DEFAULT_MAX_WAITING_CALLS)]
+    pub max_waiting_calls: usize,
+    /// The largest gRPC message accepted or sent, in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "DALC_MAX_MESSAGE_BYTES", default_value_t = GatewayConfig::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
     /// TEST ONLY: abort after storing a task, before publishing it (proves the sweeper).
     #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true)]
@@ -203,6 +224,11 @@ pub struct TopologyArgs {
     /// finalise and remove dead letters as they arrive.
     #[arg(long, env = "DALC_DEAD_LETTER_MAX_LENGTH", default_value_t = AmqpConfig::DEFAULT_DEAD_LETTER_MAX_LENGTH)]
     pub dead_letter_max_length: u32,
+    /// The most tasks the request queue holds; past it submissions are refused with
+    /// RESOURCE_EXHAUSTED (RabbitMQ: `x-max-length` with `x-overflow: reject-publish`). Give
+    /// every gateway and worker the same value. Unset: no bound.
+    #[arg(long, env = "DALC_MAX_QUEUE_LENGTH")]
+    pub max_queue_length: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]

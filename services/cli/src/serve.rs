@@ -5,7 +5,7 @@ use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use dalc_domain::Backoff;
-use dalc_gateway::{GatewayBackends, GatewayConfig, SweepPolicy};
+use dalc_gateway::{ApiKeys, GatewayBackends, GatewayConfig, SweepPolicy, TlsIdentity};
 use dalc_queue::{
     DeadLetterConsumer, QueueError, QueueNames, TaskConsumer, TaskPublisher, UpdateConsumer,
     UpdatePublisher,
@@ -59,14 +59,15 @@ impl Backends {
     /// start before their dependencies); a configuration error fails at once.
     async fn open(
         store: &StoreArgs,
-        amqp: Option<(&str, &TopologyArgs)>,
+        amqp_url: Option<&str>,
+        topology: &TopologyArgs,
         role: &str,
         metrics: &Arc<Metrics>,
         shutdown: &CancellationToken,
     ) -> Result<Backends> {
         let store = open_store(store, shutdown).await?;
-        let backends = match amqp {
-            Some((url, topology)) => {
+        let backends = match amqp_url {
+            Some(url) => {
                 let broker = connect_broker(url, topology, role, metrics, shutdown).await?;
                 Backends {
                     store,
@@ -76,7 +77,10 @@ impl Backends {
             }
             None => {
                 info!("using the in-process queue (set --amqp-url for RabbitMQ)");
-                let broker = Arc::new(MemoryBroker::new());
+                let max_length = topology
+                    .max_queue_length
+                    .and_then(|max| usize::try_from(max).ok());
+                let broker = Arc::new(MemoryBroker::with_max_length(max_length));
                 requeue_open_tasks(&store, broker.as_ref()).await?;
                 Backends {
                     store,
@@ -95,6 +99,7 @@ impl Backends {
             publisher: self.broker.clone(),
             updates: self.broker.clone(),
             dead_letters: self.broker.clone(),
+            notifier: self.broker.clone(),
         }
     }
 
@@ -140,8 +145,16 @@ impl Backends {
 }
 
 pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Result<()> {
-    let amqp = args.amqp_url.as_deref().map(|url| (url, &args.topology));
-    let backends = Backends::open(&args.store, amqp, "dalc-up", &metrics, &shutdown).await?;
+    let config = gateway_config(&args.api, &args.common, &metrics)?;
+    let backends = Backends::open(
+        &args.store,
+        args.amqp_url.as_deref(),
+        &args.topology,
+        "dalc-up",
+        &metrics,
+        &shutdown,
+    )
+    .await?;
     let listener = bind(&args.api.listen).await?;
     let backends = Arc::new(backends);
     let mut services = JoinSet::new();
@@ -155,7 +168,6 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>
             Ok(())
         });
     }
-    let config = gateway_config(&args.api, &args.common, &metrics);
     let gateway = dalc_gateway::run(config, listener, backends.gateway(), shutdown.clone());
     services.spawn(async move {
         let served = gateway.await;
@@ -172,6 +184,7 @@ pub async fn gateway(
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> Result<()> {
+    let config = gateway_config(&args.api, &args.common, &metrics)?;
     let backends = open_distributed(
         &args.store,
         &args.broker,
@@ -181,7 +194,6 @@ pub async fn gateway(
     )
     .await?;
     let listener = bind(&args.api.listen).await?;
-    let config = gateway_config(&args.api, &args.common, &metrics);
     let result = dalc_gateway::run(config, listener, backends.gateway(), shutdown).await;
     backends.close().await;
     result.context("gateway")
@@ -213,8 +225,8 @@ async fn open_distributed(
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> Result<Backends> {
-    let amqp = Some((broker.amqp_url.as_str(), &broker.topology));
-    Backends::open(store, amqp, role, metrics, shutdown).await
+    let url = Some(broker.amqp_url.as_str());
+    Backends::open(store, url, &broker.topology, role, metrics, shutdown).await
 }
 
 /// Retries `attempt` with backoff while it fails with an outage (`is_outage`), until it
@@ -302,6 +314,7 @@ async fn connect_broker(
     config.queue_type = topology.queue_type;
     config.delivery_limit = topology.delivery_limit;
     config.dead_letter_max_length = topology.dead_letter_max_length;
+    config.max_queue_length = topology.max_queue_length;
     // Host and pid: tells this process's connections apart in the management UI (and lets an
     // operator, or a fault test, close exactly one of them).
     config.connection_name = format!("{role}@{} pid {}", host_name(), std::process::id());
@@ -327,7 +340,11 @@ async fn bind(listen: &str) -> Result<TcpListener> {
     Ok(listener)
 }
 
-fn gateway_config(args: &ApiArgs, common: &CommonArgs, metrics: &Arc<Metrics>) -> GatewayConfig {
+fn gateway_config(
+    args: &ApiArgs,
+    common: &CommonArgs,
+    metrics: &Arc<Metrics>,
+) -> Result<GatewayConfig> {
     let id = args.gateway_id.clone().unwrap_or_else(|| unique_name("gw"));
     let mut config = GatewayConfig::new(id);
     config.limits.max_expression_bytes = common.max_expression_bytes;
@@ -340,12 +357,27 @@ fn gateway_config(args: &ApiArgs, common: &CommonArgs, metrics: &Arc<Metrics>) -
     config.sweep_interval = args.sweep_interval.0;
     config.sweep_grace = args.sweep_grace.0;
     config.retention = (!args.retention.0.is_zero()).then_some(args.retention.0);
+    config.max_batch_size = args.max_batch_size;
+    config.max_waiting_calls = args.max_waiting_calls;
+    config.max_message_bytes = args.max_message_bytes;
+    if let Some(path) = &args.api_keys_file {
+        config.api_keys = Some(ApiKeys::load(path)?);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        config.tls = Some(TlsIdentity {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        });
+    }
     #[cfg(feature = "fault-injection")]
     {
         config.fault_abort_before_publish = args.fault_abort_before_publish;
     }
     config.metrics = metrics.clone();
-    config
+    Ok(config)
 }
 
 fn worker_config(

@@ -11,6 +11,8 @@ pub enum Outcome {
     Failed { error: String },
     /// Its deadline passed before an attempt could finish it.
     Expired { error: String },
+    /// A client cancelled it before any worker started it.
+    Cancelled { error: String },
 }
 
 impl Outcome {
@@ -28,12 +30,20 @@ impl Outcome {
         }
     }
 
+    /// CANCELLED, at a client's request.
+    pub fn cancelled() -> Self {
+        Outcome::Cancelled {
+            error: "cancelled by a client before it ran".into(),
+        }
+    }
+
     /// The status this outcome stores.
     pub fn status(&self) -> TaskStatus {
         match self {
             Outcome::Succeeded { .. } => TaskStatus::Succeeded,
             Outcome::Failed { .. } => TaskStatus::Failed,
             Outcome::Expired { .. } => TaskStatus::Expired,
+            Outcome::Cancelled { .. } => TaskStatus::Cancelled,
         }
     }
 
@@ -41,7 +51,7 @@ impl Outcome {
     pub fn result(&self) -> Option<&str> {
         match self {
             Outcome::Succeeded { result } => Some(result),
-            Outcome::Failed { .. } | Outcome::Expired { .. } => None,
+            Outcome::Failed { .. } | Outcome::Expired { .. } | Outcome::Cancelled { .. } => None,
         }
     }
 
@@ -49,7 +59,9 @@ impl Outcome {
     pub fn error(&self) -> Option<&str> {
         match self {
             Outcome::Succeeded { .. } => None,
-            Outcome::Failed { error } | Outcome::Expired { error } => Some(error),
+            Outcome::Failed { error }
+            | Outcome::Expired { error }
+            | Outcome::Cancelled { error } => Some(error),
         }
     }
 }
@@ -65,6 +77,7 @@ mod tests {
             Outcome::Failed { error: "x".into() },
             Outcome::expired_unstarted(),
             Outcome::expired_abandoned(),
+            Outcome::cancelled(),
         ] {
             assert!(outcome.status().is_terminal());
             assert_ne!(outcome.result().is_some(), outcome.error().is_some());

@@ -81,6 +81,50 @@ pub struct Task {
     pub attempts: u32,
     /// After this instant the task is no longer worth starting: it becomes EXPIRED.
     pub deadline: Option<DateTime<Utc>>,
+    /// Who submitted it; nobody else sees it. Empty when the gateway runs without API keys.
+    #[serde(default)]
+    pub tenant: String,
+    /// 0-9: higher runs first.
+    #[serde(default)]
+    pub priority: Priority,
+    /// A client's key for retrying the submission safely (unique per tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A task's rank in the queue: 0 (lowest) to [`Priority::MAX`]; higher runs first.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Priority(u8);
+
+impl Priority {
+    pub const MAX: u8 = 9;
+    /// What a sync call (a client waiting for the result) gets when it asks for no priority:
+    /// interactive work overtakes a backlog of deferred work.
+    pub const INTERACTIVE: Priority = Priority(5);
+
+    /// `value` if it is a priority (0-9), else `None`.
+    pub fn new(value: u32) -> Option<Self> {
+        u8::try_from(value)
+            .ok()
+            .filter(|&value| value <= Self::MAX)
+            .map(Priority)
+    }
+
+    /// The priority a submission gets: the requested one, or when it asked for none (0), the
+    /// interactive rank for sync calls and the lowest for deferred work.
+    pub fn for_submission(requested: Priority, waits: bool) -> Self {
+        match (requested, waits) {
+            (Priority(0), true) => Self::INTERACTIVE,
+            (requested, _) => requested,
+        }
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
 }
 
 impl Task {
@@ -98,6 +142,9 @@ impl Task {
             worker_id: None,
             attempts: 0,
             deadline,
+            tenant: String::new(),
+            priority: Priority::default(),
+            idempotency_key: None,
         }
     }
 
@@ -137,6 +184,17 @@ mod tests {
         assert_eq!(task.status, TaskStatus::Pending);
         assert_eq!(task.attempts, 0);
         assert!(!task.is_terminal());
+    }
+
+    #[test]
+    fn priorities_are_zero_to_nine_and_sync_calls_rank_above_deferred_work() {
+        assert_eq!(Priority::new(9).map(Priority::get), Some(9));
+        assert_eq!(Priority::new(10), None);
+        let unset = Priority::default();
+        assert_eq!(Priority::for_submission(unset, true), Priority::INTERACTIVE);
+        assert_eq!(Priority::for_submission(unset, false), unset);
+        let high = Priority::new(8).unwrap();
+        assert_eq!(Priority::for_submission(high, false), high);
     }
 
     #[test]

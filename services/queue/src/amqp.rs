@@ -24,7 +24,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use dalc_domain::Task;
+use dalc_domain::{Priority, Task};
 use futures::{StreamExt, stream};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
@@ -83,6 +83,9 @@ pub struct AmqpConfig {
     pub delivery_limit: u32,
     /// Classic queues: the highest message priority.
     pub max_priority: u8,
+    /// The most tasks the request queue holds; past it the broker refuses publishes
+    /// (`x-overflow: reject-publish`) and submissions answer RESOURCE_EXHAUSTED. `None`: no bound.
+    pub max_queue_length: Option<u32>,
     /// Bound on connecting and on each publish confirm.
     pub operation_timeout: Duration,
     /// AMQP heartbeat, unless the URL sets one: a dead peer is noticed within about twice this.
@@ -111,6 +114,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
             .field("max_priority", &self.max_priority)
+            .field("max_queue_length", &self.max_queue_length)
             .field("operation_timeout", &self.operation_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("reply_queue_expiry", &self.reply_queue_expiry)
@@ -134,7 +138,8 @@ impl AmqpConfig {
             names,
             queue_type: QueueType::Classic,
             delivery_limit: Self::DEFAULT_DELIVERY_LIMIT,
-            max_priority: 9,
+            max_priority: Priority::MAX,
+            max_queue_length: None,
             operation_timeout: Self::DEFAULT_OPERATION_TIMEOUT,
             heartbeat: Duration::from_secs(10),
             reply_queue_expiry: Duration::from_secs(60),
@@ -396,6 +401,15 @@ impl AmqpBroker {
             "x-dead-letter-routing-key".into(),
             long_string(&names.dead_letters()),
         );
+        if let Some(max_length) = self.config.max_queue_length {
+            args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(i64::from(max_length)),
+            );
+            // Refuse (nack) new tasks rather than drop the oldest: the submitter hears
+            // RESOURCE_EXHAUSTED, and nothing it was promised is lost.
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
         match self.config.queue_type {
             QueueType::Classic => {
                 args.insert(
@@ -560,6 +574,9 @@ impl TaskPublisher for AmqpBroker {
         if let Some(reply_to) = &message.reply_to {
             properties = properties.with_reply_to(reply_to.as_str().into());
         }
+        if message.priority != Priority::default() {
+            properties = properties.with_priority(message.priority.get());
+        }
         if let Some(deadline) = message.deadline {
             // Per-message TTL: past its deadline the broker dead-letters the task instead of
             // handing it to a worker; the gateway's sweeper then records it as EXPIRED.
@@ -567,8 +584,21 @@ impl TaskPublisher for AmqpBroker {
         }
         let queue = self.config.names.tasks();
         // Mandatory: if the request queue is missing the task must not silently vanish.
-        self.publish_confirmed("", &queue, true, &message.encode_body(), properties)
-            .await
+        let published = self
+            .publish_confirmed("", &queue, true, &message.encode_body(), properties)
+            .await;
+        match published {
+            // With a length bound, a nack is the broker refusing a task into a full queue.
+            Err(QueueError::Refused(_)) if self.config.max_queue_length.is_some() => {
+                Err(QueueError::Full)
+            }
+            other => other,
+        }
+    }
+
+    async fn depth(&self) -> Result<Option<u64>, QueueError> {
+        let depth = self.queue_depth(&self.config.names.tasks()).await?;
+        Ok(Some(u64::from(depth)))
     }
 }
 
@@ -640,8 +670,12 @@ fn into_delivery(delivery: LapinDelivery) -> Delivery {
                 .collect()
         })
         .unwrap_or_default();
+    let priority = properties
+        .priority()
+        .and_then(|priority| Priority::new(u32::from(priority)))
+        .unwrap_or_default();
     let message: Result<TaskMessage, MalformedMessage> =
-        TaskMessage::decode_body(&delivery.data, reply_to, headers);
+        TaskMessage::decode_body(&delivery.data, reply_to, headers, priority);
     let redelivered = delivery.redelivered;
     let death = properties.headers().as_ref().and_then(death_reason);
     Delivery::new(

@@ -11,6 +11,10 @@ pub enum QueueError {
     /// The broker refused the message (a negative confirm, or no queue to route it to).
     #[error("message broker refused the message: {0}")]
     Refused(String),
+    /// The request queue is at its maximum length: the broker refuses new tasks until workers
+    /// catch up (backpressure, not an outage).
+    #[error("the request queue is full")]
+    Full,
     /// The broker rejected our topology or an operation, e.g. a queue declared with other
     /// arguments by another deployment.
     #[error("message broker error: {0}")]
@@ -34,6 +38,7 @@ impl QueueError {
                 "the broker cannot be reached or did not answer in time; try again later"
             }
             QueueError::Refused(_) => "the broker refused the task; try again later",
+            QueueError::Full => "the request queue is full; try again later",
             QueueError::Broker(_) => "the broker rejected an operation; see the gateway's log",
         }
     }

@@ -64,7 +64,13 @@ pub trait TaskPublisher: Send + Sync {
     }
 
     /// Publishes `message` and returns once the broker has confirmed it is stored.
+    /// [`QueueError::Full`] when the request queue is at its maximum length.
     async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError>;
+
+    /// Tasks waiting in the request queue, when the queue can tell.
+    async fn depth(&self) -> Result<Option<u64>, QueueError> {
+        Ok(None)
+    }
 }
 
 /// Takes tasks off the request queue.

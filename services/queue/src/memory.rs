@@ -1,7 +1,8 @@
 //! The in-process queue: the same traits as AMQP, for `dalc up` and fast tests.
 //!
 //! It keeps AMQP's promises that matter to callers: a delivery dropped unsettled goes back to
-//! the queue marked redelivered, prefetch bounds unsettled deliveries, rejected messages without
+//! the queue marked redelivered, prefetch bounds unsettled deliveries, higher priorities are
+//! delivered first, a bounded queue refuses publishes when full, rejected messages without
 //! requeue are dead-lettered, and updates to a vanished gateway are dropped. It is not durable:
 //! tasks queued in memory die with the process (the database still has them as PENDING).
 
@@ -11,7 +12,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use dalc_domain::Task;
+use dalc_domain::{Priority, Task};
 use futures::{StreamExt, stream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
@@ -36,7 +37,9 @@ pub struct MemoryBroker {
 
 #[derive(Debug)]
 struct Inner {
-    ready: Mutex<VecDeque<Queued>>,
+    ready: Mutex<Ready>,
+    /// The most messages `ready` holds before publishes are refused.
+    max_length: Option<usize>,
     dead: Mutex<VecDeque<TaskMessage>>,
     available: Notify,
     reply_queues: Mutex<HashMap<String, mpsc::UnboundedSender<Task>>>,
@@ -49,6 +52,41 @@ struct Queued {
     redelivered: bool,
 }
 
+/// Ready messages, one FIFO lane per priority; the highest non-empty lane is served first.
+#[derive(Debug, Default)]
+struct Ready {
+    lanes: [VecDeque<Queued>; Priority::MAX as usize + 1],
+}
+
+impl Ready {
+    fn lane(&mut self, priority: Priority) -> &mut VecDeque<Queued> {
+        // Priorities are 0..=MAX by construction; the last lane is never out of range.
+        let index = usize::from(priority.get()).min(self.lanes.len() - 1);
+        &mut self.lanes[index]
+    }
+
+    fn push(&mut self, queued: Queued, front: bool) {
+        let lane = self.lane(queued.message.priority);
+        if front {
+            lane.push_front(queued);
+        } else {
+            lane.push_back(queued);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Queued> {
+        self.lanes.iter_mut().rev().find_map(VecDeque::pop_front)
+    }
+
+    fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lanes.iter().all(VecDeque::is_empty)
+    }
+}
+
 impl Default for MemoryBroker {
     fn default() -> Self {
         Self::new()
@@ -57,9 +95,15 @@ impl Default for MemoryBroker {
 
 impl MemoryBroker {
     pub fn new() -> Self {
+        Self::with_max_length(None)
+    }
+
+    /// A broker whose queue refuses publishes ([`QueueError::Full`]) past `max_length` tasks.
+    pub fn with_max_length(max_length: Option<usize>) -> Self {
         MemoryBroker {
             inner: Arc::new(Inner {
                 ready: Mutex::default(),
+                max_length,
                 dead: Mutex::default(),
                 available: Notify::new(),
                 reply_queues: Mutex::default(),
@@ -81,13 +125,7 @@ impl MemoryBroker {
 
 impl Inner {
     fn enqueue(&self, queued: Queued, front: bool) {
-        let mut ready = lock(&self.ready);
-        if front {
-            ready.push_front(queued);
-        } else {
-            ready.push_back(queued);
-        }
-        drop(ready);
+        lock(&self.ready).push(queued, front);
         self.available.notify_one();
     }
 
@@ -96,7 +134,7 @@ impl Inner {
             let notified = self.available.notified();
             let (next, more) = {
                 let mut ready = lock(&self.ready);
-                (ready.pop_front(), !ready.is_empty())
+                (ready.pop(), !ready.is_empty())
             };
             if let Some(queued) = next {
                 // Others may be waiting for the messages behind this one.
@@ -123,8 +161,18 @@ impl TaskPublisher for MemoryBroker {
             message: message.clone(),
             redelivered: false,
         };
-        self.inner.enqueue(queued, false);
+        let mut ready = lock(&self.inner.ready);
+        if self.inner.max_length.is_some_and(|max| ready.len() >= max) {
+            return Err(QueueError::Full);
+        }
+        ready.push(queued, false);
+        drop(ready);
+        self.inner.available.notify_one();
         Ok(())
+    }
+
+    async fn depth(&self) -> Result<Option<u64>, QueueError> {
+        Ok(u64::try_from(self.depth()).ok())
     }
 }
 

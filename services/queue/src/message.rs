@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use dalc_domain::{Task, TaskId};
+use dalc_domain::{Priority, Task, TaskId};
 use serde::{Deserialize, Serialize};
 
 /// The payload version this build writes. Readers accept this version only: a newer
@@ -17,6 +17,8 @@ pub struct TaskMessage {
     pub expression: String,
     /// Past this instant the task is not worth starting.
     pub deadline: Option<DateTime<Utc>>,
+    /// Higher runs first. An AMQP property, not in the body.
+    pub priority: Priority,
     /// Where to send the reply: the accepting gateway's reply queue. Not in the body: it is an
     /// AMQP property, and the in-process queue carries it beside the body.
     pub reply_to: Option<String>,
@@ -30,6 +32,7 @@ impl TaskMessage {
             task_id: task.id,
             expression: task.expression.clone(),
             deadline: task.deadline,
+            priority: task.priority,
             reply_to,
             headers: BTreeMap::new(),
         }
@@ -66,6 +69,7 @@ impl TaskMessage {
         body: &[u8],
         reply_to: Option<String>,
         headers: BTreeMap<String, String>,
+        priority: Priority,
     ) -> Result<Self, MalformedMessage> {
         let payload: Payload<'_> =
             serde_json::from_slice(body).map_err(|e| MalformedMessage(e.to_string()))?;
@@ -79,6 +83,7 @@ impl TaskMessage {
             task_id: payload.id,
             expression: payload.expression.into_owned(),
             deadline: payload.deadline,
+            priority,
             reply_to,
             headers,
         })
@@ -111,16 +116,25 @@ mod tests {
         let task = Task::new("1 + 1", Some(Utc::now()));
         let message = TaskMessage::for_task(&task, Some("dalc.reply.gw".into()));
         let body = message.encode_body();
-        let decoded =
-            TaskMessage::decode_body(&body, message.reply_to.clone(), BTreeMap::new()).unwrap();
+        let decoded = TaskMessage::decode_body(
+            &body,
+            message.reply_to.clone(),
+            BTreeMap::new(),
+            message.priority,
+        )
+        .unwrap();
         assert_eq!(decoded, message);
     }
 
     #[test]
     fn unknown_versions_and_garbage_are_malformed() {
         let body = br#"{"v":2,"id":"67e55044-10b1-426f-9247-bb680e5fe0c8","expression":"1"}"#;
-        assert!(TaskMessage::decode_body(body, None, BTreeMap::new()).is_err());
-        assert!(TaskMessage::decode_body(b"\xff", None, BTreeMap::new()).is_err());
+        assert!(
+            TaskMessage::decode_body(body, None, BTreeMap::new(), Priority::default()).is_err()
+        );
+        assert!(
+            TaskMessage::decode_body(b"\xff", None, BTreeMap::new(), Priority::default()).is_err()
+        );
     }
 
     #[test]

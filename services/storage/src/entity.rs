@@ -1,7 +1,7 @@
 //! The `tasks` table as a SeaORM entity, and its translation to and from [`dalc_domain::Task`].
 
 use chrono::{DateTime, Utc};
-use dalc_domain::{Task, TaskStatus};
+use dalc_domain::{Priority, Task, TaskStatus};
 use sea_orm::entity::prelude::*;
 
 use crate::StorageError;
@@ -35,6 +35,11 @@ pub struct Model {
     /// accepting gateway's grace to confirm its publish, a sweeper's claim, or a running
     /// attempt's lease plus a margin.
     pub sweep_after: Option<DateTime<Utc>>,
+    /// Who submitted the task ('' without API keys).
+    pub tenant: String,
+    pub idempotency_key: Option<String>,
+    /// 0-9, higher first.
+    pub priority: i16,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -60,6 +65,37 @@ impl Model {
             worker_id: self.worker_id,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             deadline: self.deadline,
+            tenant: self.tenant,
+            priority: u32::try_from(self.priority)
+                .ok()
+                .and_then(Priority::new)
+                .unwrap_or_default(),
+            idempotency_key: self.idempotency_key,
         })
     }
+}
+
+/// The `workers` table: each worker's running figures, as the worker last stored them.
+pub mod worker {
+    use chrono::{DateTime, Utc};
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "workers")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub worker_id: String,
+        pub succeeded: i64,
+        pub failed: i64,
+        pub total: i64,
+        /// [`dalc_domain::RunTimes`] as JSON.
+        #[sea_orm(column_type = "Text")]
+        pub run_times: String,
+        pub last_seen: DateTime<Utc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
 }

@@ -18,6 +18,9 @@ pub enum StorageError {
     /// The database answered with an error: a bug or a schema mismatch, not a transient fault.
     #[error("database error: {0}")]
     Query(#[source] DbErr),
+    /// A row with the same unique key (an idempotency key) exists already.
+    #[error("a task with the same key exists: {0}")]
+    Duplicate(#[source] DbErr),
     /// A row holds a value this version of dalc cannot read.
     #[error("corrupt task row: {0}")]
     Corrupt(String),
@@ -38,6 +41,8 @@ impl From<DbErr> for StorageError {
     fn from(err: DbErr) -> Self {
         if is_transient(&err) {
             StorageError::Unavailable(err)
+        } else if is_unique_violation(&err) {
+            StorageError::Duplicate(err)
         } else {
             StorageError::Query(err)
         }
@@ -49,6 +54,15 @@ fn is_transient(err: &DbErr) -> bool {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => {
             sqlx_is_transient(err)
+        }
+        _ => false,
+    }
+}
+
+fn is_unique_violation(err: &DbErr) -> bool {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => {
+            matches!(&**err, sqlx::Error::Database(err) if err.is_unique_violation())
         }
         _ => false,
     }

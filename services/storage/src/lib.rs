@@ -8,7 +8,11 @@ pub mod entity;
 mod error;
 mod group;
 pub mod migration;
+mod reads;
 mod store;
+mod workers;
 
 pub use error::StorageError;
+pub use reads::{Cancelled, MalformedCursor, PageCursor};
 pub use store::{StartOutcome, StoreOptions, TaskStore};
+pub use workers::{WorkerFigures, WorkerRecord};

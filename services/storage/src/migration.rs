@@ -9,7 +9,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTasks), Box::new(AddLeases)]
+        vec![
+            Box::new(CreateTasks),
+            Box::new(AddLeases),
+            Box::new(AddTenantsAndWorkers),
+        ]
     }
 }
 
@@ -30,6 +34,20 @@ enum Tasks {
     PublishedAt,
     LeaseUntil,
     SweepAfter,
+    Tenant,
+    IdempotencyKey,
+    Priority,
+}
+
+#[derive(DeriveIden)]
+enum Workers {
+    Table,
+    WorkerId,
+    Succeeded,
+    Failed,
+    Total,
+    RunTimes,
+    LastSeen,
 }
 
 #[derive(Debug)]
@@ -178,6 +196,104 @@ impl MigrationTrait for AddLeases {
                 .await?;
         }
         for column in [Tasks::SweepAfter, Tasks::LeaseUntil] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Tasks::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Tenants (each task belongs to the one that submitted it), idempotency keys, priorities, and
+/// the workers' own running figures.
+#[derive(Debug)]
+struct AddTenantsAndWorkers;
+
+impl MigrationName for AddTenantsAndWorkers {
+    fn name(&self) -> &str {
+        "m20261204_000003_add_tenants_and_workers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddTenantsAndWorkers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite's ALTER TABLE adds one at a time.
+        for column in [
+            string_len(Tasks::Tenant, 64).default("").to_owned(),
+            string_len_null(Tasks::IdempotencyKey, 128),
+            small_integer(Tasks::Priority).default(0).to_owned(),
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Tasks::Table)
+                        .add_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        // ListTasks: a tenant's tasks newest first, a page after a (created_at, id) cursor.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tasks_tenant_created_at_id")
+                    .table(Tasks::Table)
+                    .col(Tasks::Tenant)
+                    .col(Tasks::CreatedAt)
+                    .col(Tasks::Id)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        // One task per key and tenant, whichever gateway the retry reaches. Rows without a key
+        // hold NULL, which both databases leave out of uniqueness.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tasks_tenant_idempotency_key")
+                    .table(Tasks::Table)
+                    .col(Tasks::Tenant)
+                    .col(Tasks::IdempotencyKey)
+                    .unique()
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Workers::Table)
+                    .if_not_exists()
+                    .col(string_len(Workers::WorkerId, 255).primary_key())
+                    .col(big_integer(Workers::Succeeded).default(0))
+                    .col(big_integer(Workers::Failed).default(0))
+                    .col(big_integer(Workers::Total).default(0))
+                    .col(text(Workers::RunTimes))
+                    .col(timestamp_with_time_zone(Workers::LastSeen))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(Workers::Table).to_owned())
+            .await?;
+        for index in [
+            "idx_tasks_tenant_idempotency_key",
+            "idx_tasks_tenant_created_at_id",
+        ] {
+            manager
+                .drop_index(Index::drop().name(index).table(Tasks::Table).to_owned())
+                .await?;
+        }
+        for column in [Tasks::Priority, Tasks::IdempotencyKey, Tasks::Tenant] {
             manager
                 .alter_table(
                     Table::alter()

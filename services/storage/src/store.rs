@@ -60,6 +60,8 @@ impl Default for StoreOptions {
 const BATCH_WRITERS: usize = 2;
 /// The most rows one group-committed statement (or transaction) writes.
 const MAX_BATCH: usize = 256;
+/// The most rows one statement of [`TaskStore::insert_all`] inserts.
+const INSERT_CHUNK: usize = 1000;
 /// The most rows one sweeper statement expires, so a large backlog is ended in short steps.
 const EXPIRE_BATCH: u64 = 1000;
 /// The longest offset from the database's clock any lease, grace or retention may take.
@@ -137,7 +139,7 @@ pub enum StartOutcome {
 /// one set of group-commit queues.
 #[derive(Debug, Clone)]
 pub struct TaskStore {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
     /// Group commit for the task path's writes; `None` in the writers' own handle.
     batches: Option<Arc<Batches>>,
 }
@@ -271,14 +273,23 @@ impl TaskStore {
         }
     }
 
-    /// Stores new PENDING tasks in one statement (one commit), as [`TaskStore::insert`] does one.
+    /// Stores new PENDING tasks all together, in one transaction (one commit), as
+    /// [`TaskStore::insert`] does one: all of them or none.
     pub async fn insert_all(
         &self,
         tasks: &[Task],
         publish_grace: Duration,
     ) -> Result<(), StorageError> {
-        let items = tasks.iter().map(|task| (task.clone(), publish_grace));
-        self.insert_batch(items.collect()).await.map(drop)
+        let transaction = self.db.begin().await?;
+        // Statements of a bounded size: each row binds ten parameters, and PostgreSQL takes at
+        // most 65,535 per statement.
+        for chunk in tasks.chunks(INSERT_CHUNK) {
+            let items = chunk.iter().map(|task| (task.clone(), publish_grace));
+            let insert = self.insert_statement(&items.collect::<Vec<_>>())?;
+            transaction.execute(&insert).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
     }
 
     /// One group-committed batch of inserts: one multi-row INSERT.
@@ -287,6 +298,16 @@ impl TaskStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        let insert = self.insert_statement(&items)?;
+        self.db.execute(&insert).await?;
+        Ok(vec![(); items.len()])
+    }
+
+    /// One multi-row INSERT of `items`.
+    fn insert_statement(
+        &self,
+        items: &[InsertItem],
+    ) -> Result<sea_orm::sea_query::InsertStatement, StorageError> {
         let mut insert = Query::insert();
         insert.into_table(Tasks).columns([
             Column::Id,
@@ -296,8 +317,11 @@ impl TaskStore {
             Column::Attempts,
             Column::Deadline,
             Column::SweepAfter,
+            Column::Tenant,
+            Column::IdempotencyKey,
+            Column::Priority,
         ]);
-        for (task, publish_grace) in &items {
+        for (task, publish_grace) in items {
             insert
                 .values([
                     Expr::value(task.id.as_uuid()),
@@ -308,11 +332,13 @@ impl TaskStore {
                     Expr::value(task.deadline),
                     // On the database's clock, like every instant a sweeper compares.
                     self.db_now_plus(*publish_grace),
+                    Expr::value(task.tenant.as_str()),
+                    Expr::value(task.idempotency_key.as_deref()),
+                    Expr::value(i16::from(task.priority.get())),
                 ])
                 .map_err(|err| StorageError::Corrupt(format!("cannot build an insert: {err}")))?;
         }
-        self.db.execute(&insert).await?;
-        Ok(vec![(); items.len()])
+        Ok(insert)
     }
 
     #[instrument(skip_all, fields(task_id = %id))]

@@ -16,7 +16,7 @@ use dalc_storage::TaskStore;
 use futures::StreamExt;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use process::{Processor, Settlement};
 
@@ -90,7 +90,14 @@ pub async fn run(
 ) {
     let concurrency = config.concurrency.max(1);
     let grace = config.shutdown_grace;
-    let processor = Arc::new(Processor::new(config, store, updates).with_source(tasks.source()));
+    let processor =
+        Arc::new(Processor::new(config, store.clone(), updates).with_source(tasks.source()));
+    let figures_stop = CancellationToken::new();
+    let figures = tokio::spawn(store_figures(
+        processor.clone(),
+        store,
+        figures_stop.clone(),
+    ));
     let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
     let mut in_flight = JoinSet::new();
     let mut reconnect = Backoff::reconnect();
@@ -163,5 +170,37 @@ pub async fn run(
             "grace period over; unfinished tasks go back to the queue"
         );
     }
+    figures_stop.cancel();
+    let _ = figures.await;
     info!("worker stopped");
+}
+
+/// How often a worker stores its figures when it has finished tasks since the last time.
+const FIGURES_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle worker stores them anyway: GetStats' `last_seen` says it is alive.
+const FIGURES_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Stores the worker's figures now and then, and once more when `stop` is cancelled.
+async fn store_figures(processor: Arc<Processor>, store: TaskStore, stop: CancellationToken) {
+    let mut stored: Option<(dalc_storage::WorkerFigures, tokio::time::Instant)> = None;
+    loop {
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            () = tokio::time::sleep(FIGURES_INTERVAL) => false,
+        };
+        let figures = processor.figures();
+        let due = match &stored {
+            None => true,
+            Some((last, at)) => *last != figures || at.elapsed() >= FIGURES_HEARTBEAT,
+        };
+        if due || stopping {
+            match store.record_worker(processor.worker_id(), &figures).await {
+                Ok(()) => stored = Some((figures, tokio::time::Instant::now())),
+                Err(err) => debug!(error = %err, "cannot store the worker's figures; retrying"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::{
 use chrono::Utc;
 use dalc_domain::{Backoff, Outcome, Task};
 use dalc_queue::{Delivery, Destination, QueueError, TaskMessage, UpdatePublisher};
-use dalc_storage::{StartOutcome, StorageError, TaskStore};
+use dalc_storage::{StartOutcome, StorageError, TaskStore, WorkerFigures};
 use dalc_telemetry::metrics::GaugeGuard;
 use futures::FutureExt;
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
@@ -56,6 +56,8 @@ pub struct Processor {
     /// The pause before a requeue: doubles while faults persist, so an outage slows the worker
     /// down instead of spinning deliveries; back to the base on success.
     requeue_backoff: Mutex<Backoff>,
+    /// What this worker has done, for GetStats; stored now and then by [`crate::run`].
+    figures: Mutex<WorkerFigures>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -75,6 +77,7 @@ impl Processor {
             updates,
             source: Destination::in_process(),
             requeue_backoff,
+            figures: Mutex::default(),
         }
     }
 
@@ -86,6 +89,14 @@ impl Processor {
 
     pub fn worker_id(&self) -> &str {
         &self.config.worker_id
+    }
+
+    /// What this worker has done so far.
+    pub fn figures(&self) -> WorkerFigures {
+        self.figures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Processes one delivery and settles it. Never drops it unsettled, even if processing
@@ -185,6 +196,7 @@ impl Processor {
         let task = match self.start(message, redelivered).await? {
             StartOutcome::Started(task) => {
                 tracing::Span::current().record("attempt", task.attempts);
+                self.announce_running(&task);
                 task
             }
             StartOutcome::AlreadyTerminal(task) => {
@@ -416,9 +428,31 @@ impl Processor {
 }
 
 impl Processor {
+    /// Tells watchers the task is RUNNING: a status event, off the task's path (nobody waits
+    /// for it, and a lost one only means a watcher sees the next state a little later).
+    fn announce_running(&self, task: &Task) {
+        let (updates, running) = (self.updates.clone(), task.clone());
+        tokio::spawn(
+            async move {
+                if let Err(err) = updates.publish_update(None, &running).await {
+                    debug!(error = %err, "cannot announce a RUNNING task");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
     /// Counts a task this worker brought to a terminal state, and records it on the span.
     fn count_finished(&self, task: &Task) {
         tracing::Span::current().record("status", task.status.as_str());
+        let run_time = task
+            .started_at
+            .zip(task.finished_at)
+            .and_then(|(started, finished)| (finished - started).to_std().ok());
+        self.figures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(task.status, run_time);
         let metrics = &self.config.metrics;
         metrics.task_finished(task.status.as_str());
         if let Some(finished_at) = task.finished_at {

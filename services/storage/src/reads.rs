@@ -1,0 +1,201 @@
+//! The task API's reads beyond one task: pages of a tenant's tasks, counts by status, many tasks
+//! by id or by idempotency key; and cancelling.
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait},
+};
+use uuid::Uuid;
+
+use crate::{
+    StorageError, TaskStore,
+    entity::{self, Column, Entity as Tasks},
+};
+
+/// Ids or keys looked up in one statement at most.
+const LOOKUP_CHUNK: usize = 500;
+
+/// Where a page of [`TaskStore::list`] starts: after the task with this creation time and id.
+/// Creation time then id is a total order, and new tasks are created after every cursor, so a
+/// client paging on while tasks arrive sees every older task exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    created_at: DateTime<Utc>,
+    id: Uuid,
+}
+
+impl PageCursor {
+    /// The cursor just past `task`.
+    pub fn after(task: &Task) -> Self {
+        PageCursor {
+            created_at: task.created_at,
+            id: task.id.as_uuid(),
+        }
+    }
+}
+
+/// Opaque text for clients: `<unix nanoseconds>.<id without hyphens>`.
+impl fmt::Display for PageCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.created_at.timestamp_nanos_opt().unwrap_or_default();
+        write!(f, "{nanos}.{}", self.id.simple())
+    }
+}
+
+/// A page token this server did not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "malformed page token: pass back a next_page_token exactly as a ListTasks response gave it"
+)]
+pub struct MalformedCursor;
+
+impl FromStr for PageCursor {
+    type Err = MalformedCursor;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (nanos, id) = text.split_once('.').ok_or(MalformedCursor)?;
+        let nanos: i64 = nanos.parse().map_err(|_| MalformedCursor)?;
+        let id = Uuid::try_parse(id).map_err(|_| MalformedCursor)?;
+        Ok(PageCursor {
+            created_at: DateTime::from_timestamp_nanos(nanos),
+            id,
+        })
+    }
+}
+
+/// How a cancellation went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was PENDING and is CANCELLED now: no worker will run it.
+    Now(Task),
+    /// It is not PENDING (any more): the task as it stands.
+    Not(Task),
+    Missing,
+}
+
+impl TaskStore {
+    /// Up to `limit` of `tenant`'s tasks, newest first, of `status` if given, after `cursor`.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        status: Option<TaskStatus>,
+        cursor: Option<PageCursor>,
+        limit: u64,
+    ) -> Result<Vec<Task>, StorageError> {
+        let mut query = Tasks::find().filter(Column::Tenant.eq(tenant));
+        if let Some(status) = status {
+            query = query.filter(Column::Status.eq(status.as_str()));
+        }
+        if let Some(cursor) = cursor {
+            query = query.filter(
+                Condition::any()
+                    .add(Expr::col(Column::CreatedAt).lt(cursor.created_at))
+                    .add(
+                        Condition::all()
+                            .add(Expr::col(Column::CreatedAt).eq(cursor.created_at))
+                            .add(Expr::col(Column::Id).lt(cursor.id)),
+                    ),
+            );
+        }
+        query
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(entity::Model::into_task)
+            .collect()
+    }
+
+    /// How many of `tenant`'s tasks are in each status (statuses with none left out).
+    pub async fn count_by_status_for(
+        &self,
+        tenant: &str,
+    ) -> Result<BTreeMap<TaskStatus, u64>, StorageError> {
+        let rows: Vec<(String, i64)> = Tasks::find()
+            .select_only()
+            .column(Column::Status)
+            .column_as(Expr::col(Column::Id).count(), "tasks")
+            .filter(Column::Tenant.eq(tenant))
+            .group_by(Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|(status, tasks)| {
+                let status = status
+                    .parse()
+                    .map_err(|err| StorageError::Corrupt(format!("{err}")))?;
+                Ok((status, u64::try_from(tasks).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// The tasks of `ids` that exist, in no particular order.
+    pub async fn get_many(&self, ids: &[TaskId]) -> Result<Vec<Task>, StorageError> {
+        let mut tasks = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let rows = Tasks::find()
+                .filter(Column::Id.is_in(chunk.iter().map(TaskId::as_uuid)))
+                .all(&self.db)
+                .await?;
+            for row in rows {
+                tasks.push(row.into_task()?);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// `tenant`'s tasks submitted with any of `keys`, in no particular order.
+    pub async fn find_by_idempotency_keys(
+        &self,
+        tenant: &str,
+        keys: &[&str],
+    ) -> Result<Vec<Task>, StorageError> {
+        let mut tasks = Vec::new();
+        for chunk in keys.chunks(LOOKUP_CHUNK) {
+            let rows = Tasks::find()
+                .filter(Column::Tenant.eq(tenant))
+                .filter(Column::IdempotencyKey.is_in(chunk.iter().copied()))
+                .all(&self.db)
+                .await?;
+            for row in rows {
+                tasks.push(row.into_task()?);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// PENDING → CANCELLED, as one compare-and-set: a task a worker has started is never
+    /// cancelled, and a worker never starts a cancelled one (its start is a compare-and-set too).
+    pub async fn cancel(&self, id: TaskId) -> Result<Cancelled, StorageError> {
+        if let Some(task) = self.finish_unstarted(id, &Outcome::cancelled()).await? {
+            return Ok(Cancelled::Now(task));
+        }
+        Ok(match self.get(id).await? {
+            Some(task) => Cancelled::Not(task),
+            None => Cancelled::Missing,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let task = Task::new("1", None);
+        let cursor = PageCursor::after(&task);
+        assert_eq!(cursor.to_string().parse::<PageCursor>(), Ok(cursor));
+        for bad in ["", "x", "1.2", "abc.67e5504410b1426f9247bb680e5fe0c8", "1"] {
+            assert_eq!(bad.parse::<PageCursor>(), Err(MalformedCursor), "{bad}");
+        }
+    }
+}
