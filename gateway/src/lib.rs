@@ -13,6 +13,7 @@ mod events;
 mod health;
 mod marks;
 mod service;
+mod size_limit;
 mod sweeper;
 mod tasks;
 mod wait;
@@ -272,6 +273,9 @@ pub async fn run(
         server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     let serve = server
+        .layer(tower::util::MapResponseLayer::new(
+            size_limit::too_large_is_resource_exhausted,
+        ))
         .tcp_nodelay(true)
         // Detect dead clients holding long waits.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -5,28 +5,13 @@
 use std::{sync::Arc, time::Duration};
 
 use dalc_domain::TaskStatus as DomainStatus;
-use dalc_gateway::{GatewayBackends, GatewayConfig};
-use dalc_proto::v1::{
-    GetTaskRequest, SubmitTaskRequest, Task, TaskStatus, task_service_client::TaskServiceClient,
-};
-use dalc_queue::{QueueError, TaskMessage, TaskPublisher, memory::MemoryBroker};
-use dalc_storage::TaskStore;
-use dalc_worker::WorkerConfig;
-use tokio_util::sync::CancellationToken;
+use dalc_gateway::GatewayConfig;
+use dalc_proto::v1::{GetTaskRequest, SubmitTaskRequest, Task, TaskStatus};
+use dalc_queue::{QueueError, TaskMessage, TaskPublisher};
 use tonic::{Code, transport::Channel};
 
-struct Stack {
-    client: TaskServiceClient<Channel>,
-    store: TaskStore,
-    url: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+mod common;
+use common::{Stack, StackOptions};
 
 /// A gateway, and a worker unless `workers` is false, sharing one queue and one database.
 async fn stack(workers: bool) -> Stack {
@@ -45,58 +30,16 @@ async fn stack_configured(
     database_url: &str,
     workers: bool,
     publisher: Option<Arc<dyn TaskPublisher>>,
-    configure: impl FnOnce(&mut GatewayConfig),
+    configure: impl FnOnce(&mut GatewayConfig) + 'static,
 ) -> Stack {
-    let store = TaskStore::connect(database_url).await.unwrap();
-    store.migrate().await.unwrap();
-    let broker = Arc::new(MemoryBroker::new());
-    let shutdown = CancellationToken::new();
-    if workers {
-        let worker = dalc_worker::run(
-            WorkerConfig::new("test-worker"),
-            store.clone(),
-            broker.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(worker);
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = GatewayConfig::new("test-gateway");
-    config.poll_interval = Duration::from_millis(100);
-    configure(&mut config);
-    let publisher = publisher.unwrap_or_else(|| broker.clone());
-    let backends = GatewayBackends {
-        store: store.clone(),
+    common::start(StackOptions {
+        database_url: database_url.to_owned(),
+        workers: usize::from(workers),
         publisher,
-        updates: broker.clone(),
-        dead_letters: broker.clone(),
-        notifier: broker,
-    };
-    tokio::spawn(dalc_gateway::run(
-        config,
-        listener,
-        backends,
-        shutdown.clone(),
-    ));
-    let client = connect(&url).await;
-    Stack {
-        client,
-        store,
-        url,
-        shutdown,
-    }
-}
-
-async fn connect(url: &str) -> TaskServiceClient<Channel> {
-    for _ in 0..100 {
-        if let Ok(client) = TaskServiceClient::connect(url.to_owned()).await {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("gateway at {url} never came up");
+        configure: Box::new(configure),
+        ..StackOptions::default()
+    })
+    .await
 }
 
 fn submit(expression: &str, wait: bool) -> SubmitTaskRequest {
