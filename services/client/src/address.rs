@@ -112,7 +112,10 @@ pub fn parse_target(text: &str) -> Result<Target, ClientError> {
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(invalid("user info in the address is not supported"));
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     Ok(Target::Url {
         url: text.trim_end_matches('/').to_owned(),
         host,
@@ -137,13 +140,10 @@ fn split_host_port(text: &str) -> Result<(String, u16), String> {
     if host.is_empty() {
         return Err("no host".into());
     }
-    if host.contains(['/', '?', '#', '@', ' ']) || (!text.starts_with('[') && host.contains(':'))
-    {
+    if host.contains(['/', '?', '#', '@', ' ']) || (!text.starts_with('[') && host.contains(':')) {
         return Err(format!("invalid host {host:?}"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("invalid port {port:?}"))?;
+    let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
     if port == 0 {
         return Err("port 0".into());
     }

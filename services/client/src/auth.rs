@@ -21,7 +21,9 @@ impl ApiKey {
             return Ok(ApiKey(None));
         };
         let key = key.trim();
-        if key.is_empty() {
+        // Visible ASCII only: HTTP would pass other bytes through, and servers would not
+        // agree on what they mean.
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ClientError::InvalidApiKey);
         }
         let mut value: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {key}"))
@@ -35,7 +37,11 @@ impl ApiKey {
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = if self.0.is_some() { "<redacted>" } else { "none" };
+        let shown = if self.0.is_some() {
+            "<redacted>"
+        } else {
+            "none"
+        };
         f.debug_tuple("ApiKey").field(&shown).finish()
     }
 }
@@ -73,7 +79,7 @@ mod tests {
 
     #[test]
     fn a_key_that_cannot_be_a_header_is_refused_without_echoing_it() {
-        for bad in ["", "  ", "bad\nkey", "clé"] {
+        for bad in ["", "  ", "bad\nkey", "clé", "two words"] {
             let err = ApiKey::new(Some(bad)).unwrap_err().to_string();
             assert!(err.contains("invalid API key"), "{err}");
             assert!(bad.trim().is_empty() || !err.contains(bad), "{err}");

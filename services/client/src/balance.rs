@@ -99,11 +99,7 @@ impl Pool {
     fn pick(&self) -> Option<(String, Channel)> {
         let members = read(&self.members);
         let healthy = members.iter().filter(|m| m.healthy).count();
-        let candidates = if healthy == 0 {
-            members.len()
-        } else {
-            healthy
-        };
+        let candidates = if healthy == 0 { members.len() } else { healthy };
         if candidates == 0 {
             return None;
         }
@@ -197,7 +193,9 @@ impl Service<http::Request<Body>> for Balanced {
         Box::pin(async move {
             let Some((key, mut channel)) = picked else {
                 // A Status, so tonic passes its code through instead of calling it UNKNOWN.
-                return Err(Box::new(Status::unavailable("no gateway address resolved")) as BoxError);
+                return Err(
+                    Box::new(Status::unavailable("no gateway address resolved")) as BoxError
+                );
             };
             let result = async {
                 poll_fn(|cx| channel.poll_ready(cx)).await?;
@@ -496,7 +494,12 @@ async fn probe(channel: Channel, api_key: ApiKey, wait: Duration) -> Result<(), 
 
 fn status_text(status: &Status) -> String {
     match status.source() {
-        Some(source) => format!("{:?}: {}: {}", status.code(), status.message(), chain(source)),
+        Some(source) => format!(
+            "{:?}: {}: {}",
+            status.code(),
+            status.message(),
+            chain(source)
+        ),
         None => format!("{:?}: {}", status.code(), status.message()),
     }
 }
@@ -519,7 +522,8 @@ fn chain(error: &dyn StdError) -> String {
 /// The members are only held for a lookup or an update; a poisoned lock (a panicking holder)
 /// still holds consistent data.
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
