@@ -459,9 +459,9 @@ async fn probe_all(
     wait: Duration,
 ) -> Vec<(String, Result<(), String>)> {
     let mut probes = tokio::task::JoinSet::new();
-    for (key, channel) in members {
+    for (order, (key, channel)) in members.into_iter().enumerate() {
         let api_key = api_key.clone();
-        probes.spawn(async move { (key, probe(channel, api_key, wait).await) });
+        probes.spawn(async move { (order, key, probe(channel, api_key, wait).await) });
     }
     let mut results = Vec::new();
     while let Some(joined) = probes.join_next().await {
@@ -470,7 +470,12 @@ async fn probe_all(
             results.push(result);
         }
     }
+    // In the gateways' order, so that reports list them as given.
+    results.sort_by_key(|(order, _, _)| *order);
     results
+        .into_iter()
+        .map(|(_, key, result)| (key, result))
+        .collect()
 }
 
 /// One health check: Ok when the gateway says SERVING for the task service.
@@ -493,13 +498,9 @@ async fn probe(channel: Channel, api_key: ApiKey, wait: Duration) -> Result<(), 
 }
 
 fn status_text(status: &Status) -> String {
+    // A transport failure's message only repeats the top of its cause: the cause says more.
     match status.source() {
-        Some(source) => format!(
-            "{:?}: {}: {}",
-            status.code(),
-            status.message(),
-            chain(source)
-        ),
+        Some(source) => format!("{:?}: {}", status.code(), chain(source)),
         None => format!("{:?}: {}", status.code(), status.message()),
     }
 }
