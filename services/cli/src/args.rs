@@ -37,6 +37,16 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a task by id (with --wait, until it ends).
     Get(GetArgs),
+    /// Follow a task: print each status as it arrives, until it ends.
+    Watch(WatchArgs),
+    /// List tasks, newest first.
+    List(ListArgs),
+    /// Cancel a PENDING task.
+    Cancel(CancelArgs),
+    /// Per-worker figures, queue depth and tasks by status.
+    Stats(StatsArgs),
+    /// Make a new API key for a tenant, and the line that adds it to the API keys file.
+    Keygen(KeygenArgs),
     /// Load gateways with sync or async submissions, check every answer, and report
     /// throughput, latency percentiles and errors.
     Bench(BenchArgs),
@@ -249,17 +259,38 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
-/// The client commands' connection.
-#[derive(Debug, Args)]
-pub struct ClientArgs {
-    /// Gateway address.
-    #[arg(long, env = "DALC_ADDR", default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
-    /// Print the task as JSON (the proto3 JSON mapping) instead of text.
+/// How client commands reach the gateways (see the dalc-client crate).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Gateway address: http://HOST:PORT (plaintext), https://HOST:PORT (TLS), or
+    /// dns:///HOST:PORT (every address the name resolves to; TLS when --ca-cert is given).
+    /// Several, comma-separated: calls go round-robin to the healthy ones.
+    #[arg(
+        long = "addr",
+        value_name = "URL",
+        env = "DALC_ADDR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addrs: Vec<String>,
+    /// API key, sent as `authorization: Bearer KEY` (see `dalc keygen`).
+    #[arg(long, env = "DALC_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// PEM file of the CA certificate that signed the gateways' TLS certificates.
+    #[arg(long, value_name = "FILE", env = "DALC_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Print JSON (the proto3 JSON mapping, one object a line) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The client commands' connection, and how long a waiting call may wait.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// How long to wait for the task to end (server default 30s); the call's gRPC deadline is
-    /// this plus a few seconds.
+    /// this plus a few seconds. submit -f: how long the whole run may take [default: 5m].
     #[arg(long)]
     pub timeout: Option<HumanDuration>,
 }
@@ -267,10 +298,28 @@ pub struct ClientArgs {
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The expression, e.g. "1 + 1" or "sqrt(2) * pi".
-    pub expression: String,
+    #[arg(required_unless_present = "file")]
+    pub expression: Option<String>,
+    /// Submit every expression of FILE (one a line; blank lines and # comments skipped; -
+    /// reads standard input) with SubmitBatch, and print the results in input order.
+    #[arg(short = 'f', long, value_name = "FILE", conflicts_with_all = ["expression", "no_wait"])]
+    pub file: Option<PathBuf>,
     /// Return the PENDING task at once instead of waiting for the result.
     #[arg(long)]
     pub no_wait: bool,
+    /// 0-9, higher runs first; 0: the server's default (sync above async).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub priority: u32,
+    /// A retry with the same key returns the same task and never runs it twice. With -f: the
+    /// run's key (each chunk's is KEY/cN), so the whole command can be re-run safely.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// -f: expressions per SubmitBatch call.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub chunk_size: u32,
+    /// -f: SubmitBatch calls in flight at once (spread over the gateways).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub chunks_in_flight: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -284,6 +333,54 @@ pub struct GetArgs {
     pub wait: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The task id.
+    pub id: String,
+    /// Stop watching after this long (default: until the task ends).
+    #[arg(long)]
+    pub timeout: Option<HumanDuration>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only tasks of this status: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED or EXPIRED
+    /// (any case, TASK_STATUS_ prefix optional).
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<dalc_proto::v1::TaskStatus>,
+    /// The most tasks to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The task id.
+    pub id: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The tenant the key belongs to: 1 to 64 of A-Z a-z 0-9 . _ -
+    #[arg(long, value_parser = parse_tenant)]
+    pub tenant: String,
+    /// Print {"tenant", "key", "line"} as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -321,16 +418,10 @@ pub struct BenchArgs {
     /// A file of expressions to add to the mix: one per line, `#` comments, blank lines skipped.
     #[arg(long, value_name = "FILE")]
     pub expr_file: Option<PathBuf>,
-    /// Gateway address; repeat it or give a comma-separated list to spread calls round-robin,
-    /// one connection each.
-    #[arg(
-        long = "addr",
-        value_name = "URL",
-        env = "DALC_ADDR",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub addrs: Vec<String>,
+    /// Gateways (--addr, as for every client command), API key and CA certificate. Calls go
+    /// round-robin over the gateways (every address of a dns:/// name), one connection each.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// HTTP/2 connections to each address; calls go round-robin over all of them. Thousands
     /// of calls in flight need several: a gateway ends a connection (GOAWAY, ENHANCE_YOUR_CALM)
     /// that sends it more small frames at once than it can buffer.
@@ -345,9 +436,6 @@ pub struct BenchArgs {
     /// async and get: the longest the polling may take; tasks not over by then are errors.
     #[arg(long, default_value_t = HumanDuration(Duration::from_secs(600)))]
     pub drain_timeout: HumanDuration,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// How `dalc bench` submits.
@@ -365,6 +453,33 @@ impl BenchMode {
             BenchMode::Async => "async",
             BenchMode::Get => "get",
         }
+    }
+}
+
+/// A task status as users write it: `pending`, `PENDING` or `TASK_STATUS_PENDING`.
+pub fn parse_status(text: &str) -> Result<dalc_proto::v1::TaskStatus, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("TASK_STATUS_") {
+        upper
+    } else {
+        format!("TASK_STATUS_{upper}")
+    };
+    match dalc_proto::v1::TaskStatus::from_str_name(&name) {
+        Some(status) if status != dalc_proto::v1::TaskStatus::Unspecified => Ok(status),
+        _ => Err(format!(
+            "unknown status {text:?}: expected PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED or EXPIRED"
+        )),
+    }
+}
+
+/// Tenant names go into the API keys file, one `NAME HASH` a line: no spaces, nothing odd.
+pub fn parse_tenant(text: &str) -> Result<String, String> {
+    if dalc_gateway::valid_tenant(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "invalid tenant name {text:?}: 1 to 64 characters, each a letter, a digit, '.', '_' or '-'"
+        ))
     }
 }
 
@@ -423,6 +538,57 @@ mod tests {
             assert_eq!(parsed.to_string(), text);
         }
         assert_eq!(HumanDuration(Duration::ZERO).to_string(), "0ms");
+    }
+
+    #[test]
+    fn statuses_parse_in_any_spelling() {
+        use dalc_proto::v1::TaskStatus;
+        for text in [
+            "PENDING",
+            "pending",
+            "TASK_STATUS_PENDING",
+            "task_status_pending",
+        ] {
+            assert_eq!(parse_status(text), Ok(TaskStatus::Pending), "{text}");
+        }
+        assert_eq!(parse_status("Expired"), Ok(TaskStatus::Expired));
+        for bad in ["", "UNSPECIFIED", "TASK_STATUS_UNSPECIFIED", "done"] {
+            assert!(parse_status(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_names_are_checked() {
+        for good in ["acme", "a", "team-1.prod_x", &"t".repeat(64)] {
+            assert_eq!(parse_tenant(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "two words", "a/b", "é", &"t".repeat(65), "a\nb"] {
+            let err = parse_tenant(bad).unwrap_err();
+            assert!(err.contains("invalid tenant name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn client_commands_take_address_lists() {
+        let cli = Cli::try_parse_from([
+            "dalc",
+            "list",
+            "--addr",
+            "http://a:1,http://b:2",
+            "--status",
+            "pending",
+        ])
+        .unwrap();
+        let Command::List(args) = cli.command else {
+            panic!("not list")
+        };
+        assert_eq!(args.connect.addrs, ["http://a:1", "http://b:2"]);
+        assert_eq!(args.limit, 20);
+        // -f and an expression exclude each other; one of them is needed.
+        assert!(Cli::try_parse_from(["dalc", "submit"]).is_err());
+        assert!(Cli::try_parse_from(["dalc", "submit", "-f", "x", "1 + 1"]).is_err());
+        assert!(Cli::try_parse_from(["dalc", "submit", "-f", "-"]).is_ok());
+        assert!(Cli::try_parse_from(["dalc", "submit", "--priority", "10", "1"]).is_err());
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //! shared with the `rpc_floor` example (the broker's own round trip), which
 //! `benches/compare.sh` measures side by side.
 
-mod load;
+// `load` and `progress` also serve `dalc submit -f` (its progress bar).
+pub(crate) mod load;
 mod mix;
-mod progress;
+pub(crate) mod progress;
 mod report;
 
 use std::{
@@ -23,12 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
-use dalc_proto::v1::{
-    GetTaskRequest, SubmitTaskRequest, TaskStatus, task_service_client::TaskServiceClient,
-};
+use anyhow::Result;
+use dalc_client::DalcClient;
+use dalc_proto::v1::{GetTaskRequest, SubmitTaskRequest, TaskStatus};
 use serde_json::Value;
-use tonic::transport::Channel;
 
 use self::{
     load::{Counters, Load},
@@ -36,7 +35,10 @@ use self::{
     progress::{Goal, Progress},
     report::{Outcome, Report, Tally},
 };
-use crate::args::{BenchArgs, BenchMode};
+use crate::{
+    args::{BenchArgs, BenchMode, ConnectArgs},
+    render::is_terminal,
+};
 
 /// Waiting calls ask the server for this much less than their deadline, so that the server's
 /// answer ("still pending") arrives before the client gives up on the call.
@@ -48,7 +50,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
     given.extend(args.exprs.iter().cloned());
     let mix = Mix::new(given, args.expr_file.as_deref())?;
     let target = Arc::new(Target {
-        clients: connect_all(&args.addrs, args.connections).await?,
+        clients: connect_all(&args.connect, args.connections).await?,
         mix,
         deadline: args.deadline.0,
     });
@@ -88,7 +90,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         setup: setup(&args, &report),
         ..report
     };
-    if args.json {
+    if args.connect.json {
         println!("{}", report.to_json());
     } else {
         println!("{}", report.to_text());
@@ -99,7 +101,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
 /// What the report says about the run before its figures.
 fn setup(args: &BenchArgs, report: &Report) -> Vec<(&'static str, Value)> {
     let mut setup: Vec<(&'static str, Value)> = vec![
-        ("addresses", args.addrs.clone().into()),
+        ("addresses", args.connect.addrs.clone().into()),
         ("connections_per_address", args.connections.into()),
         ("concurrency", args.concurrency.into()),
         (
@@ -369,13 +371,6 @@ fn goal(load: &Load) -> Goal {
     }
 }
 
-fn is_terminal(status: TaskStatus) -> bool {
-    matches!(
-        status,
-        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Expired
-    )
-}
-
 /// The pollers' queue and the accepted list are only held for a push or a pop; a poisoned lock
 /// (a panicking holder) still holds consistent data.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -401,7 +396,7 @@ impl Pending {
 /// The gateways and what to send them.
 #[derive(Debug)]
 struct Target {
-    clients: Vec<TaskServiceClient<Channel>>,
+    clients: Vec<DalcClient>,
     mix: Mix,
     deadline: Duration,
 }
@@ -409,7 +404,7 @@ struct Target {
 impl Target {
     /// Round-robin over the connections, in runs of one full mix, so that with several
     /// addresses and several expressions every address gets every expression.
-    fn client(&self, seq: u64) -> TaskServiceClient<Channel> {
+    fn client(&self, seq: u64) -> DalcClient {
         let turn = seq / self.mix.len() as u64;
         self.clients[(turn % self.clients.len() as u64) as usize].clone()
     }
@@ -512,26 +507,16 @@ impl Target {
     }
 }
 
-/// `per_address` connections to each address, made up front (a wrong address fails the run at
-/// once rather than as thousands of errors), interleaved so that consecutive turns go to
-/// different addresses.
-async fn connect_all(
-    addrs: &[String],
-    per_address: u32,
-) -> Result<Vec<TaskServiceClient<Channel>>> {
-    let mut clients = Vec::with_capacity(addrs.len() * per_address as usize);
+/// `per_address` connections to each gateway (every address of a `dns:///` name), made up
+/// front (a wrong address fails the run at once rather than as thousands of errors),
+/// interleaved so that consecutive turns go to different gateways. Each is its own client, not
+/// the balanced one: the bench decides which gateway each call goes to.
+async fn connect_all(connect: &ConnectArgs, per_address: u32) -> Result<Vec<DalcClient>> {
+    let options = crate::client::client_options(connect);
+    let mut clients = Vec::new();
     for _ in 0..per_address {
-        for addr in addrs {
-            let addr = addr.trim();
-            // Each `connect` opens its own HTTP/2 connection.
-            let channel = Channel::from_shared(addr.to_owned())
-                .with_context(|| format!("invalid gateway address {addr:?}"))?
-                .connect_timeout(Duration::from_secs(5))
-                .connect()
-                .await
-                .with_context(|| format!("cannot reach the gateway at {addr}"))?;
-            clients.push(TaskServiceClient::new(channel));
-        }
+        // Each round opens its own HTTP/2 connection to every gateway.
+        clients.extend(dalc_client::connect_each(&options).await?);
     }
     anyhow::ensure!(!clients.is_empty(), "no gateway address given");
     Ok(clients)

@@ -1,14 +1,24 @@
-//! `dalc submit` and `dalc get`: a tonic client, with text or JSON output.
+//! The client commands (`submit`, `get`, `watch`, `list`, `cancel`, `stats`): calls through
+//! `dalc-client` (address lists, dns:///, health-checked round-robin, TLS, API keys), with
+//! text or JSON output (see [`crate::render`]).
+//!
+//! Exit codes: 0 when the call worked, [`EXIT_TASK_UNSUCCESSFUL`] when the task ended FAILED,
+//! EXPIRED or CANCELLED, 1 on an RPC error, printed as `Code: message`.
 
-use std::{fmt::Write as _, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use dalc_client::{ClientOptions, DalcClient};
 use dalc_proto::v1::{
-    GetTaskRequest, SubmitTaskRequest, Task, TaskStatus, task_service_client::TaskServiceClient,
+    CancelTaskRequest, GetStatsRequest, GetTaskRequest, ListTasksRequest, SubmitTaskRequest, Task,
+    TaskStatus, WatchTaskRequest,
 };
-use tonic::transport::Channel;
 
-use crate::args::{ClientArgs, GetArgs, SubmitArgs};
+use crate::{
+    args::{CancelArgs, ConnectArgs, GetArgs, ListArgs, StatsArgs, SubmitArgs, WatchArgs},
+    batch,
+    render::{self, render_change, render_json, render_text},
+};
 
 /// Exit code when the call worked but the task ended FAILED, EXPIRED or CANCELLED.
 pub const EXIT_TASK_UNSUCCESSFUL: u8 = 3;
@@ -16,9 +26,11 @@ pub const EXIT_TASK_UNSUCCESSFUL: u8 = 3;
 /// The server's wait when a request sets no timeout (see `dalc gateway --help`).
 const SERVER_DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// How much longer than its wait a call may take: the round trip and the server's own steps.
-const CALL_MARGIN: Duration = Duration::from_secs(5);
+pub const CALL_MARGIN: Duration = Duration::from_secs(5);
 /// The deadline of a call that does not wait.
 const QUICK_CALL: Duration = Duration::from_secs(10);
+/// ListTasks' largest page.
+const MAX_PAGE: u32 = 1000;
 
 /// A request with a gRPC deadline: no CLI call can hang, whatever the server does.
 fn with_deadline<T>(message: T, wait: bool, timeout: Option<Duration>) -> tonic::Request<T> {
@@ -34,24 +46,28 @@ fn with_deadline<T>(message: T, wait: bool, timeout: Option<Duration>) -> tonic:
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<u8> {
-    let mut client = connect(&args.client).await?;
+    let Some(expression) = args.expression.clone() else {
+        return batch::submit_file(args).await;
+    };
+    let mut client = connect(&args.client.connect).await?;
     let timeout = args.client.timeout.map(|t| t.0);
     let wait = !args.no_wait;
     let request = SubmitTaskRequest {
-        expression: args.expression,
+        expression,
         wait,
         timeout: timeout.map(to_proto_duration),
-        ..Default::default()
+        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        priority: args.priority,
     };
     let response = client
         .submit_task(with_deadline(request, wait, timeout))
         .await
         .map_err(status_error)?;
-    report(response.into_inner().task, &args.client)
+    report(response.into_inner().task, args.client.connect.json)
 }
 
 pub async fn get(args: GetArgs) -> Result<u8> {
-    let mut client = connect(&args.client).await?;
+    let mut client = connect(&args.client.connect).await?;
     let timeout = args.client.timeout.map(|t| t.0);
     let request = GetTaskRequest {
         id: args.id,
@@ -62,152 +78,159 @@ pub async fn get(args: GetArgs) -> Result<u8> {
         .get_task(with_deadline(request, args.wait, timeout))
         .await
         .map_err(status_error)?;
-    report(response.into_inner().task, &args.client)
+    report(response.into_inner().task, args.client.connect.json)
 }
 
-pub async fn connect(args: &ClientArgs) -> Result<TaskServiceClient<Channel>> {
-    let endpoint = Channel::from_shared(args.addr.clone())
-        .with_context(|| format!("invalid gateway address {:?}", args.addr))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
+/// Prints each state of the task as it arrives (text: a line per change; JSON: every message)
+/// until the stream ends; exits as `get` would on the last state.
+pub async fn watch(args: WatchArgs) -> Result<u8> {
+    let mut client = connect(&args.connect).await?;
+    let mut request = tonic::Request::new(WatchTaskRequest { id: args.id });
+    if let Some(timeout) = args.timeout {
+        request.set_timeout(timeout.0);
+    }
+    let mut stream = client
+        .watch_task(request)
         .await
-        .with_context(|| format!("cannot reach the gateway at {}", args.addr))?;
-    Ok(TaskServiceClient::new(channel))
+        .map_err(status_error)?
+        .into_inner();
+    let mut last: Option<Task> = None;
+    while let Some(message) = stream.message().await.map_err(status_error)? {
+        let Some(task) = message.task else {
+            continue;
+        };
+        if args.connect.json {
+            println!("{}", render_json(&task));
+        } else if last.as_ref().is_none_or(|l| l.status != task.status) {
+            println!("{}", render_change(&task));
+        }
+        last = Some(task);
+    }
+    let task = last.context("the watch ended without a task")?;
+    Ok(exit_code(&task))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+/// Pages through ListTasks until `--limit` tasks (or no more).
+pub async fn list(args: ListArgs) -> Result<u8> {
+    let mut client = connect(&args.connect).await?;
+    let limit = args.limit as usize;
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let wanted = u32::try_from(limit - tasks.len()).unwrap_or(MAX_PAGE);
+        let request = ListTasksRequest {
+            page_size: wanted.min(MAX_PAGE),
+            page_token,
+            status: args.status.map_or(0, |s| s as i32),
+        };
+        let page = client
+            .list_tasks(with_deadline(request, false, None))
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let got_none = page.tasks.is_empty();
+        tasks.extend(page.tasks);
+        // An empty page with a token would loop for ever on a confused server.
+        if tasks.len() >= limit || page.next_page_token.is_empty() || got_none {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    tasks.truncate(limit);
+    if args.connect.json {
+        for task in &tasks {
+            println!("{}", render_json(task));
+        }
+    } else if tasks.is_empty() {
+        println!("no tasks");
+    } else {
+        println!("{}", render::tasks_text(&tasks));
+    }
+    Ok(0)
+}
+
+/// Cancels a PENDING task and prints it: CANCELLED is what was asked for, so it exits 0.
+pub async fn cancel(args: CancelArgs) -> Result<u8> {
+    let mut client = connect(&args.connect).await?;
+    let request = CancelTaskRequest { id: args.id };
+    let task = client
+        .cancel_task(with_deadline(request, false, None))
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .task
+        .context("the gateway answered without a task")?;
+    print_task(&task, args.connect.json);
+    Ok(match task.status() {
+        TaskStatus::Cancelled => 0,
+        _ => exit_code(&task),
+    })
+}
+
+pub async fn stats(args: StatsArgs) -> Result<u8> {
+    let mut client = connect(&args.connect).await?;
+    let stats = client
+        .get_stats(with_deadline(GetStatsRequest {}, false, None))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.connect.json {
+        println!("{}", render::stats_json(&stats));
+    } else {
+        println!("{}", render::stats_text(&stats));
+    }
+    Ok(0)
+}
+
+/// The options every client command connects with.
+pub fn client_options(args: &ConnectArgs) -> ClientOptions {
+    ClientOptions {
+        api_key: args.api_key.clone(),
+        ca_cert: args.ca_cert.clone(),
+        ..ClientOptions::new(args.addrs.iter().cloned())
+    }
+}
+
+pub async fn connect(args: &ConnectArgs) -> Result<DalcClient> {
+    // The error names the addresses and why; it never holds the API key.
+    Ok(dalc_client::connect(&client_options(args)).await?)
+}
+
+/// `Code: message`, as every client command prints an RPC error.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-fn report(task: Option<Task>, args: &ClientArgs) -> Result<u8> {
+fn report(task: Option<Task>, json: bool) -> Result<u8> {
     let task = task.context("the gateway answered without a task")?;
-    let text = if args.json {
-        render_json(&task)
+    print_task(&task, json);
+    Ok(exit_code(&task))
+}
+
+fn print_task(task: &Task, json: bool) {
+    let text = if json {
+        render_json(task)
     } else {
-        render_text(&task)
+        render_text(task)
     };
     println!("{text}");
+}
+
+fn exit_code(task: &Task) -> u8 {
     let unsuccessful = matches!(
         task.status(),
         TaskStatus::Failed | TaskStatus::Expired | TaskStatus::Cancelled
     );
-    Ok(if unsuccessful {
+    if unsuccessful {
         EXIT_TASK_UNSUCCESSFUL
     } else {
         0
-    })
+    }
 }
 
-fn render_text(task: &Task) -> String {
-    let mut out = String::new();
-    let status = task
-        .status()
-        .as_str_name()
-        .trim_start_matches("TASK_STATUS_");
-    let _ = writeln!(out, "id:          {}", task.id);
-    let _ = writeln!(out, "expression:  {}", task.expression);
-    let _ = write!(out, "status:      {status}");
-    if !task.result.is_empty() {
-        let _ = write!(out, "\nresult:      {}", task.result);
-    }
-    if !task.error.is_empty() {
-        let _ = write!(out, "\nerror:       {}", task.error);
-    }
-    if !task.worker_id.is_empty() {
-        let _ = write!(
-            out,
-            "\nworker:      {} (attempt {})",
-            task.worker_id, task.attempts
-        );
-    }
-    out
-}
-
-/// The proto3 JSON mapping (as grpcurl prints it): lowerCamelCase names, enum names,
-/// RFC 3339 timestamps, default values omitted.
-fn render_json(task: &Task) -> String {
-    let mut object = serde_json::Map::new();
-    let mut put = |key: &str, value: serde_json::Value| {
-        object.insert(key.to_owned(), value);
-    };
-    put("id", task.id.clone().into());
-    put("expression", task.expression.clone().into());
-    put("status", task.status().as_str_name().into());
-    for (key, text) in [
-        ("result", &task.result),
-        ("error", &task.error),
-        ("workerId", &task.worker_id),
-    ] {
-        if !text.is_empty() {
-            put(key, text.clone().into());
-        }
-    }
-    for (key, at) in [
-        ("createdAt", &task.created_at),
-        ("startedAt", &task.started_at),
-        ("finishedAt", &task.finished_at),
-    ] {
-        if let Some(at) = at.as_ref().and_then(rfc3339) {
-            put(key, at.into());
-        }
-    }
-    if task.attempts > 0 {
-        put("attempts", task.attempts.into());
-    }
-    serde_json::Value::Object(object).to_string()
-}
-
-fn rfc3339(at: &prost_types::Timestamp) -> Option<String> {
-    let nanos = u32::try_from(at.nanos).ok()?;
-    let at = chrono::DateTime::from_timestamp(at.seconds, nanos)?;
-    Some(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-}
-
-fn to_proto_duration(duration: Duration) -> prost_types::Duration {
+pub fn to_proto_duration(duration: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn succeeded() -> Task {
-        Task {
-            id: "67e55044-10b1-426f-9247-bb680e5fe0c8".into(),
-            expression: "1 + 1".into(),
-            status: TaskStatus::Succeeded.into(),
-            result: "2".into(),
-            worker_id: "w1".into(),
-            attempts: 1,
-            created_at: Some(prost_types::Timestamp {
-                seconds: 0,
-                nanos: 0,
-            }),
-            ..Task::default()
-        }
-    }
-
-    #[test]
-    fn text_output_reads_well() {
-        let text = render_text(&succeeded());
-        assert!(text.contains("status:      SUCCEEDED"), "{text}");
-        assert!(text.contains("result:      2"), "{text}");
-        assert!(!text.contains("error"), "{text}");
-    }
-
-    #[test]
-    fn json_output_follows_the_proto3_mapping() {
-        let json: serde_json::Value = serde_json::from_str(&render_json(&succeeded())).unwrap();
-        assert_eq!(json["status"], "TASK_STATUS_SUCCEEDED");
-        assert_eq!(json["result"], "2");
-        assert_eq!(json["workerId"], "w1");
-        assert_eq!(json["attempts"], 1);
-        assert_eq!(json["createdAt"], "1970-01-01T00:00:00Z");
-        assert!(json.get("error").is_none());
     }
 }

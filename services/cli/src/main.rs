@@ -1,9 +1,13 @@
-//! `dalc`: run the service (`up`, `gateway`, `worker`) or talk to it (`submit`, `get`).
+//! `dalc`: run the service (`up`, `gateway`, `worker`) or talk to it (`submit`, `get`, `watch`,
+//! `list`, `cancel`, `stats`, `bench`); `keygen` makes API keys.
 
 mod args;
+mod batch;
 mod bench;
 mod client;
 mod duration;
+mod keygen;
+mod render;
 mod serve;
 
 use std::{process::ExitCode, sync::Arc};
@@ -43,6 +47,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Submit(args) => client::submit(args).await,
         Command::Get(args) => client::get(args).await,
+        Command::Watch(args) => client::watch(args).await,
+        Command::List(args) => client::list(args).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::Stats(args) => client::stats(args).await,
+        Command::Keygen(args) => keygen::keygen(args),
         Command::Bench(args) => bench::bench(args).await,
     }
 }
