@@ -68,13 +68,13 @@ fn json_body<T>(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Res
 where
     T: serde::de::DeserializeOwned + Default,
 {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        if !is_json(content_type) {
-            return Err(ApiError::invalid(format!(
-                "expected Content-Type: application/json, got {:?}",
-                String::from_utf8_lossy(content_type.as_bytes())
-            )));
-        }
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE)
+        && !is_json(content_type)
+    {
+        return Err(ApiError::invalid(format!(
+            "expected Content-Type: application/json, got {:?}",
+            String::from_utf8_lossy(content_type.as_bytes())
+        )));
     }
     let bytes = body.map_err(body_rejection)?;
     parse::body(&bytes)

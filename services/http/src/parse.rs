@@ -184,10 +184,10 @@ pub fn status(text: &str) -> Result<TaskStatus, ApiError> {
     if text.is_empty() {
         return Ok(TaskStatus::Unspecified);
     }
-    if let Ok(number) = text.parse::<i32>() {
-        if let Ok(status) = TaskStatus::try_from(number) {
-            return Ok(status);
-        }
+    if let Ok(number) = text.parse::<i32>()
+        && let Ok(status) = TaskStatus::try_from(number)
+    {
+        return Ok(status);
     }
     let upper = text.to_ascii_uppercase();
     let name = if upper.starts_with("TASK_STATUS_") {

@@ -153,12 +153,11 @@ impl Shared {
 
     fn insert(self: &Arc<Self>, expression: String, key: String, priority: u32) -> Task {
         let mut state = self.lock();
-        if !key.is_empty() {
-            if let Some(id) = state.keys.get(&key) {
-                if let Some(task) = state.tasks.iter().find(|task| &task.id == id) {
-                    return task.clone();
-                }
-            }
+        if !key.is_empty()
+            && let Some(id) = state.keys.get(&key)
+            && let Some(task) = state.tasks.iter().find(|task| &task.id == id)
+        {
+            return task.clone();
         }
         let task = Task {
             id: uuid::Uuid::new_v4().to_string(),
@@ -310,11 +309,11 @@ impl TaskService for FakeService {
     ) -> Result<Response<SubmitTaskResponse>, Status> {
         self.shared.authenticate(&request)?;
         let request = request.into_inner();
-        if self.shared.options.inject_errors {
-            if let Some(code) = request.expression.strip_prefix("fail:") {
-                let code = code.parse::<i32>().unwrap_or(2);
-                return Err(Status::new(tonic::Code::from_i32(code), "injected failure"));
-            }
+        if self.shared.options.inject_errors
+            && let Some(code) = request.expression.strip_prefix("fail:")
+        {
+            let code = code.parse::<i32>().unwrap_or(2);
+            return Err(Status::new(tonic::Code::from_i32(code), "injected failure"));
         }
         validate(&request.expression)?;
         let timeout = check_timeout(request.timeout)?;
