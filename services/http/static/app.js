@@ -380,8 +380,8 @@
         node("td", {}, badge(task.status)),
         node("td", { class: "result-cell", "data-field": "result",
           text: task.result !== undefined ? task.result : task.error || "" }),
-        node("td", { class: "hide-narrow", "data-field": "workerId", text: task.workerId || "–" }),
-        node("td", { "data-field": "createdAt", title: task.createdAt || "", text: formatTime(task.createdAt) }));
+        node("td", { class: "hide-narrow hide-medium", "data-field": "workerId", text: task.workerId || "–" }),
+        node("td", { class: "hide-narrow", "data-field": "createdAt", title: task.createdAt || "", text: formatTime(task.createdAt) }));
       row.addEventListener("click", (event) => {
         if (event.target === open) return;
         selectTask(task.id);
@@ -516,12 +516,12 @@
     const rows = workers.map((worker) => {
       const row = node("tr", { "data-worker-id": worker.workerId || "" },
         node("th", { scope: "row", class: "worker-id", text: worker.workerId || "(unnamed)" }),
-        node("td", { class: "num", "data-field": "succeeded" }),
-        node("td", { class: "num", "data-field": "failed" }),
-        node("td", { class: "num", "data-field": "total" }),
-        node("td", { class: "num", "data-field": "mean" }),
-        node("td", { class: "num", "data-field": "p99" }),
-        node("td", { "data-field": "lastSeen" }));
+        node("td", { class: "num", "data-field": "succeeded", "data-label": "Succeeded" }),
+        node("td", { class: "num", "data-field": "failed", "data-label": "Failed" }),
+        node("td", { class: "num", "data-field": "total", "data-label": "Total" }),
+        node("td", { class: "num", "data-field": "mean", "data-label": "Mean" }),
+        node("td", { class: "num", "data-field": "p99", "data-label": "p99" }),
+        node("td", { "data-field": "lastSeen", "data-label": "Last seen" }));
       fillWorkerCells(row, worker);
       return row;
     });
