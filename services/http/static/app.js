@@ -370,7 +370,7 @@
   function renderTasks(tasks) {
     const rows = tasks.map((task) => {
       const status = shortStatus(task.status);
-      const open = node("button", { type: "button", class: "link-button expression-button",
+      const open = node("button", { type: "button", class: "link-button expression-button clip", title: task.expression,
         text: task.expression, "aria-label": `Show task ${task.expression} (${status.toLowerCase()})` });
       open.addEventListener("click", () => selectTask(task.id));
       const row = node("tr", { "data-task-id": task.id, "data-status": status,
@@ -378,8 +378,9 @@
         "aria-selected": task.id === selectedId ? "true" : null },
         node("td", { class: "expression-cell" }, open),
         node("td", {}, badge(task.status)),
-        node("td", { class: "result-cell", "data-field": "result",
-          text: task.result !== undefined ? task.result : task.error || "" }),
+        node("td", { class: "result-cell", "data-field": "result" },
+          node("span", { class: "clip", title: task.result !== undefined ? task.result : task.error || "",
+            text: task.result !== undefined ? task.result : task.error || "" })),
         node("td", { class: "hide-narrow hide-medium", "data-field": "workerId", text: task.workerId || "–" }),
         node("td", { class: "hide-narrow", "data-field": "createdAt", title: task.createdAt || "", text: formatTime(task.createdAt) }));
       row.addEventListener("click", (event) => {
@@ -515,7 +516,7 @@
     const workers = stats.workers || [];
     const rows = workers.map((worker) => {
       const row = node("tr", { "data-worker-id": worker.workerId || "" },
-        node("th", { scope: "row", class: "worker-id", text: worker.workerId || "(unnamed)" }),
+        node("th", { scope: "row", class: "worker-id", title: worker.workerId || "", text: worker.workerId || "(unnamed)" }),
         node("td", { class: "num", "data-field": "succeeded", "data-label": "Succeeded" }),
         node("td", { class: "num", "data-field": "failed", "data-label": "Failed" }),
         node("td", { class: "num", "data-field": "total", "data-label": "Total" }),
