@@ -375,7 +375,7 @@
       open.addEventListener("click", () => selectTask(task.id));
       const row = node("tr", { "data-task-id": task.id, "data-status": status,
         class: task.id === selectedId ? "selected" : null,
-        "aria-selected": task.id === selectedId ? "true" : null },
+        "aria-current": task.id === selectedId ? "true" : null },
         node("td", { class: "expression-cell" }, open),
         node("td", {}, badge(task.status)),
         node("td", { class: "result-cell", "data-field": "result" },
@@ -409,8 +409,8 @@
     for (const row of el.tasks.querySelectorAll("tr[data-task-id]")) {
       const on = row.dataset.taskId === id;
       row.classList.toggle("selected", on);
-      if (on) row.setAttribute("aria-selected", "true");
-      else row.removeAttribute("aria-selected");
+      if (on) row.setAttribute("aria-current", "true");
+      else row.removeAttribute("aria-current");
     }
     try {
       const { task } = await api("GET", `/tasks/${encodeURIComponent(id)}`);

@@ -28,6 +28,12 @@ if ! "$python" -c 'import schemathesis' 2>/dev/null; then
     || "$python" -m pip install -q --user --break-system-packages schemathesis
 fi
 
+# Hypothesis and schemathesis keep their databases in the working directory: use a scratch one
+# rather than litter the checkout.
+workdir=$(mktemp -d "${TMPDIR:-/tmp}/dalc-schemathesis.XXXXXX")
+cd "$workdir"
+echo "schemathesis working directory: $workdir" >&2
+
 seed=()
 if [[ -n "${SEED:-}" ]]; then seed=(--seed "$SEED"); fi
 
