@@ -36,6 +36,8 @@
 
   let selectedId = null;
   let followedId = null;
+  // Aborts the event stream of the task followed before, so one tab holds one stream at most.
+  let followAbort = null;
 
   /** An error answered by the API: {code, message} plus the HTTP status. */
   class ApiError extends Error {
@@ -242,6 +244,8 @@
     el.submit.disabled = true;
     el.submit.textContent = wait ? "Evaluating…" : "Submitting…";
     el.result.replaceChildren();
+    followedId = null;
+    if (followAbort) followAbort.abort();
     try {
       const { task } = await api("POST", "/tasks", { expression, wait, timeout: "30s" });
       showResult(task);
@@ -258,10 +262,13 @@
   /** Follows a task over SSE until it ends; falls back to long-polling GetTask. */
   async function follow(id) {
     followedId = id;
+    if (followAbort) followAbort.abort();
+    const abort = new AbortController();
+    followAbort = abort;
     try {
-      await followEvents(id);
+      await followEvents(id, abort.signal);
     } catch (error) {
-      if (followedId !== id) return;
+      if (followedId !== id || abort.signal.aborted) return;
       if (error instanceof ApiError && error.status !== 0 && error.status < 500) {
         showError(error);
         return;
@@ -270,10 +277,11 @@
     }
   }
 
-  async function followEvents(id) {
+  async function followEvents(id, signal) {
     const response = await fetch(`/tasks/${encodeURIComponent(id)}/events`, {
       headers: headers({ Accept: "text/event-stream" }),
       cache: "no-store",
+      signal,
     });
     if (!response.ok) throw await errorFrom(response);
     if (!response.body) throw new ApiError(0, "UNAVAILABLE", "streaming not supported");
