@@ -178,14 +178,32 @@ pub enum GatewayError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` is cancelled; then reports NOT_SERVING, keeps accepting
-/// for `drain_delay`, stops accepting and gives in-flight calls the rest of `shutdown_grace`.
+/// Where a gateway serves: gRPC, and optionally the HTTP/JSON API and dashboard.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Listeners { grpc, http: None }
+    }
+}
+
+/// Serves on `listeners` until `shutdown` is cancelled; then reports NOT_SERVING, keeps
+/// accepting for `drain_delay`, stops accepting and gives in-flight calls the rest of
+/// `shutdown_grace`.
 pub async fn run(
     config: GatewayConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     backends: GatewayBackends,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let Listeners {
+        grpc: listener,
+        http: http_listener,
+    } = listeners.into();
     let GatewayBackends {
         store,
         publisher,
@@ -254,7 +272,19 @@ pub async fn run(
         reply_to,
         draining: draining.clone(),
     });
-    let task_service = TaskServiceServer::new(TaskServiceImpl { tasks })
+    let service = Arc::new(TaskServiceImpl { tasks });
+    if let Some(http_listener) = http_listener {
+        // The same handlers as gRPC, so HTTP has the same rules, keys and limits.
+        let options = dalc_http::RouterOptions::default().max_body_bytes(max_message_bytes);
+        let router = dalc_http::router_with(service.clone(), options);
+        tokio::spawn(serve_http(
+            http_listener,
+            router,
+            shutdown.clone(),
+            drain_delay,
+        ));
+    }
+    let task_service = TaskServiceServer::from_arc(service)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let reflection = || {
@@ -311,6 +341,28 @@ pub async fn run(
     }
     info!("gateway stopped");
     Ok(())
+}
+
+/// Serves the HTTP/JSON API and dashboard until shutdown (after the same drain delay as gRPC).
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    drain_delay: Duration,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "HTTP/JSON API and dashboard listening");
+    }
+    let stopping = async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain_delay).await;
+    };
+    if let Err(err) = axum::serve(listener, router)
+        .with_graceful_shutdown(stopping)
+        .await
+    {
+        warn!(error = %err, "the HTTP listener failed");
+    }
 }
 
 /// The one long-lived update consumer: routes replies and events to waiters by task id, and

@@ -5,7 +5,7 @@ use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use dalc_domain::Backoff;
-use dalc_gateway::{ApiKeys, GatewayBackends, GatewayConfig, SweepPolicy, TlsIdentity};
+use dalc_gateway::{ApiKeys, GatewayBackends, GatewayConfig, Listeners, SweepPolicy, TlsIdentity};
 use dalc_queue::{
     DeadLetterConsumer, QueueError, QueueNames, TaskConsumer, TaskPublisher, UpdateConsumer,
     UpdatePublisher,
@@ -155,7 +155,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>
         &shutdown,
     )
     .await?;
-    let listener = bind(&args.api.listen).await?;
+    let listeners = bind_listeners(&args.api).await?;
     let backends = Arc::new(backends);
     let mut services = JoinSet::new();
     // The workers stop after the gateway: calls it accepts while draining still get run.
@@ -168,7 +168,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>
             Ok(())
         });
     }
-    let gateway = dalc_gateway::run(config, listener, backends.gateway(), shutdown.clone());
+    let gateway = dalc_gateway::run(config, listeners, backends.gateway(), shutdown.clone());
     services.spawn(async move {
         let served = gateway.await;
         workers_stop.cancel();
@@ -193,8 +193,8 @@ pub async fn gateway(
         &shutdown,
     )
     .await?;
-    let listener = bind(&args.api.listen).await?;
-    let result = dalc_gateway::run(config, listener, backends.gateway(), shutdown).await;
+    let listeners = bind_listeners(&args.api).await?;
+    let result = dalc_gateway::run(config, listeners, backends.gateway(), shutdown).await;
     backends.close().await;
     result.context("gateway")
 }
@@ -327,15 +327,25 @@ async fn connect_broker(
     Ok(Arc::new(broker))
 }
 
-/// Binds the gRPC listener and prints the bound address on stdout, so scripts and tests that
-/// asked for port 0 learn the port.
-async fn bind(listen: &str) -> Result<TcpListener> {
+/// Binds the gRPC listener and (unless `off`) the HTTP one.
+async fn bind_listeners(args: &ApiArgs) -> Result<Listeners> {
+    let grpc = bind(&args.listen, "dalc gateway").await?;
+    let http = match args.http_listen.as_str() {
+        "off" => None,
+        listen => Some(bind(listen, "dalc http").await?),
+    };
+    Ok(Listeners { grpc, http })
+}
+
+/// Binds a listener and prints the bound address on stdout (`<what> listening on ADDR`), so
+/// scripts and tests that asked for port 0 learn the port.
+async fn bind(listen: &str, what: &str) -> Result<TcpListener> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "dalc gateway listening on {addr}")?;
+    writeln!(stdout, "{what} listening on {addr}")?;
     stdout.flush()?;
     Ok(listener)
 }

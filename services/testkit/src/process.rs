@@ -19,6 +19,8 @@ pub struct DalcProcess {
     pub addr: Option<SocketAddr>,
     /// The Prometheus endpoint's address, for processes started with `--metrics-listen`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The HTTP/JSON API's address, for gateways (on port 0 unless the test says otherwise).
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl DalcProcess {
@@ -51,7 +53,9 @@ impl DalcProcess {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .env("DALC_LOG", "warn");
+            .env("DALC_LOG", "warn")
+            // Gateways in parallel tests must not all take the default HTTP port.
+            .env("DALC_HTTP_LISTEN", "127.0.0.1:0");
         for (key, value) in envs {
             command.env(key, value);
         }
@@ -64,6 +68,7 @@ impl DalcProcess {
             let prefixes = [
                 ("grpc", "dalc gateway listening on "),
                 ("metrics", "dalc metrics listening on "),
+                ("http", "dalc http listening on "),
             ];
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 for (kind, prefix) in prefixes {
@@ -74,8 +79,14 @@ impl DalcProcess {
             }
         });
         let wants_metrics = args.contains(&"--metrics-listen");
-        let (mut addr, mut metrics_addr) = (None, None);
-        while (serves_grpc && addr.is_none()) || (wants_metrics && metrics_addr.is_none()) {
+        let http_off = args.windows(2).any(|pair| pair == ["--http-listen", "off"])
+            || envs.contains(&("DALC_HTTP_LISTEN", "off"));
+        let wants_http = serves_grpc && !http_off;
+        let (mut addr, mut metrics_addr, mut http_addr) = (None, None, None);
+        while (serves_grpc && addr.is_none())
+            || (wants_metrics && metrics_addr.is_none())
+            || (wants_http && http_addr.is_none())
+        {
             let (kind, line) = rx
                 .recv_timeout(Duration::from_secs(60))
                 .unwrap_or_else(|_| panic!("{name} did not report its addresses"));
@@ -84,6 +95,7 @@ impl DalcProcess {
                 .unwrap_or_else(|e| panic!("{name} address {line:?}: {e}"));
             match kind {
                 "grpc" => addr = Some(parsed),
+                "http" => http_addr = Some(parsed),
                 _ => metrics_addr = Some(parsed),
             }
         }
@@ -92,6 +104,7 @@ impl DalcProcess {
             child,
             addr,
             metrics_addr,
+            http_addr,
         }
     }
 
@@ -108,6 +121,14 @@ impl DalcProcess {
         let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         body.to_owned()
+    }
+
+    /// `http://ADDR` of the HTTP/JSON API and dashboard.
+    pub fn http_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.http_addr.expect("this gateway serves HTTP")
+        )
     }
 
     /// `http://ADDR`, for tonic clients.
