@@ -62,41 +62,9 @@ pub fn render_json(task: &Task) -> String {
     task_json(task).to_string()
 }
 
-/// The proto3 JSON mapping (as grpcurl prints it): lowerCamelCase names, enum names,
-/// RFC 3339 timestamps, default values omitted.
+/// The proto3 JSON mapping (as grpcurl prints it), the one the HTTP API uses.
 pub fn task_json(task: &Task) -> Value {
-    let mut object = Map::new();
-    let mut put = |key: &str, value: Value| {
-        object.insert(key.to_owned(), value);
-    };
-    put("id", task.id.clone().into());
-    put("expression", task.expression.clone().into());
-    put("status", task.status().as_str_name().into());
-    for (key, text) in [
-        ("result", &task.result),
-        ("error", &task.error),
-        ("workerId", &task.worker_id),
-    ] {
-        if !text.is_empty() {
-            put(key, text.clone().into());
-        }
-    }
-    for (key, at) in [
-        ("createdAt", &task.created_at),
-        ("startedAt", &task.started_at),
-        ("finishedAt", &task.finished_at),
-    ] {
-        if let Some(at) = at.as_ref().and_then(rfc3339) {
-            put(key, at.into());
-        }
-    }
-    if task.attempts > 0 {
-        put("attempts", task.attempts.into());
-    }
-    if task.priority > 0 {
-        put("priority", task.priority.into());
-    }
-    Value::Object(object)
+    dalc_http::json::task(task)
 }
 
 /// `{"index": n, "task": {…}}`, one line of `dalc submit -f --json`.
@@ -109,56 +77,7 @@ pub fn batch_json(index: usize, task: &Task) -> String {
 
 /// GetStats in the proto3 JSON mapping (64-bit integers as strings, as the mapping says).
 pub fn stats_json(stats: &GetStatsResponse) -> Value {
-    let mut object = Map::new();
-    if !stats.workers.is_empty() {
-        object.insert(
-            "workers".into(),
-            stats.workers.iter().map(worker_json).collect(),
-        );
-    }
-    if let Some(totals) = &stats.totals {
-        object.insert("totals".into(), worker_json(totals));
-    }
-    if stats.queue_depth > 0 {
-        object.insert("queueDepth".into(), stats.queue_depth.to_string().into());
-    }
-    if !stats.tasks_by_status.is_empty() {
-        let by_status: Map<String, Value> = stats
-            .tasks_by_status
-            .iter()
-            .map(|(status, count)| (status.clone(), count.to_string().into()))
-            .collect();
-        object.insert("tasksByStatus".into(), Value::Object(by_status));
-    }
-    Value::Object(object)
-}
-
-fn worker_json(worker: &WorkerStats) -> Value {
-    let mut object = Map::new();
-    if !worker.worker_id.is_empty() {
-        object.insert("workerId".into(), worker.worker_id.clone().into());
-    }
-    for (key, count) in [
-        ("succeeded", worker.succeeded),
-        ("failed", worker.failed),
-        ("total", worker.total),
-    ] {
-        if count > 0 {
-            object.insert(key.into(), count.to_string().into());
-        }
-    }
-    for (key, duration) in [
-        ("meanRunTime", &worker.mean_run_time),
-        ("p99RunTime", &worker.p99_run_time),
-    ] {
-        if let Some(duration) = duration.as_ref().and_then(json_duration) {
-            object.insert(key.into(), duration.into());
-        }
-    }
-    if let Some(at) = worker.last_seen.as_ref().and_then(rfc3339) {
-        object.insert("lastSeen".into(), at.into());
-    }
-    Value::Object(object)
+    dalc_http::json::stats(stats)
 }
 
 /// The stats for people: a table of workers, the totals, the queue and the tasks by status.
@@ -287,39 +206,9 @@ fn clip(text: &str, max: usize) -> String {
     cut
 }
 
-pub fn rfc3339(at: &prost_types::Timestamp) -> Option<String> {
-    let nanos = u32::try_from(at.nanos).ok()?;
-    let at = chrono::DateTime::from_timestamp(at.seconds, nanos)?;
-    Some(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-}
-
 fn rfc3339_seconds(at: &prost_types::Timestamp) -> Option<String> {
     let at = chrono::DateTime::from_timestamp(at.seconds, 0)?;
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-}
-
-/// The proto3 JSON form of a Duration: seconds with 0, 3, 6 or 9 decimals, e.g. `"1.500s"`.
-fn json_duration(duration: &prost_types::Duration) -> Option<String> {
-    let (seconds, nanos) = (duration.seconds, duration.nanos);
-    // Both parts carry the sign; mixed signs or out-of-range nanos are not a Duration.
-    if !(-999_999_999..=999_999_999).contains(&nanos)
-        || (seconds > 0 && nanos < 0)
-        || (seconds < 0 && nanos > 0)
-    {
-        return None;
-    }
-    let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
-    let (seconds, nanos) = (seconds.unsigned_abs(), nanos.unsigned_abs());
-    let fraction = if nanos == 0 {
-        String::new()
-    } else if nanos % 1_000_000 == 0 {
-        format!(".{:03}", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
-        format!(".{:06}", nanos / 1_000)
-    } else {
-        format!(".{nanos:09}")
-    };
-    Some(format!("{sign}{seconds}{fraction}s"))
 }
 
 /// `12.3ms`, `1.20s`: a run time for a table.
