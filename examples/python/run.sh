@@ -22,7 +22,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 command -v python3 >/dev/null || die "python3 is missing (Debian: apt-get install python3)"
 
-cache=${DALC_PYTHON_EXAMPLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dalc/python-example}
+cache=${DALC_PYTHON_EXAMPLE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/dalc/python-example}
 venv=$cache/venv-$GRPC_VERSION
 mkdir -p "$cache"
 # pip's downloads stay in the same directory, so removing it forgets everything this made.
