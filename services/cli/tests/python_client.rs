@@ -31,7 +31,13 @@ fn the_python_example_gets_every_answer_right_from_dalc_up() {
     let up = DalcProcess::start_in(
         "dalc up",
         dalc(),
-        &["up", "--listen", "127.0.0.1:0", "--database-url", &database],
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database.as_str(),
+        ],
         // A free port for the HTTP listener too, so this test can run beside anything on 8080.
         // (A build without that listener ignores the variable.)
         &[("DALC_HTTP_LISTEN", "127.0.0.1:0")],
