@@ -113,11 +113,14 @@ def list_tasks(stub, metadata, ours):
     check(ours <= found, f"ListTasks missed {len(ours - found)} of this run's tasks")
 
 
-def stats(stub, metadata):
-    # The tasks this run finished must show up; give figures gathered in the background a moment.
-    for _ in range(20):
+def stats(stub, metadata, ours):
+    """`ours`: the tasks this run saw SUCCEEDED; the figures must count at least those."""
+    # Workers report their figures now and then: give them time to catch up with this run.
+    started = time.monotonic()
+    while True:
         reply = stub.GetStats(pb.GetStatsRequest(), metadata=metadata, timeout=DEADLINE)
-        if reply.tasks_by_status.get("TASK_STATUS_SUCCEEDED", 0) > 0:
+        counted = min(reply.totals.succeeded, reply.tasks_by_status.get("TASK_STATUS_SUCCEEDED", 0))
+        if counted >= len(ours) or time.monotonic() - started > 30:
             break
         time.sleep(0.5)
     totals = reply.totals
@@ -130,7 +133,9 @@ def stats(stub, metadata):
     for name, count in sorted(reply.tasks_by_status.items()):
         print(f"stats:   {name}: {count}")
         check(name in pb.TaskStatus.keys(), f"unknown status {name!r}")
-    check(reply.tasks_by_status.get("TASK_STATUS_SUCCEEDED", 0) > 0, "no SUCCEEDED tasks counted")
+    check(totals.succeeded >= len(ours), f"totals count {totals.succeeded} succeeded, this run saw {len(ours)}")
+    check(reply.tasks_by_status.get("TASK_STATUS_SUCCEEDED", 0) >= len(ours),
+          f"tasks_by_status counts fewer SUCCEEDED tasks than this run saw ({len(ours)})")
 
 
 def main():
@@ -150,7 +155,7 @@ def main():
             ("WatchTask", lambda: ours.add(watch(stub, metadata))),
             ("SubmitBatch", lambda: ours.update(batch(stub, metadata))),
             ("ListTasks", lambda: list_tasks(stub, metadata, ours)),
-            ("GetStats", lambda: stats(stub, metadata)),
+            ("GetStats", lambda: stats(stub, metadata, ours)),
         ]
         # Every step runs, so one failure does not hide the state of the others.
         for name, step in steps:
