@@ -4,7 +4,8 @@
 # k8s/overlays/production`), as many replicas as they declare (capped at 2 each), as separate
 # `dalc` processes against this machine's RabbitMQ and PostgreSQL. Then every gateway must
 # answer its gRPC health check and `{"expression": "1 + 1", "wait": true}` with
-# TASK_STATUS_SUCCEEDED and "2", computed by one of these workers. Everything is stopped (and
+# TASK_STATUS_SUCCEEDED and "2", computed by one of these workers (and the same over HTTP/JSON,
+# POST /tasks, when the binary serves it). Everything is stopped (and
 # the database and queues dropped) on exit.
 #
 # What differs from a pod, and why:
@@ -186,6 +187,7 @@ done <"$work/plan.tsv"
 ((${#gateways[@]} > 0 && ${#worker_ids[@]} > 0)) || die "the overlay declares no gateway or no worker"
 
 addrs=()
+declare -A http_addrs=()
 for n in "${gateways[@]}"; do
   addr=""
   for _ in $(seq 1 120); do
@@ -196,6 +198,16 @@ for n in "${gateways[@]}"; do
   done
   [[ -n $addr ]] || die "gateway $n did not report its address in 60 s"
   addrs+=("$addr")
+  if ((http_listen)); then
+    http_addr=""
+    for _ in $(seq 1 20); do
+      http_addr=$(sed -n 's/^dalc http listening on //p' "$work/gateway-$n.out" | head -n 1)
+      [[ -n $http_addr ]] && break
+      sleep 0.5
+    done
+    [[ -n $http_addr ]] || die "gateway $n did not report its HTTP address"
+    http_addrs[$addr]=$http_addr
+  fi
 done
 log "gateways listening on ${addrs[*]}"
 
@@ -240,6 +252,32 @@ else:
     echo "$reply" >&2
     log "FAIL $addr: $verdict"
     failures=$((failures + 1))
+  fi
+  if [[ -n ${http_addrs[$addr]:-} ]]; then
+    # The same call over HTTP/JSON (urllib: no curl needed), with the same key.
+    http_verdict=$(python3 - "http://${http_addrs[$addr]}/tasks" "$api_key" <<'PY'
+import json, sys, urllib.request, urllib.error
+url, key = sys.argv[1:3]
+headers = {"Content-Type": "application/json"}
+if key:
+    headers["Authorization"] = f"Bearer {key}"
+body = json.dumps({"expression": "1 + 1", "wait": True}).encode()
+try:
+    with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=60) as r:
+        task = json.load(r)["task"]
+except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+    print("error:", e)
+    sys.exit()
+ok = task.get("status") == "TASK_STATUS_SUCCEEDED" and task.get("result") == "2"
+print("ok" if ok else f"status {task.get('status')} result {task.get('result')!r}")
+PY
+)
+    if [[ $http_verdict == ok ]]; then
+      log "ok   http://${http_addrs[$addr]}/tasks: 1 + 1 = 2"
+    else
+      log "FAIL http://${http_addrs[$addr]}/tasks: $http_verdict"
+      failures=$((failures + 1))
+    fi
   fi
 done
 
