@@ -42,7 +42,8 @@ COPY --from=builder /out/dalc /usr/local/bin/dalc
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /tmp
-# 50051: gRPC (gateway). 9090: Prometheus metrics (DALC_METRICS_LISTEN).
-EXPOSE 50051 9090
+# 50051: gRPC (gateway). 8080: HTTP/JSON (gateway, DALC_HTTP_LISTEN). 9090: Prometheus metrics
+# (DALC_METRICS_LISTEN).
+EXPOSE 50051 8080 9090
 ENTRYPOINT ["dalc"]
 CMD ["--help"]

