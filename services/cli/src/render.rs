@@ -289,18 +289,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_follow_the_proto3_json_form() {
-        let d = |seconds, nanos| json_duration(&prost_types::Duration { seconds, nanos });
-        assert_eq!(d(1, 500_000_000).as_deref(), Some("1.500s"));
-        assert_eq!(d(0, 1_000).as_deref(), Some("0.000001s"));
-        assert_eq!(d(3, 0).as_deref(), Some("3s"));
-        assert_eq!(d(0, 7).as_deref(), Some("0.000000007s"));
-        assert_eq!(d(-1, -500_000_000).as_deref(), Some("-1.500s"));
-        assert_eq!(d(1, -1), None);
-        assert_eq!(d(0, 1_000_000_000), None);
-    }
-
-    #[test]
     fn stats_render_as_json_and_as_a_table() {
         let worker = WorkerStats {
             worker_id: "w1".into(),

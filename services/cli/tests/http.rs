@@ -53,7 +53,8 @@ fn curl_speaks_the_original_http_api() {
     let tasks = format!("{base}/tasks");
     let post = |body: &str| curl(&["-H", "content-type: application/json", "-d", body, &tasks]);
 
-    let (code, body) = post(r#"{"expression": "1 + 1", "wait": true}"#);
+    // As the original API was used: `curl -d` (which labels the body a form) and no header.
+    let (code, body) = curl(&["-d", r#"{"expression": "1 + 1", "wait": true}"#, &tasks]);
     assert_eq!(code, 200, "{body}");
     let task = json(&body)["task"].clone();
     assert_eq!(task["status"], "TASK_STATUS_SUCCEEDED");

@@ -90,7 +90,11 @@ fn is_json(content_type: &HeaderValue) -> bool {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
+    // `curl -d` and Postman's "raw text" label JSON as a form or as text: the body is JSON all
+    // the same, as it was for the API this one replaces.
     essence == "application/json"
+        || essence == "application/x-www-form-urlencoded"
+        || essence == "text/plain"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 

@@ -549,11 +549,23 @@ async fn the_http_layer_answers_its_own_errors_in_json() {
         &router,
         "POST",
         "/tasks",
-        &[("content-type", "text/plain")],
+        &[("content-type", "multipart/form-data; boundary=x")],
         "{\"expression\": \"1\"}",
     )
     .await
     .assert_error(400, "INVALID_ARGUMENT");
+    // curl -d (a form) and Postman's raw text still carry JSON.
+    for form in ["application/x-www-form-urlencoded", "text/plain"] {
+        let sent = send(
+            &router,
+            "POST",
+            "/tasks",
+            &[("content-type", form)],
+            "{\"expression\": \"1\"}",
+        )
+        .await;
+        assert_eq!(sent.status, StatusCode::ACCEPTED, "{form}: {}", sent.text);
+    }
     // No content type at all is read as JSON; `application/json; charset=utf-8` is JSON.
     let plain = send(&router, "POST", "/tasks", &[], "{\"expression\": \"1\"}").await;
     assert_eq!(plain.status, StatusCode::ACCEPTED, "{}", plain.text);
