@@ -385,10 +385,31 @@ impl AmqpBroker {
         channel
             .queue_declare(names.dead_letters().into(), durable, dead_letter_args)
             .await?;
-        channel
-            .queue_declare(names.tasks().into(), durable, self.task_queue_arguments())
-            .await?;
+        for queue in self.task_queues() {
+            channel
+                .queue_declare(queue.into(), durable, self.task_queue_arguments())
+                .await?;
+        }
         Ok(())
+    }
+
+    /// The request queues: one classic queue with message priorities, or for quorum queues
+    /// (which have none on RabbitMQ 3.10) a second queue for interactive work, drained first.
+    fn task_queues(&self) -> Vec<String> {
+        let names = &self.config.names;
+        match self.config.queue_type {
+            QueueType::Classic => vec![names.tasks()],
+            QueueType::Quorum => vec![names.interactive_tasks(), names.tasks()],
+        }
+    }
+
+    /// The request queue a task of `priority` goes to.
+    fn task_queue_for(&self, priority: Priority) -> String {
+        let names = &self.config.names;
+        match self.config.queue_type {
+            QueueType::Quorum if priority >= Priority::INTERACTIVE => names.interactive_tasks(),
+            _ => names.tasks(),
+        }
     }
 
     fn task_queue_arguments(&self) -> FieldTable {
@@ -497,7 +518,11 @@ impl AmqpBroker {
     pub async fn delete_topology(&self) -> Result<(), QueueError> {
         let link = self.link(&self.consuming).await?;
         let names = &self.config.names;
-        for queue in [names.tasks(), names.dead_letters()] {
+        for queue in [
+            names.tasks(),
+            names.interactive_tasks(),
+            names.dead_letters(),
+        ] {
             link.channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;
@@ -582,7 +607,7 @@ impl TaskPublisher for AmqpBroker {
             // handing it to a worker; the gateway's sweeper then records it as EXPIRED.
             properties = properties.with_expiration(expiration_ms(deadline).to_string().into());
         }
-        let queue = self.config.names.tasks();
+        let queue = self.task_queue_for(message.priority);
         // Mandatory: if the request queue is missing the task must not silently vanish.
         let published = self
             .publish_confirmed("", &queue, true, &message.encode_body(), properties)
@@ -597,8 +622,11 @@ impl TaskPublisher for AmqpBroker {
     }
 
     async fn depth(&self) -> Result<Option<u64>, QueueError> {
-        let depth = self.queue_depth(&self.config.names.tasks()).await?;
-        Ok(Some(u64::from(depth)))
+        let mut depth = 0u64;
+        for queue in self.task_queues() {
+            depth += u64::from(self.queue_depth(&queue).await?);
+        }
+        Ok(Some(depth))
     }
 }
 
@@ -609,19 +637,45 @@ impl TaskConsumer for AmqpBroker {
     }
 
     async fn consume_tasks(&self, prefetch: u16) -> Result<Deliveries, QueueError> {
-        // Bounded prefetch: a worker holds at most this many unacked tasks, the rest stay
-        // queued for other workers.
-        let (channel, consumer) = self
-            .consume_queue(&self.config.names.tasks(), prefetch)
-            .await?;
-        // When the worker stops consuming (shutdown), the broker must stop pushing it tasks
-        // nobody will read; the channel stays open for the acks of tasks still in flight.
-        let canceller = CancelOnDrop(Some((channel, consumer.tag())));
-        let deliveries = consumer.map(move |delivery| {
-            let _cancels_the_consumer_when_the_stream_goes = &canceller;
-            delivery.map(into_delivery).map_err(QueueError::from)
-        });
-        Ok(deliveries.boxed())
+        // The first queue is the most urgent (quorum: the interactive one); a delivery waiting
+        // there is always taken before the next one of the queue behind it.
+        let mut lanes = Vec::new();
+        for queue in self.task_queues() {
+            // Bounded prefetch: a worker holds at most this many unacked tasks per queue, the
+            // rest stay queued for other workers (and for priorities to reorder).
+            let (channel, consumer) = self.consume_queue(&queue, prefetch).await?;
+            // When the worker stops consuming (shutdown), the broker must stop pushing it tasks
+            // nobody will read; the channel stays open for the acks of tasks still in flight.
+            let canceller = CancelOnDrop(Some((channel, consumer.tag())));
+            let deliveries = consumer.map(move |delivery| {
+                let _cancels_the_consumer_when_the_stream_goes = &canceller;
+                delivery.map(into_delivery).map_err(QueueError::from)
+            });
+            lanes.push(deliveries.boxed());
+        }
+        if lanes.len() > 1 {
+            // Either consumer ending must end the merged stream (the worker then resubscribes
+            // both), not leave it half alive.
+            lanes = lanes
+                .into_iter()
+                .map(|lane| {
+                    let ended = futures::stream::once(async {
+                        Err(QueueError::Unavailable("a task consumer ended".into()))
+                    });
+                    lane.chain(ended).boxed()
+                })
+                .collect();
+        }
+        let mut lanes = lanes.into_iter();
+        let first = lanes
+            .next()
+            .unwrap_or_else(|| futures::stream::empty().boxed());
+        Ok(lanes.fold(first, |urgent, behind| {
+            futures::stream::select_with_strategy(urgent, behind, |_: &mut ()| {
+                futures::stream::PollNext::Left
+            })
+            .boxed()
+        }))
     }
 }
 

@@ -23,6 +23,12 @@ impl QueueNames {
         format!("{}dalc.tasks", self.prefix)
     }
 
+    /// Quorum deployments: the request queue of interactive work (priority ≥ 5), which workers
+    /// take from first; quorum queues on RabbitMQ 3.10 have no message priorities.
+    pub fn interactive_tasks(&self) -> String {
+        format!("{}dalc.tasks.interactive", self.prefix)
+    }
+
     /// Where messages that cannot be processed end up.
     pub fn dead_letters(&self) -> String {
         format!("{}dalc.tasks.dead", self.prefix)
@@ -62,6 +68,7 @@ mod tests {
         let names = QueueNames::new("staging.");
         for name in [
             names.tasks(),
+            names.interactive_tasks(),
             names.dead_letters(),
             names.events(),
             names.reply_queue("a"),

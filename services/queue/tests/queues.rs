@@ -335,3 +335,57 @@ async fn the_update_stream_ends_when_either_consumer_is_cancelled() {
     connection.close(200, "done".into()).await.ok();
     a.delete_topology().await.unwrap();
 }
+
+/// Messages of `priority`, `count` of them, on `broker`.
+async fn publish_with_priority(broker: &impl TaskPublisher, count: usize, priority: u32) {
+    for n in 0..count {
+        let mut task = Task::new(format!("{n}"), None);
+        task.priority = dalc_domain::Priority::new(priority).unwrap();
+        broker
+            .publish_task(&TaskMessage::for_task(&task, None))
+            .await
+            .unwrap();
+    }
+}
+
+/// The priorities of the first `count` deliveries, each acked.
+async fn first_priorities(deliveries: &mut dalc_queue::Deliveries, count: usize) -> Vec<u8> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let delivery = next_delivery(deliveries).await;
+        seen.push(delivery.message.as_ref().unwrap().priority.get());
+        delivery.ack().await.unwrap();
+    }
+    seen
+}
+
+#[tokio::test]
+async fn interactive_work_overtakes_a_backlog_on_classic_and_quorum_queues() {
+    for queue_type in [
+        dalc_queue::amqp::QueueType::Classic,
+        dalc_queue::amqp::QueueType::Quorum,
+    ] {
+        let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
+        let mut config = AmqpConfig::new(dalc_testkit::amqp_url(), names);
+        config.queue_type = queue_type;
+        let broker = AmqpBroker::connect(config).await.unwrap();
+        publish_with_priority(&broker, 50, 0).await;
+        publish_with_priority(&broker, 1, 5).await;
+        let mut deliveries = broker.consume_tasks(1).await.unwrap();
+        let seen = first_priorities(&mut deliveries, 3).await;
+        // Prefetch 1: at most the one delivery already pushed goes before it.
+        assert!(seen[..2].contains(&5), "{queue_type:?}: {seen:?}");
+        drop(deliveries);
+        broker.delete_topology().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn in_process_queue_delivers_higher_priorities_first() {
+    let broker = MemoryBroker::new();
+    publish_with_priority(&broker, 20, 0).await;
+    publish_with_priority(&broker, 2, 9).await;
+    publish_with_priority(&broker, 1, 5).await;
+    let mut deliveries = broker.consume_tasks(1).await.unwrap();
+    assert_eq!(first_priorities(&mut deliveries, 4).await, [9, 9, 5, 0]);
+}
