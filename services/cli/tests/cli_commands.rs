@@ -107,11 +107,18 @@ fn the_cli_covers_the_task_api() {
     assert_eq!(answers[3]["task"]["status"], "TASK_STATUS_FAILED");
 
     // Submit async, watch it to the end.
-    let submitted = up.run(&["submit", "--no-wait", "--json", "--priority", "7", "6 * 7"], "");
+    let submitted = up.run(
+        &["submit", "--no-wait", "--json", "--priority", "7", "6 * 7"],
+        "",
+    );
     assert!(submitted.status.success());
     let id = json_lines(&submitted)[0]["id"].as_str().unwrap().to_owned();
     let watched = up.run(&["watch", &id, "--json"], "");
-    assert!(watched.status.success(), "{}", String::from_utf8_lossy(&watched.stderr));
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
     let states = json_lines(&watched);
     assert_eq!(states.last().unwrap()["status"], "TASK_STATUS_SUCCEEDED");
     assert_eq!(states.last().unwrap()["result"], "42");
@@ -127,7 +134,10 @@ fn the_cli_covers_the_task_api() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["expression"], "1 / 0");
     let table = text(&up.run(&["list"], ""));
-    assert!(table.contains("SUCCEEDED") && table.contains("6 * 7"), "{table}");
+    assert!(
+        table.contains("SUCCEEDED") && table.contains("6 * 7"),
+        "{table}"
+    );
 
     // Cancel: refused for a finished task, naming its status.
     let cancel = up.run(&["cancel", &id], "");
@@ -145,7 +155,10 @@ fn the_cli_covers_the_task_api() {
     }
     assert_eq!(stats["totals"]["total"], "5", "{stats}");
     assert_eq!(stats["totals"]["failed"], "1", "{stats}");
-    assert_eq!(stats["tasksByStatus"]["TASK_STATUS_SUCCEEDED"], "4", "{stats}");
+    assert_eq!(
+        stats["tasksByStatus"]["TASK_STATUS_SUCCEEDED"], "4",
+        "{stats}"
+    );
     let table = text(&up.run(&["stats"], ""));
     assert!(table.contains("worker"), "{table}");
 }
