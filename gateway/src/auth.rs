@@ -88,6 +88,14 @@ impl ApiKeys {
         Ok(ApiKeys { entries })
     }
 
+    /// Every tenant with a key, once each.
+    pub fn tenants(&self) -> Vec<String> {
+        let mut tenants: Vec<String> = self.entries.iter().map(|(_, t)| t.0.clone()).collect();
+        tenants.sort();
+        tenants.dedup();
+        tenants
+    }
+
     /// The tenant whose key `metadata` presents.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Tenant, ApiError> {
         let key = bearer_token(metadata).ok_or_else(|| {

@@ -15,6 +15,7 @@ mod marks;
 mod service;
 mod size_limit;
 mod sweeper;
+mod task_counts;
 mod tasks;
 mod wait;
 mod waiters;
@@ -260,7 +261,10 @@ pub async fn run(
     let waiting = Arc::new(tokio::sync::Semaphore::new(config.max_waiting_calls));
     let max_message_bytes = config.max_message_bytes;
     let tls = config.tls.clone();
+    let counts = task_counts::TaskCounts::default();
+    warm_up_counts(&counts, &store, &config);
     let tasks = Arc::new(Tasks {
+        counts,
         config,
         store,
         publisher,
@@ -341,6 +345,23 @@ pub async fn run(
     }
     info!("gateway stopped");
     Ok(())
+}
+
+/// Counts the known tenants' finished tasks in the background, so the first GetStats of each
+/// does not wait for a count of the whole table.
+fn warm_up_counts(counts: &task_counts::TaskCounts, store: &TaskStore, config: &GatewayConfig) {
+    let tenants = match &config.api_keys {
+        Some(keys) => keys.tenants(),
+        None => vec![String::new()],
+    };
+    let (counts, store) = (counts.clone(), store.clone());
+    tokio::spawn(async move {
+        for tenant in tenants {
+            if let Err(err) = counts.of(&store, &tenant).await {
+                warn!(error = %err, "cannot count tasks ahead of GetStats");
+            }
+        }
+    });
 }
 
 /// Serves the HTTP/JSON API and dashboard until shutdown (after the same drain delay as gRPC).

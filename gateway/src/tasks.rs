@@ -20,6 +20,7 @@ use crate::{
     auth::Tenant,
     events::{Events, Listening},
     marks::PublishMarks,
+    task_counts::TaskCounts,
     wait::CallBudget,
     waiters::{Subscription, Waiters},
 };
@@ -76,6 +77,8 @@ pub(crate) struct Tasks {
     pub(crate) marks: PublishMarks,
     /// This gateway's reply queue: where workers send the results of tasks it accepted.
     pub(crate) reply_to: String,
+    /// The tenants' tasks by status, counted incrementally (GetStats).
+    pub(crate) counts: TaskCounts,
     /// Cancelled near the end of the shutdown grace period: waits answer at once.
     pub(crate) draining: CancellationToken,
 }
@@ -301,7 +304,7 @@ impl Tasks {
     pub(crate) async fn stats(&self, tenant: &Tenant) -> Result<Stats, ApiError> {
         let (workers, by_status, depth) = tokio::join!(
             self.store.workers(),
-            self.store.count_by_status_for(&tenant.0),
+            self.counts.of(&self.store, &tenant.0),
             self.publisher.depth()
         );
         Ok(Stats {

@@ -13,6 +13,6 @@ mod store;
 mod workers;
 
 pub use error::StorageError;
-pub use reads::{Cancelled, MalformedCursor, PageCursor};
+pub use reads::{Cancelled, FinishedCounts, MalformedCursor, PageCursor};
 pub use store::{StartOutcome, StoreOptions, TaskStore};
 pub use workers::{WorkerFigures, WorkerRecord};

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use chrono::{DateTime, Utc};
 use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait, Query},
 };
 use uuid::Uuid;
 
@@ -67,6 +67,28 @@ impl FromStr for PageCursor {
     }
 }
 
+/// Terminal tasks by status: `(settled, all)` (see [`TaskStore::count_finished_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedCounts {
+    /// Nothing still being written finishes before this instant (the database's clock).
+    pub watermark: DateTime<Utc>,
+    pub counts: BTreeMap<TaskStatus, (u64, u64)>,
+}
+
+/// Rows of `(status, a, b)` counts as a map, refusing statuses this build does not know.
+fn by_status(
+    rows: impl Iterator<Item = (String, i64, i64)>,
+) -> Result<BTreeMap<TaskStatus, (u64, u64)>, StorageError> {
+    rows.map(|(status, a, b)| {
+        let status = status
+            .parse()
+            .map_err(|err| StorageError::Corrupt(format!("{err}")))?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok((status, (count(a), count(b))))
+    })
+    .collect()
+}
+
 /// How a cancellation went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
@@ -112,28 +134,67 @@ impl TaskStore {
             .collect()
     }
 
-    /// How many of `tenant`'s tasks are in each status (statuses with none left out).
-    pub async fn count_by_status_for(
+    /// How many of `tenant`'s tasks are open (PENDING, RUNNING), by status: found through the
+    /// status index, so it costs what the open tasks number, not the whole table.
+    pub async fn count_open_for(
         &self,
         tenant: &str,
     ) -> Result<BTreeMap<TaskStatus, u64>, StorageError> {
+        let open = [TaskStatus::Pending.as_str(), TaskStatus::Running.as_str()];
         let rows: Vec<(String, i64)> = Tasks::find()
             .select_only()
             .column(Column::Status)
             .column_as(Expr::col(Column::Id).count(), "tasks")
+            .filter(Column::Status.is_in(open))
             .filter(Column::Tenant.eq(tenant))
             .group_by(Column::Status)
             .into_tuple()
             .all(&self.db)
             .await?;
-        rows.into_iter()
-            .map(|(status, tasks)| {
-                let status = status
-                    .parse()
-                    .map_err(|err| StorageError::Corrupt(format!("{err}")))?;
-                Ok((status, u64::try_from(tasks).unwrap_or(0)))
-            })
-            .collect()
+        by_status(rows.into_iter().map(|(status, n)| (status, n, n)))
+            .map(|counts| counts.into_iter().map(|(s, (_, n))| (s, n)).collect())
+    }
+
+    /// `tenant`'s terminal tasks that finished at or after `since` (all of them when `None`),
+    /// by status, each count split in two: those that finished before the returned watermark
+    /// (`settle` before the database's clock now: no write still in flight can add to them),
+    /// and all of them.
+    pub async fn count_finished_since(
+        &self,
+        tenant: &str,
+        since: Option<DateTime<Utc>>,
+        settle: std::time::Duration,
+    ) -> Result<FinishedCounts, StorageError> {
+        let watermark_query = Query::select()
+            .expr_as(self.db_now_minus(settle), "watermark")
+            .to_owned();
+        let watermark: DateTime<Utc> = self
+            .db
+            .query_one(&watermark_query)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("the database's clock gave no answer".into()))?
+            .try_get("", "watermark")?;
+        let settled = Expr::case(Expr::col(Column::FinishedAt).lt(watermark), 1).finally(0);
+        let mut query = Tasks::find()
+            .select_only()
+            .column(Column::Status)
+            .column_as(Expr::expr(settled).sum(), "settled")
+            .column_as(Expr::col(Column::Id).count(), "tasks")
+            .filter(Column::Tenant.eq(tenant))
+            .filter(Column::FinishedAt.is_not_null());
+        if let Some(since) = since {
+            query = query.filter(Expr::col(Column::FinishedAt).gte(since));
+        }
+        let rows: Vec<(String, Option<i64>, i64)> = query
+            .group_by(Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let counts = by_status(
+            rows.into_iter()
+                .map(|(status, settled, all)| (status, settled.unwrap_or(0), all)),
+        )?;
+        Ok(FinishedCounts { watermark, counts })
     }
 
     /// The tasks of `ids` that exist, in no particular order.

@@ -222,7 +222,7 @@ impl TaskStore {
         self.db_now_offset(after, true)
     }
 
-    fn db_now_minus(&self, before: Duration) -> SimpleExpr {
+    pub(crate) fn db_now_minus(&self, before: Duration) -> SimpleExpr {
         self.db_now_offset(before, false)
     }
 

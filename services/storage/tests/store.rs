@@ -43,6 +43,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    finished_tasks_are_counted_since_a_watermark_and_open_ones_by_status,
     insert_then_get_round_trips,
     unknown_id_is_none,
     start_moves_pending_to_running,
@@ -566,4 +567,50 @@ async fn many_attempts_start_and_end_at_once_each_with_its_own_outcome(store: Ta
             assert_eq!(task.result, Some(n.to_string()));
         }
     }
+}
+
+async fn finished_tasks_are_counted_since_a_watermark_and_open_ones_by_status(store: TaskStore) {
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let mut task = Task::new(format!("{n}"), None);
+        task.tenant = if n == 4 {
+            "other".into()
+        } else {
+            String::new()
+        };
+        store.insert(&task, NOW).await.unwrap();
+        ids.push(task.id);
+    }
+    store.start_attempt(ids[0], "w", LEASE).await.unwrap();
+    store.start_attempt(ids[1], "w", LEASE).await.unwrap();
+    let done = Outcome::Succeeded { result: "1".into() };
+    store.finish_attempt(ids[1], 1, &done).await.unwrap();
+    store.cancel(ids[2]).await.unwrap();
+
+    let open = store.count_open_for("").await.unwrap();
+    assert_eq!(open.get(&TaskStatus::Pending), Some(&1));
+    assert_eq!(open.get(&TaskStatus::Running), Some(&1));
+    // Settled right away (no margin): both finished tasks are below the watermark.
+    let all = store.count_finished_since("", None, NOW).await.unwrap();
+    assert_eq!(all.counts.get(&TaskStatus::Succeeded), Some(&(1, 1)));
+    assert_eq!(all.counts.get(&TaskStatus::Cancelled), Some(&(1, 1)));
+    // A long margin: nothing is settled yet, everything is counted.
+    let recent = store
+        .count_finished_since("", None, StdDuration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(recent.counts.get(&TaskStatus::Succeeded), Some(&(0, 1)));
+    // Since the last watermark: only what finished after it.
+    tokio::time::sleep(StdDuration::from_millis(20)).await;
+    store.finish_attempt(ids[0], 1, &done).await.unwrap();
+    let since = store
+        .count_finished_since("", Some(all.watermark), NOW)
+        .await
+        .unwrap();
+    assert_eq!(since.counts.get(&TaskStatus::Succeeded), Some(&(1, 1)));
+    assert_eq!(since.counts.get(&TaskStatus::Cancelled), None);
+    assert!(since.watermark >= all.watermark);
+    // Another tenant's tasks are not counted.
+    let other = store.count_open_for("other").await.unwrap();
+    assert_eq!(other.get(&TaskStatus::Pending), Some(&1));
 }
