@@ -107,7 +107,7 @@ DB_CREATED=1
 STACK=(DALC_DATABASE_URL="$PG/$DB" DALC_AMQP_URL="$AMQP" DALC_QUEUE_PREFIX="$PREFIX" DALC_LOG=warn)
 
 log "starting a gateway, 2 workers (--concurrency $WORKER_CONCURRENCY) and a dalc up"
-env "${STACK[@]}" "$DALC" gateway --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
+env "${STACK[@]}" "$DALC" gateway --listen 127.0.0.1:0 --http-listen off --metrics-listen 127.0.0.1:0 >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
 GATEWAY=$!
 PIDS+=("$GATEWAY")
 GATEWAY_URL="http://$(wait_for_line "$WORK/gateway.out" "dalc gateway listening on ")"
@@ -120,7 +120,7 @@ for n in 1 2; do
 done
 mkdir "$WORK/up"
 # Its defaults: SQLite in its own directory, the in-process queue.
-(cd "$WORK/up" && exec env -u DALC_DATABASE_URL -u DALC_AMQP_URL DALC_LOG=warn "$DALC" up --listen 127.0.0.1:0 >up.out 2>up.err) &
+(cd "$WORK/up" && exec env -u DALC_DATABASE_URL -u DALC_AMQP_URL DALC_LOG=warn "$DALC" up --listen 127.0.0.1:0 --http-listen off >up.out 2>up.err) &
 UP=$!
 PIDS+=("$UP")
 UP_URL="http://$(wait_for_line "$WORK/up/up.out" "dalc gateway listening on ")"

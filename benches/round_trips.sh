@@ -38,7 +38,7 @@ run_distributed() { # label, extra env...
   local db="dalc_bench_$RANDOM$RANDOM" prefix="bench-$RANDOM."
   psql "$PG/postgres" -qc "CREATE DATABASE $db" >/dev/null
   local common=(DALC_DATABASE_URL="$PG/$db" DALC_AMQP_URL="$AMQP" DALC_QUEUE_PREFIX="$prefix" DALC_LOG=warn "$@")
-  env "${common[@]}" OTEL_SERVICE_NAME=bench-gateway "$DALC" gateway --listen 127.0.0.1:0 > "$WORK/gw.out" 2>/dev/null &
+  env "${common[@]}" OTEL_SERVICE_NAME=bench-gateway "$DALC" gateway --listen 127.0.0.1:0 --http-listen off > "$WORK/gw.out" 2>/dev/null &
   local gw=$!
   local addr; addr=$(wait_for_line "$WORK/gw.out" "dalc gateway listening on ")
   env "${common[@]}" "$DALC" worker --concurrency 8 >/dev/null 2>&1 &
@@ -58,7 +58,7 @@ for _ in $(seq 1 "$ROUNDS"); do
 done
 
 echo "--- embedded (dalc up, SQLite + in-process queue)"
-(cd "$WORK" && "$OLDPWD/$DALC" up --listen 127.0.0.1:0 > up.out 2>/dev/null) &
+(cd "$WORK" && "$OLDPWD/$DALC" up --listen 127.0.0.1:0 --http-listen off > up.out 2>/dev/null) &
 UP=$!
 PIDS+=("$UP")
 addr=$(wait_for_line "$WORK/up.out" "dalc gateway listening on ")
