@@ -100,7 +100,16 @@ impl Tasks {
                         Err(err) => Err(ApiError::from(err)),
                     }
                 };
-                if !budget.bound("the task database", insert).await? {
+                let stored = match budget.bound("the task database", insert).await {
+                    Ok(stored) => stored,
+                    Err(err) => {
+                        // Cut off at the call's deadline, the rows may still land: end them
+                        // then, rather than run tasks whose client heard an error.
+                        self.abandon(&tasks, &err.to_string());
+                        return Err(err);
+                    }
+                };
+                if !stored {
                     // A concurrent retry stored the batch first.
                     self.stored_batch(tenant, &batch, keys.as_deref())
                         .await?
@@ -110,7 +119,11 @@ impl Tasks {
                             )
                         })?
                 } else {
-                    self.publish_batch(&tasks, caller_context).await?;
+                    let publish = self.publish_batch(&tasks, caller_context);
+                    if let Err(err) = budget.bound("the task queue", publish).await {
+                        self.abandon(&tasks, &err.to_string());
+                        return Err(err);
+                    }
                     tasks
                 }
             }
@@ -180,9 +193,8 @@ impl Tasks {
         Ok(Some(tasks))
     }
 
-    /// Queues every task of a stored batch, confirms pipelined. If any publish fails, the
-    /// batch's tasks that no worker started yet are ended, so none is stranded and none runs
-    /// for a client that heard an error.
+    /// Queues every task of a stored batch, confirms pipelined; stops at the first failure
+    /// (the caller then ends the batch's tasks that no worker started).
     async fn publish_batch(
         &self,
         tasks: &[Task],
@@ -197,25 +209,15 @@ impl Tasks {
             })
             .collect();
         let mut publishes = stream::iter(publishes).buffer_unordered(PUBLISHES_IN_FLIGHT);
-        let mut failure = None;
         while let Some((id, published)) = publishes.next().await {
-            match published {
-                Ok(()) => self.marks.record(id),
-                Err(err) => failure = Some(err),
-            }
+            published?;
+            self.marks.record(id);
         }
-        drop(publishes);
-        let Some(err) = failure else {
-            self.config
-                .metrics
-                .tasks_submitted
-                .inc_by(tasks.len() as u64);
-            return Ok(());
-        };
-        for task in tasks {
-            self.abandon(task, &err.to_string());
-        }
-        Err(err.into())
+        self.config
+            .metrics
+            .tasks_submitted
+            .inc_by(tasks.len() as u64);
+        Ok(())
     }
 }
 

@@ -51,9 +51,10 @@ pub(crate) fn stats_to_proto(stats: &Stats) -> v1::GetStatsResponse {
         .iter()
         .map(|record| {
             let figures = &record.figures;
-            totals.succeeded += figures.succeeded;
-            totals.failed += figures.failed;
-            totals.total += figures.total;
+            // Figures read from the database: never trusted not to overflow.
+            totals.succeeded = totals.succeeded.saturating_add(figures.succeeded);
+            totals.failed = totals.failed.saturating_add(figures.failed);
+            totals.total = totals.total.saturating_add(figures.total);
             totals.run_times.merge(&figures.run_times);
             let mut wire = worker_stats(&record.worker_id, figures);
             wire.last_seen = Some(timestamp(record.last_seen));

@@ -177,6 +177,11 @@ pub enum GatewayError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// API keys would travel in clear text next to a TLS gRPC listener.
+    #[error(
+        "the HTTP listener on {0} has no TLS while gRPC has: keep it on a loopback address (for a TLS-terminating proxy) or turn it off (--http-listen off)"
+    )]
+    PlainHttpBesideTls(std::net::SocketAddr),
 }
 
 /// Where a gateway serves: gRPC, and optionally the HTTP/JSON API and dashboard.
@@ -277,17 +282,26 @@ pub async fn run(
         draining: draining.clone(),
     });
     let service = Arc::new(TaskServiceImpl { tasks });
-    if let Some(http_listener) = http_listener {
-        // The same handlers as gRPC, so HTTP has the same rules, keys and limits.
-        let options = dalc_http::RouterOptions::default().max_body_bytes(max_message_bytes);
-        let router = dalc_http::router_with(service.clone(), options);
-        tokio::spawn(serve_http(
-            http_listener,
-            router,
-            shutdown.clone(),
-            drain_delay,
-        ));
-    }
+    let http = match http_listener {
+        Some(http_listener) => {
+            if tls.is_some()
+                && let Ok(addr) = http_listener.local_addr()
+                && !addr.ip().is_loopback()
+            {
+                return Err(GatewayError::PlainHttpBesideTls(addr));
+            }
+            // The same handlers as gRPC, so HTTP has the same rules, keys and limits.
+            let options = dalc_http::RouterOptions::default().max_body_bytes(max_message_bytes);
+            let router = dalc_http::router_with(service.clone(), options);
+            Some(tokio::spawn(serve_http(
+                http_listener,
+                router,
+                shutdown.clone(),
+                drain_delay,
+            )))
+        }
+        None => None,
+    };
     let task_service = TaskServiceServer::from_arc(service)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
@@ -342,6 +356,10 @@ pub async fn run(
     tokio::select! {
         served = serve => served?,
         () = bounded_drain => {}
+    }
+    if let Some(http) = http {
+        // Its calls had the same grace; streams still open are dropped with the process.
+        let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     }
     info!("gateway stopped");
     Ok(())

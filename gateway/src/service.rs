@@ -108,9 +108,15 @@ impl TaskService for TaskServiceImpl {
         let span = server_span("ListTasks", &caller_trace_context(&metadata));
         let page = async {
             let tenant = self.authenticate(&metadata)?;
-            let status = match request.status() {
-                v1::TaskStatus::Unspecified => None,
-                status => Some(status_from_proto(status)?),
+            let status = match v1::TaskStatus::try_from(request.status) {
+                Ok(v1::TaskStatus::Unspecified) => None,
+                Ok(status) => Some(status_from_proto(status)?),
+                Err(_) => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "unknown task status {}",
+                        request.status
+                    )));
+                }
             };
             self.tasks
                 .list(&tenant, request.page_size, &request.page_token, status)

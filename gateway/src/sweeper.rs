@@ -114,6 +114,8 @@ async fn sweep(
                 break;
             }
         }
+        // Workers gone that long (each run of a worker has its own id) leave GetStats too.
+        store.forget_workers_unseen_for(retention).await?;
     }
     Ok((report, expired))
 }

@@ -19,9 +19,13 @@ use dalc_domain::TaskStatus;
 use dalc_storage::{StorageError, TaskStore};
 use tokio::time::Instant;
 
-/// How far behind the database's clock the watermark stays: longer than any write on the task
-/// path can take (the statement timeout), so no task finishes below it after it moved.
-const SETTLE: Duration = Duration::from_secs(60);
+/// How far behind the database's clock the watermark stays at least; and at least a few
+/// statement timeouts, so that no write still in flight can finish a task below it.
+const MIN_SETTLE: Duration = Duration::from_secs(60);
+
+fn settle(store: &TaskStore) -> Duration {
+    MIN_SETTLE.max(store.statement_timeout().saturating_mul(3))
+}
 
 /// How long settled counts are trusted before they are counted afresh (retention deletes old
 /// finished tasks; the counts here would otherwise keep them).
@@ -35,14 +39,18 @@ struct Settled {
     counted_at: Instant,
 }
 
+/// One tenant's settled counts (none until first counted), updated by one caller at a time.
+type Slot = Arc<tokio::sync::Mutex<Option<Settled>>>;
+
 /// Every tenant's settled counts; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TaskCounts {
-    tenants: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Settled>>>>>>,
+    tenants: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
 impl TaskCounts {
-    /// `tenant`'s tasks by status, exact as of this call.
+    /// `tenant`'s tasks by status. Open and finished tasks are read one after the other, so a
+    /// task that ends in between may be counted in both or neither: exact once it settles.
     pub(crate) async fn of(
         &self,
         store: &TaskStore,
@@ -55,7 +63,7 @@ impl TaskCounts {
         let since = settled.as_ref().map(|settled| settled.watermark);
         let (open, finished) = tokio::join!(
             store.count_open_for(tenant),
-            store.count_finished_since(tenant, since, SETTLE)
+            store.count_finished_since(tenant, since, settle(store))
         );
         let (open, finished) = (open?, finished?);
         let mut base = settled.take().unwrap_or_else(|| Settled {
@@ -87,7 +95,10 @@ impl TaskCounts {
     fn recount_later(&self, store: &TaskStore, tenant: &str) {
         let (slot, store, tenant) = (self.slot(tenant), store.clone(), tenant.to_owned());
         tokio::spawn(async move {
-            match store.count_finished_since(&tenant, None, SETTLE).await {
+            match store
+                .count_finished_since(&tenant, None, settle(&store))
+                .await
+            {
                 Ok(finished) => {
                     let counts = finished
                         .counts
@@ -105,7 +116,7 @@ impl TaskCounts {
         });
     }
 
-    fn slot(&self, tenant: &str) -> Arc<tokio::sync::Mutex<Option<Settled>>> {
+    fn slot(&self, tenant: &str) -> Slot {
         self.tenants
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -148,7 +148,7 @@ impl Tasks {
             Err(err) => {
                 // Cut off at the call's deadline, the row may still land (its write had begun):
                 // end it then, rather than run a task whose caller heard UNAVAILABLE.
-                self.abandon(&task, &err.to_string());
+                self.abandon(std::slice::from_ref(&task), &err.to_string());
                 return Err(err);
             }
         }
@@ -159,7 +159,7 @@ impl Tasks {
         }
         let publish = async { Ok(self.publish(&task, caller_context).await?) };
         if let Err(err) = budget.bound("the task queue", publish).await {
-            self.abandon(&task, &err.to_string());
+            self.abandon(std::slice::from_ref(&task), &err.to_string());
             return Err(err);
         }
         self.config.metrics.tasks_submitted.inc();
@@ -457,17 +457,30 @@ impl Tasks {
         task
     }
 
-    /// The publish failed, so no worker will see the task: end it rather than strand it (in the
-    /// background: the client hears UNAVAILABLE now). Only a task still PENDING is ended: if
-    /// the confirm was lost but the message landed and a worker started it, the attempt stands.
-    pub(crate) fn abandon(&self, task: &Task, reason: &str) {
+    /// The publish failed (or was cut off), so no worker may see the tasks: end them rather than
+    /// strand them (in the background: the client hears the error now). Only tasks still PENDING
+    /// are ended: if a confirm was lost but the message landed and a worker started it, the
+    /// attempt stands.
+    ///
+    /// A task with an idempotency key is left PENDING instead: its client will retry with the
+    /// key and must find it runnable, and the recovery sweeper queues it once the publish grace
+    /// is over, so it is not stranded either.
+    pub(crate) fn abandon(&self, tasks: &[Task], reason: &str) {
+        let ids: Vec<TaskId> = tasks
+            .iter()
+            .filter(|task| task.idempotency_key.is_none())
+            .map(|task| task.id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
         let failed = Outcome::Failed {
             error: format!("could not be queued: {reason}"),
         };
-        let (store, id) = (self.store.clone(), task.id);
+        let store = self.store.clone();
         let record = async move {
-            if let Err(err) = store.finish_unstarted(id, &failed).await {
-                warn!(task_id = %id, error = %err, "cannot mark an unqueued task FAILED; the sweeper retries its publish");
+            if let Err(err) = store.finish_all_unstarted(&ids, &failed).await {
+                warn!(error = %err, tasks = ids.len(), "cannot mark unqueued tasks FAILED; the sweeper retries their publish");
             }
         };
         tokio::spawn(record.in_current_span());
@@ -525,7 +538,7 @@ impl Watch {
                 }
             };
             if let Some(update) = update
-                && is_newer(&update, &self.last)
+                && update.supersedes(&self.last)
             {
                 self.polls.reset();
                 self.last = update;
@@ -534,15 +547,4 @@ impl Watch {
         }
         None
     }
-}
-
-/// Whether `update` is a later state of the task than `last` (events may arrive late, or
-/// twice).
-fn is_newer(update: &Task, last: &Task) -> bool {
-    if last.is_terminal() {
-        return false;
-    }
-    update.is_terminal()
-        || (update.status == TaskStatus::Running
-            && (last.status == TaskStatus::Pending || update.attempts > last.attempts))
 }

@@ -43,10 +43,17 @@ impl Waiters {
         }
     }
 
-    /// Hands `task` to whoever waits for it; drops it if nobody does.
+    /// Hands `task` to whoever waits for it; drops it if nobody does, or if they already have
+    /// a later state (a RUNNING event arriving after the result).
     pub fn deliver(&self, task: Task) {
         if let Some(entry) = self.lock().get(&task.id) {
-            entry.updates.send_replace(Some(task));
+            entry.updates.send_if_modified(|current| {
+                let newer = current.as_ref().is_none_or(|seen| task.supersedes(seen));
+                if newer {
+                    *current = Some(task);
+                }
+                newer
+            });
         }
     }
 
@@ -130,6 +137,18 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_late_running_event_never_hides_the_result() {
+        let waiters = Waiters::default();
+        let id = TaskId::new();
+        let mut subscription = waiters.subscribe(id);
+        waiters.deliver(done(id));
+        let mut late = done(id);
+        late.status = TaskStatus::Running;
+        waiters.deliver(late);
+        assert_eq!(subscription.next().await.status, TaskStatus::Succeeded);
     }
 
     #[test]

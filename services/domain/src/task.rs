@@ -151,6 +151,18 @@ impl Task {
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()
     }
+
+    /// Whether `self` is a later state of the same task than `other`: updates travel by
+    /// separate routes (replies, status events, database reads) and may arrive late or twice,
+    /// and an older one must never replace a newer one.
+    pub fn supersedes(&self, other: &Task) -> bool {
+        if other.is_terminal() {
+            return false;
+        }
+        self.is_terminal()
+            || (self.status == TaskStatus::Running
+                && (other.status == TaskStatus::Pending || self.attempts > other.attempts))
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +207,32 @@ mod tests {
         assert_eq!(Priority::for_submission(unset, false), unset);
         let high = Priority::new(8).unwrap();
         assert_eq!(Priority::for_submission(high, false), high);
+    }
+
+    #[test]
+    fn late_updates_never_replace_newer_ones() {
+        let pending = Task::new("1", None);
+        let running = Task {
+            status: TaskStatus::Running,
+            attempts: 1,
+            ..pending.clone()
+        };
+        let retried = Task {
+            attempts: 2,
+            ..running.clone()
+        };
+        let done = Task {
+            status: TaskStatus::Succeeded,
+            ..running.clone()
+        };
+        assert!(running.supersedes(&pending) && retried.supersedes(&running));
+        assert!(done.supersedes(&running) && done.supersedes(&pending));
+        assert!(
+            !running.supersedes(&done),
+            "a late RUNNING after the result"
+        );
+        assert!(!running.supersedes(&retried) && !pending.supersedes(&running));
+        assert!(!done.supersedes(&done));
     }
 
     #[test]

@@ -501,7 +501,7 @@ impl AmqpBroker {
             }
         };
         if confirmation.is_nack() {
-            return Err(QueueError::Refused(format!(
+            return Err(QueueError::Nacked(format!(
                 "broker nacked the publish to {routing_key}"
             )));
         }
@@ -614,7 +614,7 @@ impl TaskPublisher for AmqpBroker {
             .await;
         match published {
             // With a length bound, a nack is the broker refusing a task into a full queue.
-            Err(QueueError::Refused(_)) if self.config.max_queue_length.is_some() => {
+            Err(QueueError::Nacked(_)) if self.config.max_queue_length.is_some() => {
                 Err(QueueError::Full)
             }
             other => other,

@@ -11,6 +11,9 @@ pub enum QueueError {
     /// The broker refused the message (a negative confirm, or no queue to route it to).
     #[error("message broker refused the message: {0}")]
     Refused(String),
+    /// The broker answered a publish with a negative confirm.
+    #[error("message broker nacked the message: {0}")]
+    Nacked(String),
     /// The request queue is at its maximum length: the broker refuses new tasks until workers
     /// catch up (backpressure, not an outage).
     #[error("the request queue is full")]
@@ -37,7 +40,9 @@ impl QueueError {
             QueueError::Unavailable(_) => {
                 "the broker cannot be reached or did not answer in time; try again later"
             }
-            QueueError::Refused(_) => "the broker refused the task; try again later",
+            QueueError::Refused(_) | QueueError::Nacked(_) => {
+                "the broker refused the task; try again later"
+            }
             QueueError::Full => "the request queue is full; try again later",
             QueueError::Broker(_) => "the broker rejected an operation; see the gateway's log",
         }

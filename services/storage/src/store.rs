@@ -142,6 +142,8 @@ pub struct TaskStore {
     pub(crate) db: DatabaseConnection,
     /// Group commit for the task path's writes; `None` in the writers' own handle.
     batches: Option<Arc<Batches>>,
+    /// The longest any statement (so any write) may take.
+    statement_timeout: Duration,
 }
 
 impl TaskStore {
@@ -172,7 +174,11 @@ impl TaskStore {
                     .busy_timeout(sqlite_busy_timeout)
             });
         let db = Database::connect(connect).await?;
-        let direct = TaskStore { db, batches: None };
+        let direct = TaskStore {
+            db,
+            batches: None,
+            statement_timeout: options.statement_timeout,
+        };
         let batches = Arc::new(Batches::start(&direct));
         Ok(TaskStore {
             batches: Some(batches),
@@ -202,6 +208,11 @@ impl TaskStore {
         Migrator::up(&transaction, None).await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// The longest any statement may take: a write that began has ended by then.
+    pub fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
     }
 
     pub fn backend(&self) -> DatabaseBackend {
@@ -592,6 +603,22 @@ impl TaskStore {
         self.set_terminal(Some(id), outcome, pending)
             .await
             .map(|mut tasks| tasks.pop())
+    }
+
+    /// [`TaskStore::finish_unstarted`] for many tasks, a statement per few hundred.
+    pub async fn finish_all_unstarted(
+        &self,
+        ids: &[TaskId],
+        outcome: &Outcome,
+    ) -> Result<Vec<Task>, StorageError> {
+        let mut ended = Vec::new();
+        for chunk in ids.chunks(MAX_BATCH) {
+            let pending = Condition::all()
+                .add(status_is(TaskStatus::Pending))
+                .add(Column::Id.is_in(chunk.iter().map(TaskId::as_uuid)));
+            ended.extend(self.set_terminal(None, outcome, pending).await?);
+        }
+        Ok(ended)
     }
 
     /// Ends a task nobody works on any more (its message was dead-lettered): PENDING, or RUNNING

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use dalc_domain::{RunTimes, TaskStatus};
 use sea_orm::{
-    ConnectionTrait, EntityTrait, QueryOrder,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     sea_query::{Expr, OnConflict, Query},
 };
 
@@ -91,6 +91,22 @@ impl TaskStore {
             );
         self.db.execute(&upsert).await?;
         Ok(())
+    }
+
+    /// Deletes the figures of workers that have not reported for `horizon` (they stopped).
+    pub async fn forget_workers_unseen_for(
+        &self,
+        horizon: std::time::Duration,
+    ) -> Result<u64, StorageError> {
+        let horizon = chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = Utc::now().checked_sub_signed(horizon) else {
+            return Ok(0);
+        };
+        let deleted = Workers::delete_many()
+            .filter(Column::LastSeen.lt(cutoff))
+            .exec(&self.db)
+            .await?;
+        Ok(deleted.rows_affected)
     }
 
     /// Every worker's figures, by worker id.

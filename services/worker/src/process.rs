@@ -382,7 +382,11 @@ impl Processor {
             .finish_unstarted(message.task_id, outcome)
             .await?
         {
-            Some(task) => Some(task),
+            Some(task) => {
+                // Only what this worker ended counts as its work.
+                self.count_finished(&task);
+                Some(task)
+            }
             // Already terminal: re-reply what stands, as for any redelivery of finished work.
             // RUNNING: an attempt holds it, or held it and vanished; the sweeper ends that one
             // once its lease runs out.
@@ -393,7 +397,6 @@ impl Processor {
                 .filter(Task::is_terminal),
         };
         if let Some(task) = ended {
-            self.count_finished(&task);
             let reply = reply_span(self.source.system, reply_to, &task);
             self.updates
                 .publish_update(reply_to, &task)
