@@ -488,6 +488,72 @@ async fn an_idempotent_retry_returns_the_same_task_and_runs_it_once() {
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
+/// Refuses the first `failures` publishes, then hands them to the in-process queue.
+struct FlakyPublisher {
+    failures: std::sync::atomic::AtomicUsize,
+    queue: std::sync::Arc<dalc_queue::memory::MemoryBroker>,
+}
+
+#[async_trait::async_trait]
+impl dalc_queue::TaskPublisher for FlakyPublisher {
+    async fn publish_task(
+        &self,
+        message: &dalc_queue::TaskMessage,
+    ) -> Result<(), dalc_queue::QueueError> {
+        use std::sync::atomic::Ordering;
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(dalc_queue::QueueError::Unavailable(
+                "broker away (test)".into(),
+            ));
+        }
+        self.queue.publish_task(message).await
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_task_whose_publish_failed_runs_once_on_retry() {
+    let queue = std::sync::Arc::new(dalc_queue::memory::MemoryBroker::new());
+    let flaky = FlakyPublisher {
+        failures: 1.into(),
+        queue: queue.clone(),
+    };
+    let mut stack = start(StackOptions {
+        broker: Some(queue),
+        publisher: Some(std::sync::Arc::new(flaky)),
+        configure: Box::new(|config: &mut GatewayConfig| {
+            config.sweep_interval = Duration::from_millis(200);
+            config.sweep_grace = Duration::from_millis(500);
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let mut keyed = request("20 + 22", true);
+    keyed.idempotency_key = "pay-once".into();
+    let status = stack.client.submit_task(keyed.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    // The retry finds the task runnable (not FAILED), and the sweeper queues it: it runs once.
+    let retried = submit(&mut stack, keyed).await;
+    assert_eq!(retried.status(), TaskStatus::Succeeded, "{retried:?}");
+    assert_eq!(retried.result, "42");
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(stack.store.all().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_list_status_is_refused() {
+    let mut stack = stack_without_workers().await;
+    let request = ListTasksRequest {
+        status: 42,
+        ..Default::default()
+    };
+    let status = stack.client.list_tasks(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
 // -------------------------------------------------------------------------------- priorities
 
 #[tokio::test]

@@ -33,6 +33,8 @@ pub struct StackOptions {
     pub worker_concurrency: u16,
     /// Instead of the in-process queue, for the gateway's publishes.
     pub publisher: Option<Arc<dyn TaskPublisher>>,
+    /// The in-process queue to use (a test may wrap it as `publisher`).
+    pub broker: Option<Arc<MemoryBroker>>,
     pub max_queue_length: Option<usize>,
     pub configure: Box<dyn FnOnce(&mut GatewayConfig)>,
 }
@@ -44,6 +46,7 @@ impl Default for StackOptions {
             workers: 1,
             worker_concurrency: WorkerConfig::DEFAULT_CONCURRENCY,
             publisher: None,
+            broker: None,
             max_queue_length: None,
             configure: Box::new(|_| {}),
         }
@@ -53,7 +56,9 @@ impl Default for StackOptions {
 pub async fn start(options: StackOptions) -> Stack {
     let store = TaskStore::connect(&options.database_url).await.unwrap();
     store.migrate().await.unwrap();
-    let broker = Arc::new(MemoryBroker::with_max_length(options.max_queue_length));
+    let broker = options
+        .broker
+        .unwrap_or_else(|| Arc::new(MemoryBroker::with_max_length(options.max_queue_length)));
     let shutdown = CancellationToken::new();
     for n in 0..options.workers {
         let id = match n {

@@ -429,6 +429,23 @@ async fn grpc_over_tls_with_a_test_certificate() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains(r#""result":"9""#), "{stdout}");
+    // Bearer keys must not travel in clear beside TLS: a plaintext HTTP listener off loopback
+    // is refused at start-up.
+    let refused = Command::new(dalc())
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "0.0.0.0:0",
+        ])
+        .args(["--tls-cert", &cert_arg, "--tls-key", &key_arg])
+        .envs(deployment.env())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("has no TLS while gRPC has"), "{stderr}");
     // Plaintext to a TLS listener fails rather than leaking anything.
     let plain = TaskServiceClient::connect(format!("http://127.0.0.1:{port}")).await;
     if let Ok(mut plain) = plain {
