@@ -19,12 +19,14 @@ use dalc_domain::TaskStatus;
 use dalc_storage::{StorageError, TaskStore};
 use tokio::time::Instant;
 
-/// How far behind the database's clock the watermark stays at least; and at least a few
-/// statement timeouts, so that no write still in flight can finish a task below it.
-const MIN_SETTLE: Duration = Duration::from_secs(60);
+/// How far behind the database's clock the watermark stays at least; and at least a statement
+/// timeout, so that a write still in flight does not finish a task below it. (A transaction
+/// that takes longer than that to commit after its last statement is counted at the next
+/// recount.) Short, because every call counts the tasks that finished in this window.
+const MIN_SETTLE: Duration = Duration::from_secs(10);
 
 fn settle(store: &TaskStore) -> Duration {
-    MIN_SETTLE.max(store.statement_timeout().saturating_mul(3))
+    MIN_SETTLE.max(store.statement_timeout())
 }
 
 /// How long settled counts are trusted before they are counted afresh (retention deletes old
