@@ -8,7 +8,7 @@
 //! * get: as async, unmeasured, to have `--total` tasks over; then `GetTask` without `wait` on
 //!   those ids, round-robin, and its latency is that call's: the read path alone.
 //!
-//! Calls go round-robin over `--connections` connections (default 1) per `--addr`. The load loop and the report are
+//! Calls go round-robin over `--connections` balanced clients (default 1), each with a connection to every `--addr`. The load loop and the report are
 //! shared with the `rpc_floor` example (the broker's own round trip), which
 //! `benches/compare.sh` measures side by side.
 
@@ -507,16 +507,16 @@ impl Target {
     }
 }
 
-/// `per_address` connections to each gateway (every address of a `dns:///` name), made up
-/// front (a wrong address fails the run at once rather than as thousands of errors),
-/// interleaved so that consecutive turns go to different gateways. Each is its own client, not
-/// the balanced one: the bench decides which gateway each call goes to.
+/// `per_address` balanced clients, each with its own HTTP/2 connection to every gateway (every
+/// address of a `dns:///` name), made up front (a wrong address fails the run at once rather
+/// than as thousands of errors). Each goes round-robin over the gateways that answer their
+/// health checks, so a gateway that dies mid-run stops getting calls until it recovers, as for
+/// every `dalc` client.
 async fn connect_all(connect: &ConnectArgs, per_address: u32) -> Result<Vec<DalcClient>> {
     let options = crate::client::client_options(connect);
     let mut clients = Vec::new();
     for _ in 0..per_address {
-        // Each round opens its own HTTP/2 connection to every gateway.
-        clients.extend(dalc_client::connect_each(&options).await?);
+        clients.push(dalc_client::connect(&options).await?);
     }
     anyhow::ensure!(!clients.is_empty(), "no gateway address given");
     Ok(clients)

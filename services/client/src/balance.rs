@@ -366,22 +366,6 @@ pub(crate) async fn connect(options: &ClientOptions) -> Result<(Balanced, ApiKey
     Ok((balanced, api_key))
 }
 
-/// See [`crate::connect_each`].
-pub(crate) async fn connect_each(
-    options: &ClientOptions,
-) -> Result<(Vec<Balanced>, ApiKey), ClientError> {
-    let targets = parse_targets(&options.addrs)?;
-    let api_key = ApiKey::new(options.api_key.as_deref())?;
-    let dialer = Dialer::new(options, &targets)?;
-    let mut singles = Vec::new();
-    for (source, target) in targets.iter().enumerate() {
-        for member in connect_now(&dialer, target, source).await? {
-            singles.push(Balanced::new(vec![member], false));
-        }
-    }
-    Ok((singles, api_key))
-}
-
 /// Connects to every gateway of `target` at once (a wrong address fails here, not as the
 /// first call's error).
 async fn connect_now(

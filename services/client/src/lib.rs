@@ -11,9 +11,6 @@
 //!
 //! One plain address behaves as a plain tonic channel always did: connected at once, no health
 //! checks (there is no other gateway to turn to).
-//!
-//! [`connect_each`] instead gives one client per gateway, for tools (`dalc bench`) that choose
-//! the gateway of each call themselves.
 
 mod address;
 mod auth;
@@ -127,14 +124,4 @@ pub enum ClientError {
 pub async fn connect(options: &ClientOptions) -> Result<DalcClient, ClientError> {
     let (balanced, api_key) = balance::connect(options).await?;
     Ok(TaskServiceClient::with_interceptor(balanced, api_key))
-}
-
-/// One client per gateway (every address of a `dns:///` name), each connected at once, in the
-/// order given; no health checks. The first unreachable gateway fails the whole call.
-pub async fn connect_each(options: &ClientOptions) -> Result<Vec<DalcClient>, ClientError> {
-    let (singles, api_key) = balance::connect_each(options).await?;
-    Ok(singles
-        .into_iter()
-        .map(|balanced| TaskServiceClient::with_interceptor(balanced, api_key.clone()))
-        .collect())
 }

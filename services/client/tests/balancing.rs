@@ -321,17 +321,3 @@ async fn no_reachable_gateway_is_a_clear_error_naming_them() {
         .unwrap_err();
     assert!(err.to_string().contains("--ca-cert"), "{err}");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_each_gives_one_client_per_gateway() {
-    let a = start("a", any_port()).await;
-    let b = start("b", any_port()).await;
-    let clients = dalc_client::connect_each(&options(&[a.url(), b.url()]))
-        .await
-        .unwrap();
-    let mut names = Vec::new();
-    for mut client in clients {
-        names.push(tally(&mut client, 3).await);
-    }
-    assert_eq!(names, vec![counts(&[("a", 3)]), counts(&[("b", 3)])]);
-}
