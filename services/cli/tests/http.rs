@@ -191,23 +191,50 @@ fn schemathesis_finds_the_api_as_its_openapi_document_says() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn the_dashboard_works_in_a_real_browser() {
-    let (gateway, dir) = up("http-browser", &[]);
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+/// Runs the browser test against `gateway`, with `api_key` typed into the dashboard's prompt.
+fn dashboard_test(gateway: &DalcProcess, shots: &str, api_key: Option<&str>) {
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shots);
     std::fs::create_dir_all(&shots).unwrap();
     let script = repo_root().join("services/http/tests/browser/dashboard_test.py");
-    let status = Command::new("python3")
-        .arg(script)
-        .arg(gateway.http_url())
-        .arg(&shots)
-        .env_remove("DALC_API_KEY")
-        .status()
-        .expect("the browser test runs");
+    let mut command = Command::new("python3");
+    command.arg(script).arg(gateway.http_url()).arg(&shots);
+    match api_key {
+        Some(key) => command.env("DALC_API_KEY", key),
+        None => command.env_remove("DALC_API_KEY"),
+    };
+    let status = command.status().expect("the browser test runs");
     assert!(
         status.success(),
         "the dashboard test failed (screenshots in {shots:?})"
     );
+}
+
+#[test]
+fn the_dashboard_works_in_a_real_browser() {
+    let (gateway, dir) = up("http-browser", &[]);
+    dashboard_test(&gateway, "dashboard-screenshots", None);
     drop(gateway);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_dashboard_asks_for_a_key_when_the_gateway_has_keys() {
+    let dir = std::env::temp_dir().join(format!("dalc-http-ui-{}", dalc_testkit::unique_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(
+        &keys,
+        dalc_gateway::keys_file_line("ui", "ui-secret") + "\n",
+    )
+    .unwrap();
+    let keys = keys.display().to_string();
+    let (gateway, work) = up("http-browser-keys", &["--api-keys-file", &keys]);
+    dashboard_test(
+        &gateway,
+        "dashboard-screenshots-with-keys",
+        Some("ui-secret"),
+    );
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(work);
 }
