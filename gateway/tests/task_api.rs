@@ -571,7 +571,13 @@ async fn a_sync_task_overtakes_a_thousand_queued_async_ones() {
     let interactive =
         tokio::spawn(async move { client.submit_task(request("40 + 2", true)).await });
     // The sync call is queued behind the backlog before any worker starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..500 {
+        if stack.broker.depth() == 1001 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stack.broker.depth(), 1001, "the sync call is queued");
     stack.start_worker("one-worker", 1);
     let answer = interactive
         .await
@@ -581,13 +587,15 @@ async fn a_sync_task_overtakes_a_thousand_queued_async_ones() {
         .task
         .unwrap();
     assert_eq!(answer.result, "42");
-    let mut done_before = 0;
+    let done_at = |task: &Task| task.finished_at.map(|at| (at.seconds, at.nanos));
+    let mut ran_first = 0;
     for id in &backlog {
-        if get(&mut stack, id).await.status() == TaskStatus::Succeeded {
-            done_before += 1;
+        let task = get(&mut stack, id).await;
+        if task.finished_at.is_some() && done_at(&task) < done_at(&answer) {
+            ran_first += 1;
         }
     }
-    assert!(done_before < 100, "{done_before} of the backlog ran first");
+    assert!(ran_first < 100, "{ran_first} of the backlog ran first");
     assert_eq!(
         answer.priority, 5,
         "sync calls rank above deferred work by default"
@@ -713,7 +721,13 @@ async fn waiting_calls_past_the_cap_are_resource_exhausted_and_store_nothing() {
             client.submit_task(request("1", true)).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both holders are stored and waiting before the third call.
+    for _ in 0..250 {
+        if stack.store.all().await.unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = stack
         .client
         .submit_task(request("2", true))

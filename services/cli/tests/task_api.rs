@@ -7,8 +7,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use dalc_proto::v1::{
-    CancelTaskRequest, GetTaskRequest, SubmitTaskRequest, Task, TaskStatus, WatchTaskRequest,
-    task_service_client::TaskServiceClient,
+    CancelTaskRequest, GetStatsRequest, GetTaskRequest, SubmitTaskRequest, Task, TaskStatus,
+    WatchTaskRequest, task_service_client::TaskServiceClient,
 };
 use dalc_testkit::{
     process::{DalcProcess, run_grpcurl_with},
@@ -269,7 +269,17 @@ async fn a_sync_call_overtakes_a_thousand_queued_async_ones() {
             .submit_task(request("40 + 2", true))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sync call is queued behind the backlog before any worker starts.
+    let mut queued = 0;
+    for _ in 0..200 {
+        let stats = on.get_stats(GetStatsRequest {}).await.unwrap().into_inner();
+        queued = stats.queue_depth;
+        if queued == 1001 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued, 1001, "the sync call is queued");
     let _worker = deployment.worker("one-slot", "1");
     let answer = interactive
         .await
@@ -279,9 +289,12 @@ async fn a_sync_call_overtakes_a_thousand_queued_async_ones() {
         .task
         .unwrap();
     assert_eq!(answer.result, "42");
+    // Ran first: finished before the sync task did.
+    let done_at = |task: &Task| task.finished_at.map(|at| (at.seconds, at.nanos));
     let mut ran_first = 0;
     for id in &backlog {
-        if get(&mut on, id).await.status() == TaskStatus::Succeeded {
+        let task = get(&mut on, id).await;
+        if task.finished_at.is_some() && done_at(&task) < done_at(&answer) {
             ran_first += 1;
         }
     }
