@@ -344,10 +344,15 @@ async fn bind(listen: &str, what: &str) -> Result<TcpListener> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{what} listening on {addr}")?;
-    stdout.flush()?;
+    announce(&format!("{what} listening on {addr}"));
     Ok(listener)
+}
+
+/// Prints a line on stdout for scripts and tests to read. Best effort: a reader that stopped
+/// reading (a closed pipe) must not stop the service.
+fn announce(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
 fn gateway_config(
@@ -435,10 +440,7 @@ pub async fn metrics(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "dalc metrics listening on {addr}")?;
-    stdout.flush()?;
-    drop(stdout);
+    announce(&format!("dalc metrics listening on {addr}"));
     tokio::spawn(async move {
         if let Err(err) =
             dalc_telemetry::metrics::serve(listener, metrics, shutdown.cancelled_owned()).await

@@ -407,7 +407,8 @@ async fn json_logs_name_the_task_and_the_trace() {
     let log = dir.join("up.log");
     let stderr = std::fs::File::create(&log).unwrap();
     let mut child = std::process::Command::new(dalc())
-        .args(["up", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["up", "--listen", "127.0.0.1:0", "--http-listen", "off"])
+        .args(["--log-format", "json"])
         .current_dir(&dir)
         .env("DALC_LOG", "info")
         .stdout(std::process::Stdio::piped())
