@@ -16,6 +16,30 @@ use tonic::{Code, Request};
 mod common;
 use common::{Stack, StackOptions, start};
 
+/// Runs each scenario (an `async fn(database_url)`) once on SQLite and once on PostgreSQL.
+macro_rules! on_both_databases {
+    ($($scenario:ident),* $(,)?) => { $(
+        mod $scenario {
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$scenario(dalc_testkit::fresh_sqlite_database()).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres() {
+                let url = dalc_testkit::fresh_postgres_database().await;
+                super::$scenario(url.clone()).await;
+                dalc_testkit::drop_postgres_database(&url).await;
+            }
+        }
+    )* };
+}
+
+on_both_databases!(
+    pages_list_every_task_exactly_once_while_new_ones_arrive,
+    a_batch_of_five_thousand_answers_every_index_once_correctly,
+);
+
 async fn stack_without_workers() -> Stack {
     start(StackOptions {
         workers: 0,
@@ -158,7 +182,7 @@ async fn list_page(
     (page.tasks, page.next_page_token)
 }
 
-async fn every_task_exactly_once_while_new_ones_arrive(database_url: String) {
+async fn pages_list_every_task_exactly_once_while_new_ones_arrive(database_url: String) {
     let mut stack = start(StackOptions {
         database_url,
         workers: 0,
@@ -204,18 +228,6 @@ async fn every_task_exactly_once_while_new_ones_arrive(database_url: String) {
         created.windows(2).all(|pair| pair[0] >= pair[1]),
         "newest first"
     );
-}
-
-#[tokio::test]
-async fn pages_list_every_task_exactly_once_while_new_ones_arrive_on_sqlite() {
-    every_task_exactly_once_while_new_ones_arrive(dalc_testkit::fresh_sqlite_database()).await;
-}
-
-#[tokio::test]
-async fn pages_list_every_task_exactly_once_while_new_ones_arrive_on_postgres() {
-    let url = dalc_testkit::fresh_postgres_database().await;
-    every_task_exactly_once_while_new_ones_arrive(url.clone()).await;
-    dalc_testkit::drop_postgres_database(&url).await;
 }
 
 #[tokio::test]
@@ -326,7 +338,7 @@ async fn run_batch(stack: &mut Stack, request: SubmitBatchRequest) -> Vec<(u32, 
         .await
 }
 
-async fn a_batch_of_five_thousand_answers_every_index_once(database_url: String) {
+async fn a_batch_of_five_thousand_answers_every_index_once_correctly(database_url: String) {
     let mut stack = start(StackOptions {
         database_url,
         workers: 2,
@@ -349,18 +361,6 @@ async fn a_batch_of_five_thousand_answers_every_index_once(database_url: String)
         assert_eq!(task.expression, format!("{index} + 1"));
     }
     assert_eq!(stack.store.all().await.unwrap().len(), 5000);
-}
-
-#[tokio::test]
-async fn a_batch_of_five_thousand_answers_every_index_once_correctly_on_sqlite() {
-    a_batch_of_five_thousand_answers_every_index_once(dalc_testkit::fresh_sqlite_database()).await;
-}
-
-#[tokio::test]
-async fn a_batch_of_five_thousand_answers_every_index_once_correctly_on_postgres() {
-    let url = dalc_testkit::fresh_postgres_database().await;
-    a_batch_of_five_thousand_answers_every_index_once(url.clone()).await;
-    dalc_testkit::drop_postgres_database(&url).await;
 }
 
 #[tokio::test]

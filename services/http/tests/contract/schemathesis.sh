@@ -30,7 +30,7 @@ fi
 
 # Hypothesis and schemathesis keep their databases in the working directory: use a scratch one
 # rather than litter the checkout.
-workdir=$(mktemp -d "${TMPDIR:-/tmp}/dalc-schemathesis.XXXXXX")
+workdir=$(mktemp -d)
 cd "$workdir"
 echo "schemathesis working directory: $workdir" >&2
 
