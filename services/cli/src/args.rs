@@ -264,7 +264,7 @@ pub struct CommonArgs {
 }
 
 /// How client commands reach the gateways (see the dalc-client crate).
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct ConnectArgs {
     /// Gateway address: http://HOST:PORT (plaintext), https://HOST:PORT (TLS), or
     /// dns:///HOST:PORT (every address the name resolves to; TLS when --ca-cert is given).
@@ -286,6 +286,18 @@ pub struct ConnectArgs {
     /// Print JSON (the proto3 JSON mapping, one object a line) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+impl std::fmt::Debug for ConnectArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key: arguments end up in logs.
+        f.debug_struct("ConnectArgs")
+            .field("addrs", &self.addrs)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("json", &self.json)
+            .finish()
+    }
 }
 
 /// The client commands' connection, and how long a waiting call may wait.
@@ -532,6 +544,9 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("soon").is_err());
+        // Longer than any setting: refused, so no deadline built from it can overflow.
+        assert!(parse_duration("999999999d").is_err());
+        assert!(parse_duration("3650d").is_ok());
         assert!(parse_duration("5y").is_err());
     }
 
@@ -593,6 +608,14 @@ mod tests {
         assert!(Cli::try_parse_from(["dalc", "submit", "-f", "x", "1 + 1"]).is_err());
         assert!(Cli::try_parse_from(["dalc", "submit", "-f", "-"]).is_ok());
         assert!(Cli::try_parse_from(["dalc", "submit", "--priority", "10", "1"]).is_err());
+    }
+
+    #[test]
+    fn connection_arguments_print_without_the_key() {
+        let cli = Cli::parse_from(["dalc", "list", "--api-key", "s3cret-key"]);
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cret-key"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

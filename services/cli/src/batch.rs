@@ -114,7 +114,10 @@ pub async fn submit_file(args: SubmitArgs) -> Result<u8> {
     }
     progress.finish().await;
     if let Some(err) = refused {
-        return Err(err);
+        // Chunks sent before the refusal are stored and run: say how to find them.
+        return Err(err.context(format!(
+            "run {run} stopped; chunks already accepted still run (their idempotency keys start with \"{run}/\")"
+        )));
     }
 
     let results = std::mem::take(&mut *lock(&shared.results));
@@ -129,7 +132,11 @@ pub async fn submit_file(args: SubmitArgs) -> Result<u8> {
         out.push_str(&line);
         out.push('\n');
     }
-    print!("{out}");
+    {
+        use std::io::Write as _;
+        // A reader that went away (`| head`) is not an error of the run.
+        let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    }
     let summary = Summary::of(&results, shared.conflicts.load(Ordering::Relaxed));
     eprintln!(
         "{}",

@@ -91,9 +91,9 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         ..report
     };
     if args.connect.json {
-        println!("{}", report.to_json());
+        say!("{}", report.to_json());
     } else {
-        println!("{}", report.to_text());
+        say!("{}", report.to_text());
     }
     Ok(u8::from(report.has_errors()))
 }

@@ -23,8 +23,9 @@ use crate::{
 /// Exit code when the call worked but the task ended FAILED, EXPIRED or CANCELLED.
 pub const EXIT_TASK_UNSUCCESSFUL: u8 = 3;
 
-/// The server's wait when a request sets no timeout (see `dalc gateway --help`).
-const SERVER_DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// The longest a gateway lets any call wait (its `--max-wait` default): a waiting call that names
+/// no timeout gets a deadline past it, so the gateway's own default wait applies, whatever it is.
+const LONGEST_SERVER_WAIT: Duration = dalc_gateway::GatewayConfig::DEFAULT_MAX_WAIT;
 /// How much longer than its wait a call may take: the round trip and the server's own steps.
 pub const CALL_MARGIN: Duration = Duration::from_secs(5);
 /// The deadline of a call that does not wait.
@@ -37,7 +38,7 @@ fn with_deadline<T>(message: T, wait: bool, timeout: Option<Duration>) -> tonic:
     let mut request = tonic::Request::new(message);
     let deadline = match wait {
         true => timeout
-            .unwrap_or(SERVER_DEFAULT_WAIT)
+            .unwrap_or(LONGEST_SERVER_WAIT)
             .saturating_add(CALL_MARGIN),
         false => QUICK_CALL,
     };
@@ -100,9 +101,9 @@ pub async fn watch(args: WatchArgs) -> Result<u8> {
             continue;
         };
         if args.connect.json {
-            println!("{}", render_json(&task));
+            say!("{}", render_json(&task));
         } else if last.as_ref().is_none_or(|l| l.status != task.status) {
-            println!("{}", render_change(&task));
+            say!("{}", render_change(&task));
         }
         last = Some(task);
     }
@@ -139,12 +140,12 @@ pub async fn list(args: ListArgs) -> Result<u8> {
     tasks.truncate(limit);
     if args.connect.json {
         for task in &tasks {
-            println!("{}", render_json(task));
+            say!("{}", render_json(task));
         }
     } else if tasks.is_empty() {
-        println!("no tasks");
+        say!("no tasks");
     } else {
-        println!("{}", render::tasks_text(&tasks));
+        say!("{}", render::tasks_text(&tasks));
     }
     Ok(0)
 }
@@ -175,9 +176,9 @@ pub async fn stats(args: StatsArgs) -> Result<u8> {
         .map_err(status_error)?
         .into_inner();
     if args.connect.json {
-        println!("{}", render::stats_json(&stats));
+        say!("{}", render::stats_json(&stats));
     } else {
-        println!("{}", render::stats_text(&stats));
+        say!("{}", render::stats_text(&stats));
     }
     Ok(0)
 }
@@ -213,7 +214,7 @@ fn print_task(task: &Task, json: bool) {
     } else {
         render_text(task)
     };
-    println!("{text}");
+    say!("{text}");
 }
 
 fn exit_code(task: &Task) -> u8 {

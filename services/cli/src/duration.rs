@@ -35,8 +35,20 @@ impl std::str::FromStr for HumanDuration {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, `7d` (a bare number is seconds).
+/// The longest duration any flag takes: far beyond every setting, and small enough that a
+/// deadline or an instant built from it can never overflow.
+const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `7d` (a bare number is seconds), at most 10 years.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_unbounded(text)?;
+    if duration > LONGEST {
+        return Err(format!("{text:?} is longer than 10 years"));
+    }
+    Ok(duration)
+}
+
+fn parse_unbounded(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

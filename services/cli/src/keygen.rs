@@ -17,10 +17,10 @@ pub fn keygen(args: KeygenArgs) -> Result<u8> {
     let line = keys_file_line(&args.tenant, &key);
     if args.json {
         let object = serde_json::json!({ "tenant": args.tenant, "key": key, "line": line });
-        println!("{object}");
+        say!("{object}");
     } else {
-        println!("key:  {key}");
-        println!("line: {line}");
+        say!("key:  {key}");
+        say!("line: {line}");
     }
     Ok(0)
 }

@@ -1,6 +1,15 @@
 //! `dalc`: run the service (`up`, `gateway`, `worker`) or talk to it (`submit`, `get`, `watch`,
 //! `list`, `cancel`, `stats`, `bench`); `keygen` makes API keys.
 
+/// `println!` that never panics: what is printed to a reader that went away (`dalc list |
+/// head -1`) is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod args;
 mod batch;
 mod bench;

@@ -75,14 +75,6 @@ impl Balanced {
             .collect()
     }
 
-    /// Every gateway known, healthy or not.
-    pub fn gateways(&self) -> Vec<String> {
-        read(&self.pool.members)
-            .iter()
-            .map(|m| m.key.clone())
-            .collect()
-    }
-
     fn new(members: Vec<Member>, managed: bool) -> Balanced {
         Balanced {
             pool: Arc::new(Pool {

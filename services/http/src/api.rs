@@ -69,7 +69,7 @@ where
     T: serde::de::DeserializeOwned + Default,
 {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE)
-        && !is_json(content_type)
+        && !is_json(content_type, headers.contains_key(header::ORIGIN))
     {
         return Err(ApiError::invalid(format!(
             "expected Content-Type: application/json, got {:?}",
@@ -80,7 +80,11 @@ where
     parse::body(&bytes)
 }
 
-fn is_json(content_type: &HeaderValue) -> bool {
+/// Whether a body of `content_type` is read as JSON. A browser (it sends `Origin`) must say
+/// `application/json`: it may send a form or text to another site without asking first, and a
+/// page elsewhere must not be able to submit or cancel tasks here. Other clients (curl -d,
+/// Postman's raw text) may label their JSON body a form or text.
+fn is_json(content_type: &HeaderValue, from_a_browser: bool) -> bool {
     let Ok(text) = content_type.to_str() else {
         return false;
     };
@@ -90,12 +94,11 @@ fn is_json(content_type: &HeaderValue) -> bool {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    // `curl -d` and Postman's "raw text" label JSON as a form or as text: the body is JSON all
-    // the same, as it was for the API this one replaces.
-    essence == "application/json"
-        || essence == "application/x-www-form-urlencoded"
-        || essence == "text/plain"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let labelled_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let loosely_labelled =
+        essence == "application/x-www-form-urlencoded" || essence == "text/plain";
+    labelled_json || (loosely_labelled && !from_a_browser)
 }
 
 /// axum's body rejections are plain text; this gives them the API's shape.

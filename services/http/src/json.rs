@@ -157,7 +157,10 @@ pub fn timestamp(at: &prost_types::Timestamp) -> Option<String> {
 /// `None` for an invalid value (seconds and nanos of opposite signs, nanos out of range).
 pub fn duration(value: &prost_types::Duration) -> Option<String> {
     let (seconds, nanos) = (value.seconds, value.nanos);
-    if nanos.abs() >= 1_000_000_000 || (seconds > 0 && nanos < 0) || (seconds < 0 && nanos > 0) {
+    if nanos.unsigned_abs() >= 1_000_000_000
+        || (seconds > 0 && nanos < 0)
+        || (seconds < 0 && nanos > 0)
+    {
         return None;
     }
     let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };

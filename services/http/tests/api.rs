@@ -565,6 +565,19 @@ async fn the_http_layer_answers_its_own_errors_in_json() {
         )
         .await;
         assert_eq!(sent.status, StatusCode::ACCEPTED, "{form}: {}", sent.text);
+        // A page on another site cannot do the same through a visitor's browser.
+        send(
+            &router,
+            "POST",
+            "/tasks",
+            &[
+                ("content-type", form),
+                ("origin", "https://elsewhere.example"),
+            ],
+            "{\"expression\": \"1\"}",
+        )
+        .await
+        .assert_error(400, "INVALID_ARGUMENT");
     }
     // No content type at all is read as JSON; `application/json; charset=utf-8` is JSON.
     let plain = send(&router, "POST", "/tasks", &[], "{\"expression\": \"1\"}").await;
