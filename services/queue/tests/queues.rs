@@ -368,7 +368,7 @@ async fn interactive_work_overtakes_a_backlog_on_classic_and_quorum_queues() {
         let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
         let mut config = AmqpConfig::new(dalc_testkit::amqp_url(), names);
         config.queue_type = queue_type;
-        let broker = AmqpBroker::connect(config).await.unwrap();
+        let broker = AmqpBroker::connect(config.clone()).await.unwrap();
         publish_with_priority(&broker, 50, 0).await;
         publish_with_priority(&broker, 1, 5).await;
         let mut deliveries = broker.consume_tasks(1).await.unwrap();
@@ -376,7 +376,13 @@ async fn interactive_work_overtakes_a_backlog_on_classic_and_quorum_queues() {
         // Prefetch 1: at most the one delivery already pushed goes before it.
         assert!(seen[..2].contains(&5), "{queue_type:?}: {seen:?}");
         drop(deliveries);
-        broker.delete_topology().await.unwrap();
+        // The consumers' cancels run in the background: let them land before the queues go
+        // (deleting a queue under a consumer being cancelled confuses the channel), and delete
+        // on a connection of its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        broker.close().await;
+        let cleaner = AmqpBroker::connect(config).await.unwrap();
+        cleaner.delete_topology().await.unwrap();
     }
 }
 
