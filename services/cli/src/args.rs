@@ -134,9 +134,10 @@ pub struct ApiArgs {
     #[arg(long, env = "DALC_DRAIN_DELAY", default_value_t = HumanDuration(GatewayConfig::DEFAULT_DRAIN_DELAY))]
     pub drain_delay: HumanDuration,
     /// Address to serve the HTTP/JSON API and the web dashboard on (port 0 picks a free port;
-    /// the bound address is printed); `off` disables it.
-    #[arg(long, env = "DALC_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
-    pub http_listen: String,
+    /// the bound address is printed); `off` disables it. Unset: 127.0.0.1:8080, or a free port
+    /// (with a warning) when another process holds 8080, e.g. a second gateway on this host.
+    #[arg(long, env = "DALC_HTTP_LISTEN", value_name = "ADDR|off")]
+    pub http_listen: Option<String>,
     /// API keys file: one key a line as `TENANT SHA256-HEX-OF-KEY` (`dalc keygen` makes
     /// them). With it, every TaskService call needs `authorization: Bearer <key>` and sees only
     /// its tenant's tasks; without it, no authentication.

@@ -238,3 +238,32 @@ fn the_dashboard_asks_for_a_key_when_the_gateway_has_keys() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(work);
 }
+
+#[test]
+fn gateways_on_one_host_all_start_when_the_default_http_port_is_taken() {
+    // The default (no --http-listen): the first takes 8080 if it is free, the next a free port.
+    let start = |name: &str| {
+        let dir =
+            std::env::temp_dir().join(format!("dalc-{name}-{}", dalc_testkit::unique_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = [
+            ("DALC_DATABASE_URL", "sqlite://dalc.db?mode=rwc"),
+            ("DALC_HTTP_LISTEN", ""),
+        ];
+        let args = ["up", "--listen", "127.0.0.1:0"];
+        (
+            DalcProcess::start_in(name, dalc(), &args, &env, true, Some(&dir)),
+            dir,
+        )
+    };
+    let (first, first_dir) = start("http-default-1");
+    let (second, second_dir) = start("http-default-2");
+    assert_ne!(first.http_addr, second.http_addr);
+    for gateway in [&first, &second] {
+        let (code, _) = curl(&[&format!("{}/openapi.json", gateway.http_url())]);
+        assert_eq!(code, 200);
+    }
+    drop((first, second));
+    let _ = std::fs::remove_dir_all(first_dir);
+    let _ = std::fs::remove_dir_all(second_dir);
+}
