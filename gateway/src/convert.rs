@@ -36,12 +36,16 @@ fn status_to_proto(status: TaskStatus) -> v1::TaskStatus {
     }
 }
 
-/// A wire status as the domain's; UNSPECIFIED is no status.
-pub(crate) fn status_from_proto(status: v1::TaskStatus) -> Result<TaskStatus, ApiError> {
+/// A request's status filter: UNSPECIFIED is none; a number no status has is refused.
+pub(crate) fn status_filter(raw: i32) -> Result<Option<TaskStatus>, ApiError> {
+    if raw == i32::from(v1::TaskStatus::Unspecified) {
+        return Ok(None);
+    }
     TaskStatus::ALL
         .into_iter()
-        .find(|&domain| status_to_proto(domain) == status)
-        .ok_or_else(|| ApiError::InvalidArgument("unspecified task status".into()))
+        .find(|&status| i32::from(status_to_proto(status)) == raw)
+        .map(Some)
+        .ok_or_else(|| ApiError::InvalidArgument(format!("unknown task status {raw}")))
 }
 
 pub(crate) fn stats_to_proto(stats: &Stats) -> v1::GetStatsResponse {

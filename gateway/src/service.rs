@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use dalc_domain::{Priority, TaskId};
 use dalc_proto::v1::{
-    self, CancelTaskRequest, CancelTaskResponse, GetStatsRequest, GetStatsResponse, GetTaskRequest,
+    CancelTaskRequest, CancelTaskResponse, GetStatsRequest, GetStatsResponse, GetTaskRequest,
     GetTaskResponse, ListTasksRequest, ListTasksResponse, SubmitBatchRequest, SubmitBatchResponse,
     SubmitTaskRequest, SubmitTaskResponse, WatchTaskRequest, WatchTaskResponse,
     task_service_server::TaskService,
@@ -17,7 +17,7 @@ use crate::{
     ApiError,
     auth::Tenant,
     batch::Batch,
-    convert::{stats_to_proto, status_from_proto, task_to_proto},
+    convert::{stats_to_proto, status_filter, task_to_proto},
     tasks::{Submission, Tasks},
     wait::{CallBudget, requested_timeout},
 };
@@ -108,16 +108,7 @@ impl TaskService for TaskServiceImpl {
         let span = server_span("ListTasks", &caller_trace_context(&metadata));
         let page = async {
             let tenant = self.authenticate(&metadata)?;
-            let status = match v1::TaskStatus::try_from(request.status) {
-                Ok(v1::TaskStatus::Unspecified) => None,
-                Ok(status) => Some(status_from_proto(status)?),
-                Err(_) => {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "unknown task status {}",
-                        request.status
-                    )));
-                }
-            };
+            let status = status_filter(request.status)?;
             self.tasks
                 .list(&tenant, request.page_size, &request.page_token, status)
                 .await

@@ -32,15 +32,15 @@ pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(4);
 pub(crate) const LAST_READ_ALLOWANCE: Duration = Duration::from_millis(50);
 
 /// The longest idempotency key a client may send: it is stored with the task.
-pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// How long a watch waits for the broker to route status events here before it relies on
 /// re-reading the database alone.
 const EVENTS_BIND_BOUND: Duration = Duration::from_secs(2);
 
 /// ListTasks' page size when the request names none, and the largest it may ask for.
-pub(crate) const DEFAULT_PAGE_SIZE: u64 = 100;
-pub(crate) const MAX_PAGE_SIZE: u64 = 1000;
+const DEFAULT_PAGE_SIZE: u64 = 100;
+const MAX_PAGE_SIZE: u64 = 1000;
 
 /// One expression to run, as a client submitted it.
 #[derive(Debug, Clone)]

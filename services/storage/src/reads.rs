@@ -75,18 +75,15 @@ pub struct FinishedCounts {
     pub counts: BTreeMap<TaskStatus, (u64, u64)>,
 }
 
-/// Rows of `(status, a, b)` counts as a map, refusing statuses this build does not know.
-fn by_status(
-    rows: impl Iterator<Item = (String, i64, i64)>,
-) -> Result<BTreeMap<TaskStatus, (u64, u64)>, StorageError> {
-    rows.map(|(status, a, b)| {
-        let status = status
-            .parse()
-            .map_err(|err| StorageError::Corrupt(format!("{err}")))?;
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok((status, (count(a), count(b))))
-    })
-    .collect()
+/// A status column's value, refusing statuses this build does not know.
+fn stored_status(text: &str) -> Result<TaskStatus, StorageError> {
+    text.parse()
+        .map_err(|err| StorageError::Corrupt(format!("{err}")))
+}
+
+/// A count the database gave (never negative).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
 /// How a cancellation went.
@@ -151,8 +148,9 @@ impl TaskStore {
             .into_tuple()
             .all(&self.db)
             .await?;
-        by_status(rows.into_iter().map(|(status, n)| (status, n, n)))
-            .map(|counts| counts.into_iter().map(|(s, (_, n))| (s, n)).collect())
+        rows.into_iter()
+            .map(|(status, tasks)| Ok((stored_status(&status)?, count(tasks))))
+            .collect()
     }
 
     /// `tenant`'s terminal tasks that finished at or after `since` (all of them when `None`),
@@ -190,10 +188,13 @@ impl TaskStore {
             .into_tuple()
             .all(&self.db)
             .await?;
-        let counts = by_status(
-            rows.into_iter()
-                .map(|(status, settled, all)| (status, settled.unwrap_or(0), all)),
-        )?;
+        let counts = rows
+            .into_iter()
+            .map(|(status, settled, all)| {
+                let settled = count(settled.unwrap_or(0));
+                Ok((stored_status(&status)?, (settled, count(all))))
+            })
+            .collect::<Result<_, StorageError>>()?;
         Ok(FinishedCounts { watermark, counts })
     }
 
