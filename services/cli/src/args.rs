@@ -306,8 +306,9 @@ impl std::fmt::Debug for ConnectArgs {
 pub struct ClientArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// How long to wait for the task to end (server default 30s); the call's gRPC deadline is
-    /// this plus a few seconds. submit -f: how long the whole run may take [default: 5m].
+    /// How long to wait for the task to end (unset: the gateway's own default, 30s unless it
+    /// was changed); the call's gRPC deadline is this plus a few seconds. submit -f: how long
+    /// the whole run may take [default: 5m].
     #[arg(long)]
     pub timeout: Option<HumanDuration>,
 }
