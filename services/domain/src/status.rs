@@ -44,8 +44,13 @@ impl TaskStatus {
     /// PENDING ──▶ RUNNING ──▶ SUCCEEDED | FAILED | EXPIRED
     ///    │           ▲ │
     ///    │           └─┘ a new attempt takes over (only once the old one's lease ran out)
-    ///    └──▶ FAILED (could not be queued) | EXPIRED (deadline before any start) | CANCELLED
+    ///    ├──▶ FAILED (could not be queued) | EXPIRED (deadline before any start) | CANCELLED
+    ///    └──▶ SUCCEEDED | FAILED: a quick attempt, started and ended in one write
     /// ```
+    ///
+    /// A quick attempt is a first delivery of a task the engine predicts takes microseconds: it is
+    /// evaluated before any write, and its attempt is counted in the write that records the
+    /// result (nothing can die between the two; a redelivery always counts its attempt first).
     ///
     /// The store's compare-and-set updates filter on [`TaskStatus::sources_of`], so no write can
     /// make a move this function refuses.
@@ -53,7 +58,7 @@ impl TaskStatus {
         use TaskStatus::*;
         matches!(
             (self, next),
-            (Pending, Running | Failed | Expired | Cancelled)
+            (Pending, Running | Succeeded | Failed | Expired | Cancelled)
                 | (Running, Running | Succeeded | Failed | Expired)
         )
     }
@@ -143,6 +148,7 @@ mod tests {
     fn open_states_move_forward() {
         use TaskStatus::*;
         assert!(Pending.can_become(Running));
+        assert!(Pending.can_become(Succeeded));
         assert!(Pending.can_become(Expired));
         assert!(Pending.can_become(Cancelled));
         assert!(Running.can_become(Running));
@@ -152,14 +158,13 @@ mod tests {
             !Running.can_become(Cancelled),
             "a running task cannot be cancelled"
         );
-        assert!(!Pending.can_become(Succeeded), "a result needs an attempt");
     }
 
     #[test]
     fn sources_follow_the_transitions() {
         use TaskStatus::*;
         assert_eq!(TaskStatus::sources_of(Running), [Pending, Running]);
-        assert_eq!(TaskStatus::sources_of(Succeeded), [Running]);
+        assert_eq!(TaskStatus::sources_of(Succeeded), [Pending, Running]);
         assert_eq!(TaskStatus::sources_of(Expired), [Pending, Running]);
         assert_eq!(TaskStatus::sources_of(Cancelled), [Pending]);
         assert!(TaskStatus::sources_of(Pending).is_empty());

@@ -8,6 +8,7 @@ pub mod entity;
 mod error;
 mod group;
 pub mod migration;
+mod pg;
 mod reads;
 mod store;
 mod workers;

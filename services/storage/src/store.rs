@@ -24,6 +24,7 @@ use crate::{
     entity::{self, Column, Entity as Tasks},
     group::{GroupCommit, WriteBatch},
     migration::Migrator,
+    pg,
 };
 
 /// Connection settings. [`StoreOptions::default`] holds the documented defaults.
@@ -84,12 +85,16 @@ struct StartItem {
 /// An attempt that ended.
 type FinishItem = (TaskId, u32, Outcome);
 
+/// A quick attempt: a PENDING task a worker started and ended at once.
+type QuickItem = (TaskId, Arc<str>, Outcome);
+
 /// The group-commit queues of the task path's writes.
 #[derive(Debug)]
 struct Batches {
     inserts: GroupCommit<InsertItem, ()>,
     starts: GroupCommit<StartItem, Option<Task>>,
     finishes: GroupCommit<FinishItem, Option<Task>>,
+    quick_attempts: GroupCommit<QuickItem, Option<Task>>,
 }
 
 impl Batches {
@@ -110,10 +115,16 @@ impl Batches {
             let store = store.clone();
             Box::pin(async move { store.finish_batch(items).await })
         });
+        let store = direct.clone();
+        let quick_attempts: WriteBatch<QuickItem, Option<Task>> = Arc::new(move |items| {
+            let store = store.clone();
+            Box::pin(async move { store.quick_attempt_batch(items).await })
+        });
         Batches {
             inserts: GroupCommit::start(BATCH_WRITERS, MAX_BATCH, inserts),
             starts: GroupCommit::start(BATCH_WRITERS, MAX_BATCH, starts),
             finishes: GroupCommit::start(BATCH_WRITERS, MAX_BATCH, finishes),
+            quick_attempts: GroupCommit::start(BATCH_WRITERS, MAX_BATCH, quick_attempts),
         }
     }
 }
@@ -399,6 +410,19 @@ impl TaskStore {
         }
     }
 
+    /// The id is one of `ids`. On PostgreSQL as `id = ANY($1)`, the ids bound as one array: the
+    /// statement's text is the same for any number of them, so it is prepared once.
+    fn id_in(&self, ids: &[TaskId]) -> SimpleExpr {
+        let ids = ids.iter().map(TaskId::as_uuid);
+        match self.backend() {
+            DatabaseBackend::Postgres => Expr::cust_with_values(
+                "\"tasks\".\"id\" = ANY($1)",
+                [sea_orm::Value::from(ids.collect::<Vec<_>>())],
+            ),
+            _ => Expr::col(Column::Id).is_in(ids),
+        }
+    }
+
     /// `SELECT id FROM tasks WHERE id IN ids …`, locked in id order on PostgreSQL: every
     /// multi-row write takes its row locks in this one order (or skips locked rows), so two
     /// batches never deadlock. SQLite has one writer at a time and no row locks.
@@ -411,7 +435,7 @@ impl TaskStore {
         let mut rows = Query::select();
         rows.column(Column::Id)
             .from(Tasks)
-            .and_where(Expr::col(Column::Id).is_in(ids.iter().map(TaskId::as_uuid)))
+            .and_where(self.id_in(ids))
             .order_by(Column::Id, sea_orm::Order::Asc);
         narrow(&mut rows);
         match (self.backend(), skip_locked) {
@@ -472,17 +496,29 @@ impl TaskStore {
                 .or_default()
                 .push(item.id);
         }
-        let transaction = self.db.begin().await?;
         let mut started: HashMap<TaskId, Task> = HashMap::new();
-        for ((worker_id, lease), ids) in by_worker {
-            for task in self
-                .start_all(&transaction, &ids, &worker_id, lease)
-                .await?
-            {
-                started.insert(task.id, task);
+        if by_worker.len() == 1 {
+            // A worker's own batch (the usual case): one statement, no transaction around it.
+            for ((worker_id, lease), ids) in by_worker {
+                started.extend(
+                    (self.start_all(&self.db, &ids, &worker_id, lease).await?)
+                        .into_iter()
+                        .map(|task| (task.id, task)),
+                );
             }
+        } else {
+            let transaction = self.db.begin().await?;
+            for ((worker_id, lease), ids) in by_worker {
+                started.extend(
+                    (self
+                        .start_all(&transaction, &ids, &worker_id, lease)
+                        .await?)
+                        .into_iter()
+                        .map(|task| (task.id, task)),
+                );
+            }
+            transaction.commit().await?;
         }
-        transaction.commit().await?;
         Ok(items
             .iter()
             .map(|item| {
@@ -564,13 +600,19 @@ impl TaskStore {
         }
     }
 
-    /// One group-committed batch of attempt ends: one transaction of single-row compare-and-sets
-    /// (each found by its primary key), one commit. (One `UPDATE … FROM (VALUES …)` was tried on
-    /// PostgreSQL: its planner joined by scanning the table, which doubled the database's CPU.)
+    /// One group-committed batch of attempt ends. On PostgreSQL one statement
+    /// ([`pg::finish_attempts`]); on SQLite one transaction of single-row compare-and-sets.
     async fn finish_batch(
         &self,
         items: Vec<FinishItem>,
     ) -> Result<Vec<Option<Task>>, StorageError> {
+        // Only the ends the state machine allows from RUNNING are ever written.
+        let allowed =
+            |(_, _, outcome): &FinishItem| TaskStatus::Running.can_become(outcome.status());
+        if self.backend() == DatabaseBackend::Postgres && items.iter().all(allowed) {
+            let ended = self.returning(pg::finish_attempts(&items)).await?;
+            return Ok(answer_by_id(&items, ended, |_, _| true));
+        }
         // Rows locked in one order (by id) in every transaction: two batches never deadlock.
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by_key(|&index| items[index].0);
@@ -588,6 +630,84 @@ impl TaskStore {
         }
         transaction.commit().await?;
         Ok(finished)
+    }
+
+    /// Records a quick attempt by `worker_id`: a PENDING task the worker evaluated before any
+    /// write (the engine predicts microseconds of work) goes straight to `outcome`, its attempt
+    /// counted in the same write (group-committed with other quick attempts). Returns the stored
+    /// task, or `None` when the task is not PENDING (a duplicate message, a cancel, a takeover):
+    /// the caller then goes the long way, starting an attempt first.
+    #[instrument(skip_all, fields(task_id = %id, status = %outcome.status()))]
+    pub async fn record_quick_attempt(
+        &self,
+        id: TaskId,
+        worker_id: &str,
+        outcome: &Outcome,
+    ) -> Result<Option<Task>, StorageError> {
+        if !TaskStatus::Pending.can_become(outcome.status()) {
+            return Ok(None);
+        }
+        let item = (id, Arc::<str>::from(worker_id), outcome.clone());
+        match &self.batches {
+            Some(batches) => batches.quick_attempts.submit(item).await,
+            None => Ok(self.quick_attempt_batch(vec![item]).await?.pop().flatten()),
+        }
+    }
+
+    /// One group-committed batch of quick attempts. On PostgreSQL one statement
+    /// ([`pg::record_quick_attempts`]); on SQLite one transaction of single-row compare-and-sets.
+    async fn quick_attempt_batch(
+        &self,
+        items: Vec<QuickItem>,
+    ) -> Result<Vec<Option<Task>>, StorageError> {
+        // Two copies of one message in a batch: the row names the worker whose copy won.
+        let ran_by = |(_, worker_id, _): &QuickItem, task: &Task| {
+            task.worker_id.as_deref() == Some(&**worker_id)
+        };
+        if self.backend() == DatabaseBackend::Postgres {
+            let ran = self.returning(pg::record_quick_attempts(&items)).await?;
+            return Ok(answer_by_id(&items, ran, ran_by));
+        }
+        let transaction = self.db.begin().await?;
+        let mut ran = Vec::with_capacity(items.len());
+        for (id, worker_id, outcome) in &items {
+            let updated = Tasks::update_many()
+                .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
+                .col_expr(Column::Result, Expr::value(outcome.result()))
+                .col_expr(Column::Error, Expr::value(outcome.error()))
+                .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
+                .col_expr(Column::WorkerId, Expr::value(&**worker_id))
+                .col_expr(Column::StartedAt, self.db_now())
+                .col_expr(Column::FinishedAt, self.db_now())
+                .col_expr(
+                    Column::LeaseUntil,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(
+                    Column::PublishedAt,
+                    Expr::col(Column::PublishedAt).if_null(self.db_now()),
+                )
+                .filter(Column::Id.eq(id.as_uuid()))
+                .filter(status_is(TaskStatus::Pending))
+                .exec_with_returning(&transaction)
+                .await?;
+            for model in updated {
+                ran.push(model.into_task()?);
+            }
+        }
+        transaction.commit().await?;
+        Ok(answer_by_id(&items, ran, ran_by))
+    }
+
+    /// The tasks a raw `UPDATE … RETURNING` statement changed.
+    async fn returning(&self, statement: sea_orm::Statement) -> Result<Vec<Task>, StorageError> {
+        Tasks::find()
+            .from_raw_sql(statement)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(entity::Model::into_task)
+            .collect()
     }
 
     /// Ends a task that no attempt has started (deadline passed, publish failed): PENDING →
@@ -867,6 +987,41 @@ fn status_is(status: TaskStatus) -> SimpleExpr {
 /// The status is one of `statuses` (a compare-and-set condition; see [`status_text`]).
 fn status_in(statuses: Vec<TaskStatus>) -> SimpleExpr {
     status_text().is_in(status_names(statuses))
+}
+
+/// The answer of each batch item, in the items' order: the changed task with the item's id,
+/// given to the first item with that id that `belongs` to it; `None` to every other item.
+fn answer_by_id<I: BatchItem>(
+    items: &[I],
+    changed: Vec<Task>,
+    belongs: impl Fn(&I, &Task) -> bool,
+) -> Vec<Option<Task>> {
+    let mut changed: HashMap<TaskId, Task> =
+        changed.into_iter().map(|task| (task.id, task)).collect();
+    items
+        .iter()
+        .map(|item| {
+            let mine = changed
+                .get(&item.task_id())
+                .is_some_and(|task| belongs(item, task));
+            if mine {
+                changed.remove(&item.task_id())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// A write of one task in a batch.
+trait BatchItem {
+    fn task_id(&self) -> TaskId;
+}
+
+impl<A, B> BatchItem for (TaskId, A, B) {
+    fn task_id(&self) -> TaskId {
+        self.0
+    }
 }
 
 fn attempt_number(attempt: u32) -> i32 {

@@ -193,6 +193,10 @@ impl Processor {
                 .end_unstarted(message, &Outcome::expired_unstarted())
                 .await;
         }
+        // A redelivery may follow a crash this task caused: its attempt is counted first.
+        if !redelivered && let Some(settlement) = self.quick_attempt(message).await? {
+            return Ok(settlement);
+        }
         let task = match self.start(message, redelivered).await? {
             StartOutcome::Started(task) => {
                 tracing::Span::current().record("attempt", task.attempts);
@@ -273,6 +277,35 @@ impl Processor {
             .await
     }
 
+    /// The first delivery of a task the engine predicts takes microseconds: evaluated at once,
+    /// then its attempt and result recorded in one write, with no RUNNING state in between (so
+    /// no lease, and no RUNNING event). Nothing can die between evaluating and counting; a
+    /// delivery that does not finish here is redelivered, and a redelivery counts its attempt
+    /// before evaluating. `None`: not such a task, or no longer PENDING (a duplicate, a cancel,
+    /// an attempt that holds it): the long way decides.
+    async fn quick_attempt(&self, message: &TaskMessage) -> Result<Option<Settlement>, Transient> {
+        let limits = &self.config.limits;
+        let quick = match dalc_calc::parse(&message.expression, limits) {
+            Ok(expr) if expr.is_cheap() && !self.fault_hooks_apply(&message.expression) => expr,
+            _ => return Ok(None),
+        };
+        let started = std::time::Instant::now();
+        let outcome = info_span!("evaluate", task_id = %message.task_id, attempt = Empty)
+            .in_scope(|| outcome_of(quick.evaluate(limits)));
+        self.observe_evaluation(started);
+        let recorded = self
+            .store
+            .record_quick_attempt(message.task_id, &self.config.worker_id, &outcome)
+            .await?;
+        let Some(finished) = recorded else {
+            return Ok(None);
+        };
+        tracing::Span::current().record("attempt", finished.attempts);
+        self.announce_end(&finished, message.reply_to.as_deref())
+            .await?;
+        Ok(Some(Settlement::Ack))
+    }
+
     async fn evaluate(&self, task: &Task) -> Result<Outcome, Transient> {
         let limits = self.config.limits.clone();
         let span = info_span!("evaluate", task_id = %task.id, attempt = task.attempts);
@@ -280,7 +313,7 @@ impl Processor {
         let evaluated = match dalc_calc::parse(&task.expression, &limits) {
             Err(err) => Ok(Err(err)),
             // Microseconds of work (the engine says so): a thread hop would cost more.
-            Ok(expr) if expr.is_cheap() && !self.fault_hooks_apply(task) => {
+            Ok(expr) if expr.is_cheap() && !self.fault_hooks_apply(&task.expression) => {
                 let _entered = span.enter();
                 Ok(expr.evaluate(&limits))
             }
@@ -303,28 +336,27 @@ impl Processor {
                 .await
             }
         };
-        self.config
-            .metrics
-            .evaluation_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.observe_evaluation(started);
         match evaluated {
-            Ok(Ok(value)) => Ok(Outcome::Succeeded {
-                result: value.to_string(),
-            }),
-            Ok(Err(err)) => Ok(Outcome::Failed {
-                error: err.to_string(),
-            }),
+            Ok(evaluated) => Ok(outcome_of(evaluated)),
             // A crash is not an answer: retry it as a new attempt, until the attempts run out.
             Err(join_error) => Err(Transient::Crash(join_error.to_string())),
         }
     }
 
-    /// TEST ONLY: whether a fault hook targets this task (it then runs on the blocking pool,
-    /// where a crash is caught like any evaluation crash).
-    fn fault_hooks_apply(&self, task: &Task) -> bool {
+    fn observe_evaluation(&self, started: std::time::Instant) {
+        self.config
+            .metrics
+            .evaluation_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// TEST ONLY: whether a fault hook targets this expression (it then runs on the blocking
+    /// pool, where a crash is caught like any evaluation crash, and never as a quick attempt).
+    fn fault_hooks_apply(&self, expression: &str) -> bool {
         #[cfg(feature = "fault-injection")]
         {
-            let marked = |marker: &str| task.expression.contains(marker);
+            let marked = |marker: &str| expression.contains(marker);
             self.config.fault_crash_on.as_deref().is_some_and(marked)
                 || self
                     .config
@@ -334,7 +366,7 @@ impl Processor {
         }
         #[cfg(not(feature = "fault-injection"))]
         {
-            let _ = task;
+            let _ = expression;
             false
         }
     }
@@ -353,11 +385,7 @@ impl Processor {
             .await?;
         match recorded {
             Some(finished) => {
-                info!(status = %finished.status, attempt = finished.attempts, "task finished");
-                self.count_finished(&finished);
-                self.hold_through_outage(|| self.updates.publish_update(reply_to, &finished))
-                    .instrument(reply_span(self.source.system, reply_to, &finished))
-                    .await?;
+                self.announce_end(&finished, reply_to).await?;
                 Ok(then)
             }
             None => {
@@ -369,6 +397,16 @@ impl Processor {
                 Ok(Settlement::Ack)
             }
         }
+    }
+
+    /// Counts a task this worker just ended and replies with it. The work is done and recorded,
+    /// so a broker outage is waited out in place.
+    async fn announce_end(&self, finished: &Task, reply_to: Option<&str>) -> Result<(), Transient> {
+        info!(status = %finished.status, attempt = finished.attempts, "task finished");
+        self.count_finished(finished);
+        self.hold_through_outage(|| self.updates.publish_update(reply_to, finished))
+            .instrument(reply_span(self.source.system, reply_to, finished))
+            .await
     }
 
     async fn end_unstarted(
@@ -462,6 +500,18 @@ impl Processor {
             let latency = (finished_at - task.created_at).to_std().unwrap_or_default();
             metrics.end_to_end_seconds.observe(latency.as_secs_f64());
         }
+    }
+}
+
+/// What an evaluation comes to: a result, or the engine's reason for none.
+fn outcome_of(evaluated: Result<dalc_calc::Value, dalc_calc::CalcError>) -> Outcome {
+    match evaluated {
+        Ok(value) => Outcome::Succeeded {
+            result: value.to_string(),
+        },
+        Err(err) => Outcome::Failed {
+            error: err.to_string(),
+        },
     }
 }
 
