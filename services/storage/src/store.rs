@@ -174,8 +174,16 @@ impl TaskStore {
             .acquire_timeout(options.connect_timeout)
             .sqlx_logging(false)
             .map_sqlx_postgres_opts(move |opts| {
-                // A query stuck behind a lock or a sick server must not hold a caller forever.
-                opts.options([("statement_timeout", statement_timeout_ms.as_str())])
+                opts.options([
+                    // A query stuck behind a lock or a sick server must not hold a caller
+                    // forever.
+                    ("statement_timeout", statement_timeout_ms.as_str()),
+                    // Every statement here finds its rows through an index. A connection keeps
+                    // the plans of its prepared statements, and one planned while the table was
+                    // small (or not yet analyzed) may scan the whole table; once it holds
+                    // millions of rows, that plan would make each write scan them all.
+                    ("enable_seqscan", "off"),
+                ])
             })
             .map_sqlx_sqlite_opts(move |opts| {
                 // WAL lets readers (GetTask) run while a worker writes; NORMAL sync is durable
