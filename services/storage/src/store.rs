@@ -56,9 +56,10 @@ impl Default for StoreOptions {
     }
 }
 
-/// Group-commit writers per kind of write: batches written at once, so one commit's wait does
-/// not stall the next batch.
-const BATCH_WRITERS: usize = 2;
+/// Group-commit writers per kind of write. One: whatever arrives while a batch is written forms
+/// the next, so batches are as large as the load makes them. (Two writers, each taking half, cost
+/// PostgreSQL a third more CPU per task at 64 calls in flight, and gave 12 % less throughput.)
+const BATCH_WRITERS: usize = 1;
 /// The most rows one group-committed statement (or transaction) writes.
 const MAX_BATCH: usize = 256;
 /// The most rows one statement of [`TaskStore::insert_all`] inserts.
