@@ -64,6 +64,9 @@ on_both_backends!(
     retention_deletes_only_old_finished_tasks,
     the_state_machine_is_enforced_by_the_store,
     many_attempts_start_and_end_at_once_each_with_its_own_outcome,
+    a_quick_attempt_counts_and_records_in_one_write,
+    a_quick_attempt_only_ends_a_pending_task,
+    many_quick_attempts_at_once_each_get_their_own_row,
 );
 
 /// What a database can hold: PostgreSQL keeps microseconds.
@@ -567,6 +570,143 @@ async fn many_attempts_start_and_end_at_once_each_with_its_own_outcome(store: Ta
             assert_eq!(task.result, Some(n.to_string()));
         }
     }
+}
+
+async fn a_quick_attempt_counts_and_records_in_one_write(store: TaskStore) {
+    let task = Task::new("1 + 1", None);
+    store.insert(&task, NOW).await.unwrap();
+    let ok = Outcome::Succeeded { result: "2".into() };
+    let done = store
+        .record_quick_attempt(task.id, "w1", &ok)
+        .await
+        .unwrap()
+        .expect("a PENDING task takes a quick attempt");
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.result.as_deref(), Some("2"));
+    assert_eq!(done.error, None);
+    assert_eq!(done.attempts, 1, "the attempt is counted in the same write");
+    assert_eq!(done.worker_id.as_deref(), Some("w1"));
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+    assert_eq!(store.get(task.id).await.unwrap(), Some(done));
+
+    let failed = Task::new("1 / 0", None);
+    store.insert(&failed, NOW).await.unwrap();
+    let division = Outcome::Failed {
+        error: "division by zero".into(),
+    };
+    let done = store
+        .record_quick_attempt(failed.id, "w1", &division)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Failed);
+    assert_eq!(done.result, None);
+    assert_eq!(done.error.as_deref(), Some("division by zero"));
+}
+
+async fn a_quick_attempt_only_ends_a_pending_task(store: TaskStore) {
+    let ok = Outcome::Succeeded { result: "2".into() };
+    // Finished already: the duplicate records nothing, the first result stands.
+    let task = Task::new("1 + 1", None);
+    store.insert(&task, NOW).await.unwrap();
+    store
+        .record_quick_attempt(task.id, "w1", &ok)
+        .await
+        .unwrap();
+    let other = Outcome::Succeeded { result: "3".into() };
+    assert_eq!(
+        store
+            .record_quick_attempt(task.id, "w2", &other)
+            .await
+            .unwrap(),
+        None
+    );
+    let stored = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!((stored.result.as_deref(), stored.attempts), (Some("2"), 1));
+    // RUNNING under a live attempt: left to that attempt.
+    let running = Task::new("1 + 1", None);
+    store.insert(&running, NOW).await.unwrap();
+    store.start_attempt(running.id, "w1", LEASE).await.unwrap();
+    assert_eq!(
+        store
+            .record_quick_attempt(running.id, "w2", &ok)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get(running.id).await.unwrap().unwrap().status,
+        TaskStatus::Running
+    );
+    // Cancelled: never run.
+    let cancelled = Task::new("1 + 1", None);
+    store.insert(&cancelled, NOW).await.unwrap();
+    store
+        .finish_unstarted(cancelled.id, &Outcome::cancelled())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .record_quick_attempt(cancelled.id, "w1", &ok)
+            .await
+            .unwrap(),
+        None
+    );
+    // Missing: nothing to write.
+    assert_eq!(
+        store
+            .record_quick_attempt(TaskId::new(), "w1", &ok)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn many_quick_attempts_at_once_each_get_their_own_row(store: TaskStore) {
+    // Enough at once that the group commit batches them, with every tenth task twice (two
+    // copies of one message, taken by two workers): exactly one copy records it.
+    let tasks: Vec<Task> = (0..150).map(|n| Task::new(n.to_string(), None)).collect();
+    store.insert_all(&tasks, NOW).await.unwrap();
+    let copies = tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(n, task)| {
+            let twice = if n % 10 == 0 { 2 } else { 1 };
+            (0..twice).map(move |copy| (n, copy, task.id))
+        })
+        .map(|(n, copy, id)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let outcome = if n % 3 == 0 {
+                    Outcome::Failed {
+                        error: format!("e{n}"),
+                    }
+                } else {
+                    Outcome::Succeeded {
+                        result: n.to_string(),
+                    }
+                };
+                let worker = format!("w{copy}");
+                let ran = store.record_quick_attempt(id, &worker, &outcome).await;
+                (n, worker, ran.unwrap())
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut recorded = vec![0; tasks.len()];
+    for copy in copies {
+        let (n, worker, ran) = copy.await.unwrap();
+        let Some(task) = ran else { continue };
+        recorded[n] += 1;
+        assert_eq!(task.id, tasks[n].id);
+        assert_eq!(task.worker_id.as_deref(), Some(worker.as_str()));
+        assert_eq!(task.attempts, 1);
+        if n % 3 == 0 {
+            assert_eq!(task.error, Some(format!("e{n}")));
+        } else {
+            assert_eq!(task.result, Some(n.to_string()));
+        }
+    }
+    assert!(recorded.iter().all(|&count| count == 1), "{recorded:?}");
 }
 
 async fn finished_tasks_are_counted_since_a_watermark_and_open_ones_by_status(store: TaskStore) {

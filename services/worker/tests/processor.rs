@@ -283,3 +283,98 @@ async fn the_worker_loop_drains_the_queue_and_stops_on_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+/// Every update the broker carries within `window`, in order.
+async fn updates_within(updates: &mut dalc_queue::Updates, window: Duration) -> Vec<Task> {
+    let mut seen = Vec::new();
+    while let Ok(Some(update)) = tokio::time::timeout(window, updates.stream.next()).await {
+        seen.push(update);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_cheap_task_first_delivered_is_counted_and_recorded_in_one_write() {
+    let Setup {
+        store,
+        broker,
+        processor,
+    } = setup().await;
+    let mut updates = broker.consume_updates("gw", true).await.unwrap();
+    let (task, message) = stored(&store, "6 * 7").await;
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.result.as_deref(), done.attempts),
+        (TaskStatus::Succeeded, Some("42"), 1)
+    );
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+    // Straight from PENDING to its result: no RUNNING state, so no RUNNING event.
+    let seen = updates_within(&mut updates, Duration::from_millis(300)).await;
+    assert!(
+        seen.iter()
+            .all(|update| update.status != TaskStatus::Running),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&done),
+        "the reply carries the result: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_cheap_task_counts_its_attempt_before_it_is_evaluated() {
+    // A redelivery may follow a crash the task caused: it goes the long way, RUNNING first.
+    let Setup {
+        store,
+        broker,
+        processor,
+    } = setup().await;
+    let mut updates = broker.consume_updates("gw", true).await.unwrap();
+    let (task, message) = stored(&store, "1 + 2").await;
+    assert_eq!(processor.process(&message, true).await, Settlement::Ack);
+    let seen = updates_within(&mut updates, Duration::from_millis(300)).await;
+    let statuses: Vec<_> = seen.iter().map(|update| update.status).collect();
+    assert!(statuses.contains(&TaskStatus::Running), "{statuses:?}");
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!((done.result.as_deref(), done.attempts), (Some("3"), 1));
+}
+
+#[tokio::test]
+async fn a_costly_task_is_started_before_it_is_evaluated() {
+    let Setup {
+        store,
+        broker,
+        processor,
+    } = setup().await;
+    let mut updates = broker.consume_updates("gw", true).await.unwrap();
+    let (task, message) = stored(&store, "factorial(20)").await;
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
+    let seen = updates_within(&mut updates, Duration::from_millis(300)).await;
+    let statuses: Vec<_> = seen.iter().map(|update| update.status).collect();
+    assert!(statuses.contains(&TaskStatus::Running), "{statuses:?}");
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.result.as_deref(), done.attempts),
+        (Some("2432902008176640000"), 1)
+    );
+}
+
+#[tokio::test]
+async fn a_cheap_task_another_attempt_holds_is_left_to_it() {
+    // A copy of the message while a live attempt runs the task: no quick attempt overrides it.
+    let Setup {
+        store, processor, ..
+    } = setup().await;
+    let (task, message) = stored(&store, "2 + 2").await;
+    store
+        .start_attempt(task.id, "alive", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
+    let stored = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.attempts, stored.worker_id.as_deref()),
+        (TaskStatus::Running, 1, Some("alive"))
+    );
+}
