@@ -14,8 +14,13 @@
 
 use std::sync::{Arc, LazyLock};
 
-use dalc_domain::{Outcome, TaskId, TaskStatus};
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
 use sea_orm::{DatabaseBackend, Statement, Value};
+
+use crate::store::MAX_CLOCK_OFFSET;
 
 /// Its rows, locked in id order: the condition every multi-row write here starts from.
 const LOCKED_IN_ID_ORDER: &str =
@@ -72,6 +77,60 @@ pub(crate) fn record_quick_attempts(items: &[(TaskId, Arc<str>, Outcome)]) -> St
         .collect();
     let (statuses, details) = outcome_arrays(items.iter().map(|(_, _, outcome)| outcome));
     statement(&SQL, vec![array(ids), array(workers), statuses, details])
+}
+
+/// Inserts new PENDING tasks: (task, the grace its gateway has to confirm the publish). A
+/// missing deadline or idempotency key travels as an empty text.
+pub(crate) fn insert_tasks(items: &[(Task, Duration)]) -> Statement {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO tasks (id, expression, status, created_at, attempts, deadline, \
+               sweep_after, tenant, idempotency_key, priority) \
+             SELECT id, expression, '{pending}', created_at, 0, \
+               NULLIF(deadline, '')::timestamptz, \
+               statement_timestamp() + grace_ms * interval '1 millisecond', \
+               tenant, NULLIF(idempotency_key, ''), priority \
+             FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::int8[], \
+               $6::text[], $7::text[], $8::int2[]) \
+               AS task(id, expression, created_at, deadline, grace_ms, tenant, \
+                 idempotency_key, priority)",
+            pending = TaskStatus::Pending.as_str(),
+        )
+    });
+    let tasks = || items.iter().map(|(task, _)| task);
+    let ids: Vec<_> = tasks().map(|task| task.id.as_uuid()).collect();
+    let expressions: Vec<_> = tasks().map(|task| task.expression.clone()).collect();
+    let created: Vec<_> = tasks().map(|task| task.created_at).collect();
+    let deadlines: Vec<_> = tasks()
+        .map(|task| {
+            task.deadline
+                .map(|at| at.to_rfc3339_opts(SecondsFormat::Micros, true))
+                .unwrap_or_default()
+        })
+        .collect();
+    // The same bound as every other offset from the database's clock.
+    let graces: Vec<_> = items
+        .iter()
+        .map(|(_, grace)| i64::try_from(grace.min(&MAX_CLOCK_OFFSET).as_millis()).unwrap_or(0))
+        .collect();
+    let tenants: Vec<_> = tasks().map(|task| task.tenant.clone()).collect();
+    let keys: Vec<_> = tasks()
+        .map(|task| task.idempotency_key.clone().unwrap_or_default())
+        .collect();
+    let priorities: Vec<_> = tasks().map(|task| i16::from(task.priority.get())).collect();
+    statement(
+        &SQL,
+        vec![
+            array(ids),
+            array(expressions),
+            array(created),
+            array(deadlines),
+            array(graces),
+            array(tenants),
+            array(keys),
+            array(priorities),
+        ],
+    )
 }
 
 /// `outcomes` as two parallel arrays: statuses, and each one's result or reason.

@@ -67,7 +67,7 @@ const INSERT_CHUNK: usize = 1000;
 /// The most rows one sweeper statement expires, so a large backlog is ended in short steps.
 const EXPIRE_BATCH: u64 = 1000;
 /// The longest offset from the database's clock any lease, grace or retention may take.
-const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A RUNNING task the sweeper republished is left alone this many claims long: its new message
 /// may wait behind a backlog before a worker takes it over.
 const RUNNING_CLAIM_FACTOR: u32 = 6;
@@ -315,26 +315,41 @@ impl TaskStore {
         // Statements of a bounded size: each row binds ten parameters, and PostgreSQL takes at
         // most 65,535 per statement.
         for chunk in tasks.chunks(INSERT_CHUNK) {
-            let items = chunk.iter().map(|task| (task.clone(), publish_grace));
-            let insert = self.insert_statement(&items.collect::<Vec<_>>())?;
-            transaction.execute(&insert).await?;
+            let items: Vec<_> = chunk
+                .iter()
+                .map(|task| (task.clone(), publish_grace))
+                .collect();
+            match self.backend() {
+                DatabaseBackend::Postgres => {
+                    transaction.execute_raw(pg::insert_tasks(&items)).await?;
+                }
+                _ => {
+                    transaction.execute(&self.insert_statement(&items)?).await?;
+                }
+            }
         }
         transaction.commit().await?;
         Ok(())
     }
 
-    /// One group-committed batch of inserts: one multi-row INSERT.
+    /// One group-committed batch of inserts: one statement.
     #[instrument(skip_all, fields(tasks = items.len()))]
     async fn insert_batch(&self, items: Vec<InsertItem>) -> Result<Vec<()>, StorageError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let insert = self.insert_statement(&items)?;
-        self.db.execute(&insert).await?;
+        match self.backend() {
+            DatabaseBackend::Postgres => {
+                self.db.execute_raw(pg::insert_tasks(&items)).await?;
+            }
+            _ => {
+                self.db.execute(&self.insert_statement(&items)?).await?;
+            }
+        }
         Ok(vec![(); items.len()])
     }
 
-    /// One multi-row INSERT of `items`.
+    /// One multi-row INSERT of `items` (SQLite; PostgreSQL takes [`pg::insert_tasks`]).
     fn insert_statement(
         &self,
         items: &[InsertItem],
