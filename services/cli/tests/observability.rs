@@ -202,7 +202,8 @@ async fn one_trace_runs_from_the_grpc_call_through_rabbitmq_to_the_worker() {
         .iter()
         .find(|s| s.service == "dalc-worker" && s.name.ends_with("dalc.tasks process"))
         .expect("the worker's consumer span");
-    let start = find("dalc-worker", "start_attempt");
+    // `1 + 1` is a quick attempt: evaluated, then its attempt and result recorded in one write.
+    let record = find("dalc-worker", "record_quick_attempt");
     let evaluate = find("dalc-worker", "evaluate");
     let reply = trace
         .iter()
@@ -231,7 +232,7 @@ async fn one_trace_runs_from_the_grpc_call_through_rabbitmq_to_the_worker() {
     // The worker continues the trace from the message headers: its consumer span is the child
     // of the gateway's producer span, and the worker's steps are children of it.
     assert_eq!(process.parent_span_id, publish.span_id);
-    for child in [start, evaluate, reply] {
+    for child in [evaluate, record, reply] {
         assert_eq!(child.parent_span_id, process.span_id, "{child:?}");
     }
     assert_eq!(process.attributes.get("task_id"), Some(&task.id));

@@ -12,7 +12,7 @@
 //! of any other ([`dalc_domain::Outcome`] carries exactly one of them): arrays of text bind no
 //! NULL elements.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use chrono::SecondsFormat;
 use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
 use sea_orm::{DatabaseBackend, Statement, Value};
 
-use crate::store::MAX_CLOCK_OFFSET;
+use crate::store::{MAX_CLOCK_OFFSET, QuickItem};
 
 /// Its rows, locked in id order: the condition every multi-row write here starts from.
 const LOCKED_IN_ID_ORDER: &str =
@@ -53,30 +53,40 @@ pub(crate) fn finish_attempts(items: &[(TaskId, u32, Outcome)]) -> Statement {
     statement(&SQL, vec![array(ids), array(attempts), statuses, details])
 }
 
-/// Records quick attempts: (id, worker, outcome), each a PENDING task started and ended at once
-/// by that worker, its attempt counted in the same write.
-pub(crate) fn record_quick_attempts(items: &[(TaskId, Arc<str>, Outcome)]) -> Statement {
+/// Records quick attempts, each a PENDING task (with the expression the worker evaluated) started
+/// and ended at once by that worker, its attempt counted in the same write.
+pub(crate) fn record_quick_attempts(items: &[QuickItem]) -> Statement {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "UPDATE tasks SET {OUTCOME_COLUMNS}, attempts = tasks.attempts + 1, \
            worker_id = outcome.worker_id, started_at = statement_timestamp(), \
            finished_at = statement_timestamp(), lease_until = NULL, \
            published_at = COALESCE(tasks.published_at, statement_timestamp()) \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
-           AS outcome(id, worker_id, status, detail) \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+           AS outcome(id, worker_id, status, detail, expression) \
          WHERE {LOCKED_IN_ID_ORDER} AND tasks.id = outcome.id \
-           AND (tasks.status || '') = '{pending}' \
+           AND (tasks.status || '') = '{pending}' AND tasks.expression = outcome.expression \
          RETURNING tasks.*",
             pending = TaskStatus::Pending.as_str(),
         )
     });
-    let ids = items.iter().map(|(id, _, _)| id.as_uuid()).collect();
+    let ids = items.iter().map(|item| item.id.as_uuid()).collect();
     let workers = items
         .iter()
-        .map(|(_, worker, _)| worker.to_string())
+        .map(|item| item.worker_id.to_string())
         .collect();
-    let (statuses, details) = outcome_arrays(items.iter().map(|(_, _, outcome)| outcome));
-    statement(&SQL, vec![array(ids), array(workers), statuses, details])
+    let expressions = items.iter().map(|item| item.expression.clone()).collect();
+    let (statuses, details) = outcome_arrays(items.iter().map(|item| &item.outcome));
+    statement(
+        &SQL,
+        vec![
+            array(ids),
+            array(workers),
+            statuses,
+            details,
+            array(expressions),
+        ],
+    )
 }
 
 /// Inserts new PENDING tasks: (task, the grace its gateway has to confirm the publish). A

@@ -87,7 +87,14 @@ struct StartItem {
 type FinishItem = (TaskId, u32, Outcome);
 
 /// A quick attempt: a PENDING task a worker started and ended at once.
-type QuickItem = (TaskId, Arc<str>, Outcome);
+#[derive(Debug, Clone)]
+pub(crate) struct QuickItem {
+    pub(crate) id: TaskId,
+    pub(crate) worker_id: Arc<str>,
+    /// What the worker evaluated: the write matches only a task with this very expression.
+    pub(crate) expression: String,
+    pub(crate) outcome: Outcome,
+}
 
 /// The group-commit queues of the task path's writes.
 #[derive(Debug)]
@@ -635,7 +642,10 @@ impl TaskStore {
             |(_, _, outcome): &FinishItem| TaskStatus::Running.can_become(outcome.status());
         if self.backend() == DatabaseBackend::Postgres && items.iter().all(allowed) {
             let ended = self.returning(pg::finish_attempts(&items)).await?;
-            return Ok(answer_by_id(&items, ended, |_, _| true));
+            // Two attempts at one task in a batch: the row names the attempt that ended it.
+            let this_attempt =
+                |(_, attempt, _): &FinishItem, task: &Task| task.attempts == *attempt;
+            return Ok(answer_by_id(&items, ended, this_attempt));
         }
         // Rows locked in one order (by id) in every transaction: two batches never deadlock.
         let mut order: Vec<usize> = (0..items.len()).collect();
@@ -656,22 +666,29 @@ impl TaskStore {
         Ok(finished)
     }
 
-    /// Records a quick attempt by `worker_id`: a PENDING task the worker evaluated before any
-    /// write (the engine predicts microseconds of work) goes straight to `outcome`, its attempt
-    /// counted in the same write (group-committed with other quick attempts). Returns the stored
-    /// task, or `None` when the task is not PENDING (a duplicate message, a cancel, a takeover):
-    /// the caller then goes the long way, starting an attempt first.
+    /// Records a quick attempt by `worker_id`: a PENDING task whose `expression` the worker
+    /// evaluated before any write (the engine predicts microseconds of work) goes straight to
+    /// `outcome`, its attempt counted in the same write (group-committed with other quick
+    /// attempts). Returns the stored task, or `None` when the task is not PENDING (a duplicate
+    /// message, a cancel, a takeover) or its stored expression is not `expression`: the caller
+    /// then goes the long way, starting an attempt first.
     #[instrument(skip_all, fields(task_id = %id, status = %outcome.status()))]
     pub async fn record_quick_attempt(
         &self,
         id: TaskId,
         worker_id: &str,
+        expression: &str,
         outcome: &Outcome,
     ) -> Result<Option<Task>, StorageError> {
         if !TaskStatus::Pending.can_become(outcome.status()) {
             return Ok(None);
         }
-        let item = (id, Arc::<str>::from(worker_id), outcome.clone());
+        let item = QuickItem {
+            id,
+            worker_id: worker_id.into(),
+            expression: expression.to_owned(),
+            outcome: outcome.clone(),
+        };
         match &self.batches {
             Some(batches) => batches.quick_attempts.submit(item).await,
             None => Ok(self.quick_attempt_batch(vec![item]).await?.pop().flatten()),
@@ -685,16 +702,21 @@ impl TaskStore {
         items: Vec<QuickItem>,
     ) -> Result<Vec<Option<Task>>, StorageError> {
         // Two copies of one message in a batch: the row names the worker whose copy won.
-        let ran_by = |(_, worker_id, _): &QuickItem, task: &Task| {
-            task.worker_id.as_deref() == Some(&**worker_id)
-        };
+        let ran_by =
+            |item: &QuickItem, task: &Task| task.worker_id.as_deref() == Some(&*item.worker_id);
         if self.backend() == DatabaseBackend::Postgres {
             let ran = self.returning(pg::record_quick_attempts(&items)).await?;
             return Ok(answer_by_id(&items, ran, ran_by));
         }
         let transaction = self.db.begin().await?;
         let mut ran = Vec::with_capacity(items.len());
-        for (id, worker_id, outcome) in &items {
+        for QuickItem {
+            id,
+            worker_id,
+            expression,
+            outcome,
+        } in &items
+        {
             let updated = Tasks::update_many()
                 .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
                 .col_expr(Column::Result, Expr::value(outcome.result()))
@@ -713,6 +735,7 @@ impl TaskStore {
                 )
                 .filter(Column::Id.eq(id.as_uuid()))
                 .filter(status_is(TaskStatus::Pending))
+                .filter(Column::Expression.eq(expression.as_str()))
                 .exec_with_returning(&transaction)
                 .await?;
             for model in updated {
@@ -1045,6 +1068,12 @@ trait BatchItem {
 impl<A, B> BatchItem for (TaskId, A, B) {
     fn task_id(&self) -> TaskId {
         self.0
+    }
+}
+
+impl BatchItem for QuickItem {
+    fn task_id(&self) -> TaskId {
+        self.id
     }
 }
 

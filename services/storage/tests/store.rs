@@ -577,7 +577,7 @@ async fn a_quick_attempt_counts_and_records_in_one_write(store: TaskStore) {
     store.insert(&task, NOW).await.unwrap();
     let ok = Outcome::Succeeded { result: "2".into() };
     let done = store
-        .record_quick_attempt(task.id, "w1", &ok)
+        .record_quick_attempt(task.id, "w1", "1 + 1", &ok)
         .await
         .unwrap()
         .expect("a PENDING task takes a quick attempt");
@@ -595,7 +595,7 @@ async fn a_quick_attempt_counts_and_records_in_one_write(store: TaskStore) {
         error: "division by zero".into(),
     };
     let done = store
-        .record_quick_attempt(failed.id, "w1", &division)
+        .record_quick_attempt(failed.id, "w1", "1 / 0", &division)
         .await
         .unwrap()
         .unwrap();
@@ -610,13 +610,13 @@ async fn a_quick_attempt_only_ends_a_pending_task(store: TaskStore) {
     let task = Task::new("1 + 1", None);
     store.insert(&task, NOW).await.unwrap();
     store
-        .record_quick_attempt(task.id, "w1", &ok)
+        .record_quick_attempt(task.id, "w1", "1 + 1", &ok)
         .await
         .unwrap();
     let other = Outcome::Succeeded { result: "3".into() };
     assert_eq!(
         store
-            .record_quick_attempt(task.id, "w2", &other)
+            .record_quick_attempt(task.id, "w2", "1 + 1", &other)
             .await
             .unwrap(),
         None
@@ -629,7 +629,7 @@ async fn a_quick_attempt_only_ends_a_pending_task(store: TaskStore) {
     store.start_attempt(running.id, "w1", LEASE).await.unwrap();
     assert_eq!(
         store
-            .record_quick_attempt(running.id, "w2", &ok)
+            .record_quick_attempt(running.id, "w2", "1 + 1", &ok)
             .await
             .unwrap(),
         None
@@ -647,15 +647,34 @@ async fn a_quick_attempt_only_ends_a_pending_task(store: TaskStore) {
         .unwrap();
     assert_eq!(
         store
-            .record_quick_attempt(cancelled.id, "w1", &ok)
+            .record_quick_attempt(cancelled.id, "w1", "1 + 1", &ok)
             .await
             .unwrap(),
         None
     );
+    // A message whose expression is not the stored one: the database is the truth.
+    let other_expression = Task::new("1 + 1", None);
+    store.insert(&other_expression, NOW).await.unwrap();
+    assert_eq!(
+        store
+            .record_quick_attempt(other_expression.id, "w1", "1 + 2", &other)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get(other_expression.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        TaskStatus::Pending
+    );
     // Missing: nothing to write.
     assert_eq!(
         store
-            .record_quick_attempt(TaskId::new(), "w1", &ok)
+            .record_quick_attempt(TaskId::new(), "w1", "1 + 1", &ok)
             .await
             .unwrap(),
         None
@@ -687,7 +706,10 @@ async fn many_quick_attempts_at_once_each_get_their_own_row(store: TaskStore) {
                     }
                 };
                 let worker = format!("w{copy}");
-                let ran = store.record_quick_attempt(id, &worker, &outcome).await;
+                let expression = n.to_string();
+                let ran = store
+                    .record_quick_attempt(id, &worker, &expression, &outcome)
+                    .await;
                 (n, worker, ran.unwrap())
             })
         })

@@ -295,7 +295,12 @@ impl Processor {
         self.observe_evaluation(started);
         let recorded = self
             .store
-            .record_quick_attempt(message.task_id, &self.config.worker_id, &outcome)
+            .record_quick_attempt(
+                message.task_id,
+                &self.config.worker_id,
+                &message.expression,
+                &outcome,
+            )
             .await?;
         let Some(finished) = recorded else {
             return Ok(None);
