@@ -279,16 +279,8 @@ impl Tasks {
         match self.store.cancel(id).await? {
             Cancelled::Now(task) => {
                 self.waiters.deliver(task.clone());
-                // Watchers at other gateways: best effort (they re-read the database too).
-                let (notifier, event) = (self.notifier.clone(), task.clone());
-                tokio::spawn(
-                    async move {
-                        if let Err(err) = notifier.publish_update(None, &event).await {
-                            warn!(error = %err, "cannot announce a cancellation");
-                        }
-                    }
-                    .in_current_span(),
-                );
+                // Watchers at other gateways.
+                dalc_queue::announce(self.notifier.clone(), task.clone());
                 Ok(task)
             }
             Cancelled::Not(task) if task.status == TaskStatus::Cancelled => Ok(task),

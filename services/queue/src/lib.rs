@@ -94,6 +94,21 @@ pub trait UpdatePublisher: Send + Sync {
     async fn publish_update(&self, reply_to: Option<&str>, task: &Task) -> Result<(), QueueError>;
 }
 
+/// Publishes a status event for `task` off the caller's path, in the current span: nobody waits
+/// for it, and a lost one only means a watcher at another gateway sees the change a little later
+/// (watchers re-read the database too).
+pub fn announce(updates: std::sync::Arc<dyn UpdatePublisher>, task: Task) {
+    use tracing::Instrument;
+    tokio::spawn(
+        async move {
+            if let Err(err) = updates.publish_update(None, &task).await {
+                tracing::debug!(error = %err, status = %task.status, "cannot publish a status event");
+            }
+        }
+        .in_current_span(),
+    );
+}
+
 /// Takes messages off the dead-letter queue, each with why it was dead-lettered
 /// ([`Delivery::dead_letter_reason`]), so that their tasks can be finalised.
 #[async_trait]

@@ -13,6 +13,7 @@ use dalc_domain::{Outcome, Task, TaskId, TaskStatus};
 use sea_orm::{
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseBackend,
     DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    UpdateMany,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -516,9 +517,10 @@ impl TaskStore {
         }
     }
 
-    /// One group-committed batch of starts: one UPDATE per worker (normally one), in one
-    /// transaction. An id twice in a batch (two copies of one message) starts once: only the
-    /// copy of the worker the row now names gets the task, the other `None` (Busy).
+    /// One group-committed batch of starts: one UPDATE per worker (normally one; each its own
+    /// compare-and-set, so no transaction need hold them together). An id twice in a batch (two
+    /// copies of one message) starts once: only the copy of the worker the row now names gets the
+    /// task, the other `None` (Busy).
     async fn start_batch(&self, items: Vec<StartItem>) -> Result<Vec<Option<Task>>, StorageError> {
         let mut by_worker: HashMap<(Arc<str>, Duration), Vec<TaskId>> = HashMap::new();
         for item in &items {
@@ -527,53 +529,28 @@ impl TaskStore {
                 .or_default()
                 .push(item.id);
         }
-        let mut started: HashMap<TaskId, Task> = HashMap::new();
-        if by_worker.len() == 1 {
-            // A worker's own batch (the usual case): one statement, no transaction around it.
-            for ((worker_id, lease), ids) in by_worker {
-                started.extend(
-                    (self.start_all(&self.db, &ids, &worker_id, lease).await?)
-                        .into_iter()
-                        .map(|task| (task.id, task)),
-                );
-            }
-        } else {
-            let transaction = self.db.begin().await?;
-            for ((worker_id, lease), ids) in by_worker {
-                started.extend(
-                    (self
-                        .start_all(&transaction, &ids, &worker_id, lease)
-                        .await?)
-                        .into_iter()
-                        .map(|task| (task.id, task)),
-                );
-            }
-            transaction.commit().await?;
+        let mut started = Vec::with_capacity(items.len());
+        for ((worker_id, lease), ids) in by_worker {
+            started.extend(self.start_all(&ids, &worker_id, lease).await?);
         }
-        Ok(items
-            .iter()
-            .map(|item| {
-                let mine = started
-                    .get(&item.id)
-                    .is_some_and(|task| task.worker_id.as_deref() == Some(&*item.worker_id));
-                if mine { started.remove(&item.id) } else { None }
-            })
-            .collect())
+        Ok(answer_by_id(
+            &items,
+            |item| item.id,
+            started,
+            |item, task| task.worker_id.as_deref() == Some(&*item.worker_id),
+        ))
     }
 
     /// Starts attempts at every takeable task of `ids` for one worker, in one statement.
     async fn start_all(
         &self,
-        connection: &impl ConnectionTrait,
         ids: &[TaskId],
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Task>, StorageError> {
-        let updated = Tasks::update_many()
+        let updated = self
+            .new_attempt(Tasks::update_many(), worker_id)
             .col_expr(Column::Status, Expr::value(TaskStatus::Running.as_str()))
-            .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
-            .col_expr(Column::WorkerId, Expr::value(worker_id))
-            .col_expr(Column::StartedAt, self.db_now())
             .col_expr(Column::LeaseUntil, self.db_now_plus(lease))
             // A sweeper looks again one lease after this one runs out, should the attempt
             // vanish with its message.
@@ -581,18 +558,36 @@ impl TaskStore {
                 Column::SweepAfter,
                 self.db_now_plus(lease.saturating_mul(2)),
             )
-            // A worker has it, so it was published, whatever became of the gateway's mark.
-            .col_expr(
-                Column::PublishedAt,
-                Expr::col(Column::PublishedAt).if_null(self.db_now()),
-            )
             .filter(self.id_among(self.rows_locked(ids, false, |_| {})))
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
             // PENDING, or an attempt whose lease ran out: never a live attempt.
             .filter(self.abandoned())
-            .exec_with_returning(connection)
+            .exec_with_returning(&self.db)
             .await?;
         updated.into_iter().map(entity::Model::into_task).collect()
+    }
+
+    /// What starting an attempt writes, whatever else the write does: the attempt counted, its
+    /// worker and start time, and the publish marked (a worker has the task, so it was
+    /// published, whatever became of the gateway's mark).
+    fn new_attempt(&self, update: UpdateMany<Tasks>, worker_id: &str) -> UpdateMany<Tasks> {
+        update
+            .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
+            .col_expr(Column::WorkerId, Expr::value(worker_id))
+            .col_expr(Column::StartedAt, self.db_now())
+            .col_expr(
+                Column::PublishedAt,
+                Expr::col(Column::PublishedAt).if_null(self.db_now()),
+            )
+    }
+
+    /// What ending a task with `outcome` writes: its status, result or reason, and end time.
+    fn ended(&self, update: UpdateMany<Tasks>, outcome: &Outcome) -> UpdateMany<Tasks> {
+        update
+            .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
+            .col_expr(Column::Result, Expr::value(outcome.result()))
+            .col_expr(Column::Error, Expr::value(outcome.error()))
+            .col_expr(Column::FinishedAt, self.db_now())
     }
 
     /// Gives up attempt number `attempt` without ending the task (its worker hands the message
@@ -624,6 +619,9 @@ impl TaskStore {
         attempt: u32,
         outcome: &Outcome,
     ) -> Result<Option<Task>, StorageError> {
+        if !TaskStatus::Running.can_become(outcome.status()) {
+            return Ok(None);
+        }
         let item = (id, attempt, outcome.clone());
         match &self.batches {
             Some(batches) => batches.finishes.submit(item).await,
@@ -637,15 +635,15 @@ impl TaskStore {
         &self,
         items: Vec<FinishItem>,
     ) -> Result<Vec<Option<Task>>, StorageError> {
-        // Only the ends the state machine allows from RUNNING are ever written.
-        let allowed =
-            |(_, _, outcome): &FinishItem| TaskStatus::Running.can_become(outcome.status());
-        if self.backend() == DatabaseBackend::Postgres && items.iter().all(allowed) {
+        if self.backend() == DatabaseBackend::Postgres {
             let ended = self.returning(pg::finish_attempts(&items)).await?;
             // Two attempts at one task in a batch: the row names the attempt that ended it.
-            let this_attempt =
-                |(_, attempt, _): &FinishItem, task: &Task| task.attempts == *attempt;
-            return Ok(answer_by_id(&items, ended, this_attempt));
+            return Ok(answer_by_id(
+                &items,
+                |(id, _, _)| *id,
+                ended,
+                |(_, attempt, _), task| task.attempts == *attempt,
+            ));
         }
         // Rows locked in one order (by id) in every transaction: two batches never deadlock.
         let mut order: Vec<usize> = (0..items.len()).collect();
@@ -706,7 +704,7 @@ impl TaskStore {
             |item: &QuickItem, task: &Task| task.worker_id.as_deref() == Some(&*item.worker_id);
         if self.backend() == DatabaseBackend::Postgres {
             let ran = self.returning(pg::record_quick_attempts(&items)).await?;
-            return Ok(answer_by_id(&items, ran, ran_by));
+            return Ok(answer_by_id(&items, |item| item.id, ran, ran_by));
         }
         let transaction = self.db.begin().await?;
         let mut ran = Vec::with_capacity(items.len());
@@ -717,21 +715,12 @@ impl TaskStore {
             outcome,
         } in &items
         {
-            let updated = Tasks::update_many()
-                .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
-                .col_expr(Column::Result, Expr::value(outcome.result()))
-                .col_expr(Column::Error, Expr::value(outcome.error()))
-                .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
-                .col_expr(Column::WorkerId, Expr::value(&**worker_id))
-                .col_expr(Column::StartedAt, self.db_now())
-                .col_expr(Column::FinishedAt, self.db_now())
+            let update = self.new_attempt(Tasks::update_many(), worker_id);
+            let updated = self
+                .ended(update, outcome)
                 .col_expr(
                     Column::LeaseUntil,
                     Expr::value(Option::<DateTime<Utc>>::None),
-                )
-                .col_expr(
-                    Column::PublishedAt,
-                    Expr::col(Column::PublishedAt).if_null(self.db_now()),
                 )
                 .filter(Column::Id.eq(id.as_uuid()))
                 .filter(status_is(TaskStatus::Pending))
@@ -743,7 +732,7 @@ impl TaskStore {
             }
         }
         transaction.commit().await?;
-        Ok(answer_by_id(&items, ran, ran_by))
+        Ok(answer_by_id(&items, |item| item.id, ran, ran_by))
     }
 
     /// The tasks a raw `UPDATE … RETURNING` statement changed.
@@ -829,11 +818,8 @@ impl TaskStore {
         outcome: &Outcome,
         guard: Condition,
     ) -> Result<Vec<Task>, StorageError> {
-        let mut update = Tasks::update_many()
-            .col_expr(Column::Status, Expr::value(outcome.status().as_str()))
-            .col_expr(Column::Result, Expr::value(outcome.result()))
-            .col_expr(Column::Error, Expr::value(outcome.error()))
-            .col_expr(Column::FinishedAt, self.db_now())
+        let mut update = self
+            .ended(Tasks::update_many(), outcome)
             .filter(status_in(TaskStatus::sources_of(outcome.status())))
             .filter(guard);
         if let Some(id) = id {
@@ -1036,10 +1022,11 @@ fn status_in(statuses: Vec<TaskStatus>) -> SimpleExpr {
     status_text().is_in(status_names(statuses))
 }
 
-/// The answer of each batch item, in the items' order: the changed task with the item's id,
-/// given to the first item with that id that `belongs` to it; `None` to every other item.
-fn answer_by_id<I: BatchItem>(
+/// The answer of each batch item, in the items' order: the changed task with the item's id
+/// (`id_of`), given to the first item with that id that `belongs` to it; `None` to every other.
+fn answer_by_id<I>(
     items: &[I],
+    id_of: impl Fn(&I) -> TaskId,
     changed: Vec<Task>,
     belongs: impl Fn(&I, &Task) -> bool,
 ) -> Vec<Option<Task>> {
@@ -1048,33 +1035,11 @@ fn answer_by_id<I: BatchItem>(
     items
         .iter()
         .map(|item| {
-            let mine = changed
-                .get(&item.task_id())
-                .is_some_and(|task| belongs(item, task));
-            if mine {
-                changed.remove(&item.task_id())
-            } else {
-                None
-            }
+            let id = id_of(item);
+            let mine = changed.get(&id).is_some_and(|task| belongs(item, task));
+            if mine { changed.remove(&id) } else { None }
         })
         .collect()
-}
-
-/// A write of one task in a batch.
-trait BatchItem {
-    fn task_id(&self) -> TaskId;
-}
-
-impl<A, B> BatchItem for (TaskId, A, B) {
-    fn task_id(&self) -> TaskId {
-        self.0
-    }
-}
-
-impl BatchItem for QuickItem {
-    fn task_id(&self) -> TaskId {
-        self.id
-    }
 }
 
 fn attempt_number(attempt: u32) -> i32 {

@@ -573,13 +573,10 @@ async fn many_attempts_start_and_end_at_once_each_with_its_own_outcome(store: Ta
 }
 
 async fn a_quick_attempt_counts_and_records_in_one_write(store: TaskStore) {
-    let task = Task::new("1 + 1", None);
-    store.insert(&task, NOW).await.unwrap();
+    let task = stored_pending(&store, "1 + 1").await;
     let ok = Outcome::Succeeded { result: "2".into() };
-    let done = store
-        .record_quick_attempt(task.id, "w1", "1 + 1", &ok)
+    let done = quick(&store, task.id, "w1", "1 + 1", &ok)
         .await
-        .unwrap()
         .expect("a PENDING task takes a quick attempt");
     assert_eq!(done.status, TaskStatus::Succeeded);
     assert_eq!(done.result.as_deref(), Some("2"));
@@ -589,96 +586,76 @@ async fn a_quick_attempt_counts_and_records_in_one_write(store: TaskStore) {
     assert!(done.started_at.is_some() && done.finished_at.is_some());
     assert_eq!(store.get(task.id).await.unwrap(), Some(done));
 
-    let failed = Task::new("1 / 0", None);
-    store.insert(&failed, NOW).await.unwrap();
+    let failed = stored_pending(&store, "1 / 0").await;
     let division = Outcome::Failed {
         error: "division by zero".into(),
     };
-    let done = store
-        .record_quick_attempt(failed.id, "w1", "1 / 0", &division)
+    let done = quick(&store, failed.id, "w1", "1 / 0", &division)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(done.status, TaskStatus::Failed);
     assert_eq!(done.result, None);
     assert_eq!(done.error.as_deref(), Some("division by zero"));
 }
 
+/// A new PENDING task of `expression`, stored.
+async fn stored_pending(store: &TaskStore, expression: &str) -> Task {
+    let task = Task::new(expression, None);
+    store.insert(&task, NOW).await.unwrap();
+    task
+}
+
+/// A quick attempt by `worker` at `id`, having evaluated `expression` to `outcome`.
+async fn quick(
+    store: &TaskStore,
+    id: TaskId,
+    worker: &str,
+    expression: &str,
+    outcome: &Outcome,
+) -> Option<Task> {
+    store
+        .record_quick_attempt(id, worker, expression, outcome)
+        .await
+        .unwrap()
+}
+
 async fn a_quick_attempt_only_ends_a_pending_task(store: TaskStore) {
     let ok = Outcome::Succeeded { result: "2".into() };
+    let status = |task: Option<Task>| task.unwrap().status;
     // Finished already: the duplicate records nothing, the first result stands.
-    let task = Task::new("1 + 1", None);
-    store.insert(&task, NOW).await.unwrap();
-    store
-        .record_quick_attempt(task.id, "w1", "1 + 1", &ok)
-        .await
-        .unwrap();
+    let task = stored_pending(&store, "1 + 1").await;
+    quick(&store, task.id, "w1", "1 + 1", &ok).await;
     let other = Outcome::Succeeded { result: "3".into() };
-    assert_eq!(
-        store
-            .record_quick_attempt(task.id, "w2", "1 + 1", &other)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(quick(&store, task.id, "w2", "1 + 1", &other).await, None);
     let stored = store.get(task.id).await.unwrap().unwrap();
     assert_eq!((stored.result.as_deref(), stored.attempts), (Some("2"), 1));
     // RUNNING under a live attempt: left to that attempt.
-    let running = Task::new("1 + 1", None);
-    store.insert(&running, NOW).await.unwrap();
+    let running = stored_pending(&store, "1 + 1").await;
     store.start_attempt(running.id, "w1", LEASE).await.unwrap();
+    assert_eq!(quick(&store, running.id, "w2", "1 + 1", &ok).await, None);
     assert_eq!(
-        store
-            .record_quick_attempt(running.id, "w2", "1 + 1", &ok)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store.get(running.id).await.unwrap().unwrap().status,
+        status(store.get(running.id).await.unwrap()),
         TaskStatus::Running
     );
     // Cancelled: never run.
-    let cancelled = Task::new("1 + 1", None);
-    store.insert(&cancelled, NOW).await.unwrap();
+    let cancelled = stored_pending(&store, "1 + 1").await;
     store
         .finish_unstarted(cancelled.id, &Outcome::cancelled())
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .record_quick_attempt(cancelled.id, "w1", "1 + 1", &ok)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(quick(&store, cancelled.id, "w1", "1 + 1", &ok).await, None);
     // A message whose expression is not the stored one: the database is the truth.
-    let other_expression = Task::new("1 + 1", None);
-    store.insert(&other_expression, NOW).await.unwrap();
+    let mismatched = stored_pending(&store, "1 + 1").await;
     assert_eq!(
-        store
-            .record_quick_attempt(other_expression.id, "w1", "1 + 2", &other)
-            .await
-            .unwrap(),
+        quick(&store, mismatched.id, "w1", "1 + 2", &other).await,
         None
     );
     assert_eq!(
-        store
-            .get(other_expression.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        status(store.get(mismatched.id).await.unwrap()),
         TaskStatus::Pending
     );
     // Missing: nothing to write.
-    assert_eq!(
-        store
-            .record_quick_attempt(TaskId::new(), "w1", "1 + 1", &ok)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(quick(&store, TaskId::new(), "w1", "1 + 1", &ok).await, None);
 }
 
 async fn many_quick_attempts_at_once_each_get_their_own_row(store: TaskStore) {

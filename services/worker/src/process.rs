@@ -200,7 +200,8 @@ impl Processor {
         let task = match self.start(message, redelivered).await? {
             StartOutcome::Started(task) => {
                 tracing::Span::current().record("attempt", task.attempts);
-                self.announce_running(&task);
+                // Watchers hear it RUNNING, off the task's path.
+                dalc_queue::announce(self.updates.clone(), task.clone());
                 task
             }
             StartOutcome::AlreadyTerminal(task) => {
@@ -474,20 +475,6 @@ impl Processor {
 }
 
 impl Processor {
-    /// Tells watchers the task is RUNNING: a status event, off the task's path (nobody waits
-    /// for it, and a lost one only means a watcher sees the next state a little later).
-    fn announce_running(&self, task: &Task) {
-        let (updates, running) = (self.updates.clone(), task.clone());
-        tokio::spawn(
-            async move {
-                if let Err(err) = updates.publish_update(None, &running).await {
-                    debug!(error = %err, "cannot announce a RUNNING task");
-                }
-            }
-            .in_current_span(),
-        );
-    }
-
     /// Counts a task this worker brought to a terminal state, and records it on the span.
     fn count_finished(&self, task: &Task) {
         tracing::Span::current().record("status", task.status.as_str());

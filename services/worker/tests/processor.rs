@@ -359,22 +359,3 @@ async fn a_costly_task_is_started_before_it_is_evaluated() {
         (Some("2432902008176640000"), 1)
     );
 }
-
-#[tokio::test]
-async fn a_cheap_task_another_attempt_holds_is_left_to_it() {
-    // A copy of the message while a live attempt runs the task: no quick attempt overrides it.
-    let Setup {
-        store, processor, ..
-    } = setup().await;
-    let (task, message) = stored(&store, "2 + 2").await;
-    store
-        .start_attempt(task.id, "alive", Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
-    let stored = store.get(task.id).await.unwrap().unwrap();
-    assert_eq!(
-        (stored.status, stored.attempts, stored.worker_id.as_deref()),
-        (TaskStatus::Running, 1, Some("alive"))
-    );
-}
