@@ -60,14 +60,7 @@ fn get(id: &str, wait: bool, timeout: Option<Duration>) -> GetTaskRequest {
 }
 
 async fn submit_ok(stack: &mut Stack, request: SubmitTaskRequest) -> Task {
-    stack
-        .client
-        .submit_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap()
+    stack.submitted(request).await
 }
 
 #[tokio::test]
@@ -91,14 +84,7 @@ async fn async_submit_is_pending_then_polling_reaches_the_result() {
     assert_eq!(task.status(), TaskStatus::Pending);
     let mut seen = task;
     for _ in 0..200 {
-        seen = stack
-            .client
-            .get_task(get(&seen.id, false, None))
-            .await
-            .unwrap()
-            .into_inner()
-            .task
-            .unwrap();
+        seen = stack.got(get(&seen.id, false, None)).await;
         if seen.status() == TaskStatus::Succeeded {
             break;
         }
@@ -112,14 +98,7 @@ async fn async_submit_is_pending_then_polling_reaches_the_result() {
 async fn get_with_wait_long_polls_to_the_end() {
     let mut stack = stack(true).await;
     let task = submit_ok(&mut stack, submit("2^100", false)).await;
-    let done = stack
-        .client
-        .get_task(get(&task.id, true, None))
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let done = stack.got(get(&task.id, true, None)).await;
     assert_eq!(done.status(), TaskStatus::Succeeded);
     assert_eq!(done.result, "1267650600228229401496703205376");
 }

@@ -57,14 +57,7 @@ fn request(expression: &str, wait: bool) -> SubmitTaskRequest {
 }
 
 async fn submit(stack: &mut Stack, request: SubmitTaskRequest) -> Task {
-    stack
-        .client
-        .submit_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap()
+    stack.submitted(request).await
 }
 
 async fn get(stack: &mut Stack, id: &str) -> Task {
@@ -72,14 +65,7 @@ async fn get(stack: &mut Stack, id: &str) -> Task {
         id: id.into(),
         ..Default::default()
     };
-    stack
-        .client
-        .get_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap()
+    stack.got(request).await
 }
 
 /// Waits (up to 20 s) until `id` is terminal.
@@ -89,14 +75,7 @@ async fn await_end(stack: &mut Stack, id: &str) -> Task {
         wait: true,
         timeout: Some(Duration::from_secs(20).try_into().unwrap()),
     };
-    stack
-        .client
-        .get_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap()
+    stack.got(request).await
 }
 
 // ---------------------------------------------------------------------------------- WatchTask

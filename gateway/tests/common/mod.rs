@@ -5,7 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use dalc_gateway::{GatewayBackends, GatewayConfig};
-use dalc_proto::v1::task_service_client::TaskServiceClient;
+use dalc_proto::v1::{
+    GetTaskRequest, SubmitTaskRequest, Task, task_service_client::TaskServiceClient,
+};
 use dalc_queue::{TaskPublisher, memory::MemoryBroker};
 use dalc_storage::TaskStore;
 use dalc_worker::WorkerConfig;
@@ -106,6 +108,18 @@ pub async fn start(options: StackOptions) -> Stack {
 }
 
 impl Stack {
+    /// The task a SubmitTask call that must succeed returns.
+    pub async fn submitted(&mut self, request: SubmitTaskRequest) -> Task {
+        let response = self.client.submit_task(request).await.unwrap();
+        response.into_inner().task.unwrap()
+    }
+
+    /// The task a GetTask call that must succeed returns.
+    pub async fn got(&mut self, request: GetTaskRequest) -> Task {
+        let response = self.client.get_task(request).await.unwrap();
+        response.into_inner().task.unwrap()
+    }
+
     /// Starts one more worker on the stack's queue and database.
     pub fn start_worker(&self, id: &str, concurrency: u16) {
         let mut config = WorkerConfig::new(id);

@@ -33,17 +33,13 @@ async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_of_expressions_survives_a_gateway_killed_mid_run() {
-    let database = dalc_testkit::fresh_postgres_database().await;
-    let prefix = dalc_testkit::unique_queue_prefix();
-    let amqp = dalc_testkit::amqp_url();
-    let env = [
-        ("DALC_DATABASE_URL", database.as_str()),
-        ("DALC_AMQP_URL", amqp.as_str()),
-        ("DALC_QUEUE_PREFIX", prefix.as_str()),
+    let stack = dalc_testkit::StackEnv::fresh().await;
+    let mut env = stack.vars();
+    env.extend([
         // The killed gateway's stored but unpublished tasks are republished soon.
         ("DALC_SWEEP_INTERVAL", "1s"),
         ("DALC_SWEEP_GRACE", "2s"),
-    ];
+    ]);
     let mut gateways: Vec<DalcProcess> = ["gw-a", "gw-b", "gw-c"]
         .map(|id| {
             let args = ["gateway", "--listen", "127.0.0.1:0", "--gateway-id", id];
@@ -105,7 +101,7 @@ async fn a_file_of_expressions_survives_a_gateway_killed_mid_run() {
     });
 
     // The middle of the run: tasks are stored and some have ended, streams are open.
-    let db = Database::connect(&database).await.unwrap();
+    let db = Database::connect(&stack.database).await.unwrap();
     let started = Instant::now();
     loop {
         let ended = count(

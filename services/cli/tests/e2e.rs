@@ -25,14 +25,8 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
-    let database = dalc_testkit::fresh_postgres_database().await;
-    let prefix = dalc_testkit::unique_queue_prefix();
-    let amqp = dalc_testkit::amqp_url();
-    let env = [
-        ("DALC_DATABASE_URL", database.as_str()),
-        ("DALC_AMQP_URL", amqp.as_str()),
-        ("DALC_QUEUE_PREFIX", prefix.as_str()),
-    ];
+    let stack = dalc_testkit::StackEnv::fresh().await;
+    let env = stack.vars();
     let gateways = ["gw-a", "gw-b"]
         .map(|id| {
             let args = ["gateway", "--listen", "127.0.0.1:0", "--gateway-id", id];

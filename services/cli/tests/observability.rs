@@ -110,14 +110,8 @@ async fn gateway_and_worker(
     extra_env: &[(&str, &str)],
     extra_args: &[&str],
 ) -> (DalcProcess, DalcProcess) {
-    let database = dalc_testkit::fresh_postgres_database().await;
-    let prefix = dalc_testkit::unique_queue_prefix();
-    let amqp = dalc_testkit::amqp_url();
-    let mut env = vec![
-        ("DALC_DATABASE_URL", database.as_str()),
-        ("DALC_AMQP_URL", amqp.as_str()),
-        ("DALC_QUEUE_PREFIX", prefix.as_str()),
-    ];
+    let stack = dalc_testkit::StackEnv::fresh().await;
+    let mut env = stack.vars();
     env.extend_from_slice(extra_env);
     let mut gateway_args = vec!["gateway", "--listen", "127.0.0.1:0"];
     gateway_args.extend_from_slice(extra_args);

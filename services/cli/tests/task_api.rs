@@ -26,18 +26,14 @@ fn dalc() -> &'static Path {
 
 /// One deployment's settings: its own database and queue prefix on the shared services.
 struct Deployment {
-    database: String,
-    amqp: String,
-    prefix: String,
+    stack: dalc_testkit::StackEnv,
     extra: Vec<(String, String)>,
 }
 
 impl Deployment {
     async fn new() -> Self {
         Deployment {
-            database: dalc_testkit::fresh_postgres_database().await,
-            amqp: dalc_testkit::amqp_url(),
-            prefix: dalc_testkit::unique_queue_prefix(),
+            stack: dalc_testkit::StackEnv::fresh().await,
             extra: Vec::new(),
         }
     }
@@ -48,11 +44,7 @@ impl Deployment {
     }
 
     fn env(&self) -> Vec<(&str, &str)> {
-        let mut env = vec![
-            ("DALC_DATABASE_URL", self.database.as_str()),
-            ("DALC_AMQP_URL", self.amqp.as_str()),
-            ("DALC_QUEUE_PREFIX", self.prefix.as_str()),
-        ];
+        let mut env = self.stack.vars();
         env.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         env
     }
@@ -188,7 +180,7 @@ async fn watches_and_cancellations_work_across_gateways() {
     let status = on_a.cancel_task(cancel).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("SUCCEEDED"));
-    dalc_testkit::drop_postgres_database(&deployment.database).await;
+    dalc_testkit::drop_postgres_database(&deployment.stack.database).await;
 }
 
 #[tokio::test]
@@ -214,7 +206,7 @@ async fn a_full_request_queue_is_resource_exhausted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(accepted.unwrap().result, "10");
-    dalc_testkit::drop_postgres_database(&deployment.database).await;
+    dalc_testkit::drop_postgres_database(&deployment.stack.database).await;
 }
 
 #[tokio::test]
@@ -247,7 +239,7 @@ async fn an_idempotent_retry_after_a_dropped_connection_runs_once() {
     assert_eq!(second.status(), TaskStatus::Succeeded);
     assert_eq!(second.result, "7");
     assert_eq!(second.attempts, 1, "it ran once");
-    dalc_testkit::drop_postgres_database(&deployment.database).await;
+    dalc_testkit::drop_postgres_database(&deployment.stack.database).await;
 }
 
 #[tokio::test]
@@ -302,7 +294,7 @@ async fn a_sync_call_overtakes_a_thousand_queued_async_ones() {
         ran_first < 100,
         "{ran_first} of 1,000 queued tasks ran first"
     );
-    dalc_testkit::drop_postgres_database(&deployment.database).await;
+    dalc_testkit::drop_postgres_database(&deployment.stack.database).await;
 }
 
 /// Writes an API keys file for tenants alpha and beta; returns its path.
@@ -393,7 +385,7 @@ async fn grpcurl_drives_every_new_rpc_with_api_keys_and_tenants_stay_apart() {
     }
     let (ok, out, _) = call("ListTasks", "{}", &beta);
     assert!(ok && !out.contains(&id), "{out}");
-    dalc_testkit::drop_postgres_database(&deployment.database).await;
+    dalc_testkit::drop_postgres_database(&deployment.stack.database).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -464,7 +456,7 @@ async fn grpc_over_tls_with_a_test_certificate() {
     if let Ok(mut plain) = plain {
         assert!(plain.submit_task(request("1", false)).await.is_err());
     }
-    dalc_testkit::drop_postgres_database(&deployment.database).await;
+    dalc_testkit::drop_postgres_database(&deployment.stack.database).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -49,6 +49,34 @@ pub async fn fresh_postgres_database() -> String {
     format!("{}/{name}", postgres_server_url())
 }
 
+/// The settings of one isolated distributed deployment on the shared services: a fresh
+/// database, the test broker, and a queue prefix of its own.
+#[derive(Debug, Clone)]
+pub struct StackEnv {
+    pub database: String,
+    pub amqp: String,
+    pub prefix: String,
+}
+
+impl StackEnv {
+    pub async fn fresh() -> Self {
+        StackEnv {
+            database: fresh_postgres_database().await,
+            amqp: amqp_url(),
+            prefix: unique_queue_prefix(),
+        }
+    }
+
+    /// As the environment variables every `dalc` process reads.
+    pub fn vars(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("DALC_DATABASE_URL", self.database.as_str()),
+            ("DALC_AMQP_URL", self.amqp.as_str()),
+            ("DALC_QUEUE_PREFIX", self.prefix.as_str()),
+        ]
+    }
+}
+
 /// Drops a database made by [`fresh_postgres_database`], closing its connections: a database
 /// outage, as far as anyone connected to it can tell.
 pub async fn drop_postgres_database(url: &str) {
