@@ -78,62 +78,65 @@ impl Tasks {
             .as_ref()
             .map(|key| (0..count).map(|index| format!("{key}/{index}")).collect());
 
-        let tasks = match self.stored_batch(tenant, &batch, keys.as_deref()).await? {
-            // A retry: stream the tasks the first try stored; none runs twice.
-            Some(tasks) => tasks,
-            None => {
-                self.publisher.ready()?;
-                let deadline = self.deadline_after(batch.timeout);
-                let priority = Priority::for_submission(batch.priority, false);
-                let mut tasks: Vec<Task> = Vec::with_capacity(count);
-                for (index, expression) in batch.expressions.iter().enumerate() {
-                    let mut task = Task::new(expression.clone(), deadline);
-                    task.tenant.clone_from(&tenant.0);
-                    task.priority = priority;
-                    task.idempotency_key = keys.as_ref().and_then(|keys| keys.get(index).cloned());
-                    tasks.push(task);
+        // Each arm subscribes to its tasks' ends, and says whether they may have ended already
+        // (a retry's tasks): then the database is read at once.
+        let (subscriptions, tasks, read_at_once) =
+            match self.stored_batch(tenant, &batch, keys.as_deref()).await? {
+                // A retry: stream the tasks the first try stored; none runs twice.
+                Some(tasks) => (self.subscribe_all(&tasks), tasks, true),
+                None => {
+                    self.publisher.ready()?;
+                    let deadline = self.deadline_after(batch.timeout);
+                    let priority = Priority::for_submission(batch.priority, false);
+                    let mut tasks: Vec<Task> = Vec::with_capacity(count);
+                    for (index, expression) in batch.expressions.iter().enumerate() {
+                        let mut task = Task::new(expression.clone(), deadline);
+                        task.tenant.clone_from(&tenant.0);
+                        task.priority = priority;
+                        task.idempotency_key =
+                            keys.as_ref().and_then(|keys| keys.get(index).cloned());
+                        tasks.push(task);
+                    }
+                    // Subscribe before publishing: replies can beat us back.
+                    let subscriptions = self.subscribe_all(&tasks);
+                    let insert = async {
+                        match self.store.insert_all(&tasks, self.config.sweep_grace).await {
+                            Ok(()) => Ok(true),
+                            Err(StorageError::Duplicate(_)) => Ok(false),
+                            Err(err) => Err(ApiError::from(err)),
+                        }
+                    };
+                    let stored = match budget.bound("the task database", insert).await {
+                        Ok(stored) => stored,
+                        Err(err) => {
+                            // Cut off at the call's deadline, the rows may still land: end them
+                            // then, rather than run tasks whose client heard an error.
+                            self.abandon(&tasks, &err.to_string());
+                            return Err(err);
+                        }
+                    };
+                    if !stored {
+                        // A concurrent retry stored the batch first.
+                        let tasks = self
+                            .stored_batch(tenant, &batch, keys.as_deref())
+                            .await?
+                            .ok_or_else(|| {
+                                ApiError::Unavailable(
+                                    "a concurrent retry of this batch is still being stored".into(),
+                                )
+                            })?;
+                        (self.subscribe_all(&tasks), tasks, true)
+                    } else {
+                        let publish = self.publish_batch(&tasks, caller_context);
+                        if let Err(err) = budget.bound("the task queue", publish).await {
+                            self.abandon(&tasks, &err.to_string());
+                            return Err(err);
+                        }
+                        (subscriptions, tasks, false)
+                    }
                 }
-                let insert = async {
-                    match self.store.insert_all(&tasks, self.config.sweep_grace).await {
-                        Ok(()) => Ok(true),
-                        Err(StorageError::Duplicate(_)) => Ok(false),
-                        Err(err) => Err(ApiError::from(err)),
-                    }
-                };
-                let stored = match budget.bound("the task database", insert).await {
-                    Ok(stored) => stored,
-                    Err(err) => {
-                        // Cut off at the call's deadline, the rows may still land: end them
-                        // then, rather than run tasks whose client heard an error.
-                        self.abandon(&tasks, &err.to_string());
-                        return Err(err);
-                    }
-                };
-                if !stored {
-                    // A concurrent retry stored the batch first.
-                    self.stored_batch(tenant, &batch, keys.as_deref())
-                        .await?
-                        .ok_or_else(|| {
-                            ApiError::Unavailable(
-                                "a concurrent retry of this batch is still being stored".into(),
-                            )
-                        })?
-                } else {
-                    let publish = self.publish_batch(&tasks, caller_context);
-                    if let Err(err) = budget.bound("the task queue", publish).await {
-                        self.abandon(&tasks, &err.to_string());
-                        return Err(err);
-                    }
-                    tasks
-                }
-            }
-        };
+            };
 
-        let subscriptions: Vec<(u32, Subscription)> = tasks
-            .iter()
-            .zip(0u32..)
-            .map(|(task, index)| (index, self.waiters.subscribe(task.id)))
-            .collect();
         let until = budget.wait_until.unwrap_or_else(Instant::now);
         let (answers, received) = mpsc::channel(STREAM_BUFFER);
         let follow = FollowBatch {
@@ -147,12 +150,21 @@ impl Tasks {
         };
         tokio::spawn(async move {
             let _waiting = waiting;
-            follow.run(subscriptions, until).await;
+            follow.run(subscriptions, until, read_at_once).await;
         });
         Ok(stream::unfold(received, |mut received| async move {
             received.recv().await.map(|answer| (answer, received))
         })
         .boxed())
+    }
+
+    /// A subscription to each task's updates, with the task's index in the batch.
+    fn subscribe_all(&self, tasks: &[Task]) -> Vec<(u32, Subscription)> {
+        tasks
+            .iter()
+            .zip(0u32..)
+            .map(|(task, index)| (index, self.waiters.subscribe(task.id)))
+            .collect()
     }
 
     /// The tasks a previous try of this batch stored (by their keys), in index order; `None`
@@ -230,7 +242,14 @@ struct FollowBatch {
 }
 
 impl FollowBatch {
-    async fn run(mut self, subscriptions: Vec<(u32, Subscription)>, until: Instant) {
+    /// Streams the tasks as they end, until `until`; then the rest as they stand. The database
+    /// is read now and then (and at once when `read_at_once`: a retry's tasks may have ended).
+    async fn run(
+        mut self,
+        subscriptions: Vec<(u32, Subscription)>,
+        until: Instant,
+        read_at_once: bool,
+    ) {
         let mut ends: FuturesUnordered<_> = subscriptions
             .into_iter()
             .map(|(index, mut subscription)| async move {
@@ -245,8 +264,11 @@ impl FollowBatch {
         let config = &self.tasks.config;
         let mut polls = Backoff::new(config.poll_interval, MAX_POLL_INTERVAL);
         let last_read = until.checked_sub(LAST_READ_ALLOWANCE).unwrap_or(until);
-        // The first read at once: a retried batch may have ended already.
-        let mut next_poll = Instant::now();
+        let mut next_poll = if read_at_once {
+            Instant::now()
+        } else {
+            Instant::now() + polls.next_delay()
+        };
         while !self.pending.is_empty() {
             tokio::select! {
                 () = self.tasks.draining.cancelled() => break,
@@ -258,7 +280,7 @@ impl FollowBatch {
                 }
                 () = tokio::time::sleep_until(next_poll.min(last_read)) => {
                     // Lost replies must not stall the batch: the database has the truth.
-                    if !self.answer_from_database(true).await {
+                    if !self.answer_from_database(true, until).await {
                         return;
                     }
                     if Instant::now() >= last_read {
@@ -270,7 +292,7 @@ impl FollowBatch {
         }
         // The wait is over: the rest as they stand.
         drop(ends);
-        if self.answer_from_database(false).await {
+        if self.answer_from_database(false, until).await {
             let rest: Vec<(u32, Task)> = self.pending.drain().map(|(_, answer)| answer).collect();
             for answer in rest {
                 if self.answers.send(answer).await.is_err() {
@@ -288,14 +310,19 @@ impl FollowBatch {
         }
     }
 
-    /// Re-reads the pending tasks: streams those that ended (or, unless `only_ended`, all of
-    /// them as they stand). False once the client is gone.
-    async fn answer_from_database(&mut self, only_ended: bool) -> bool {
+    /// Re-reads the pending tasks, by `until` at the latest: streams those that ended (or,
+    /// unless `only_ended`, all of them as they stand). False once the client is gone.
+    async fn answer_from_database(&mut self, only_ended: bool, until: Instant) -> bool {
         let ids: Vec<TaskId> = self.pending.keys().copied().collect();
-        let stored = match self.tasks.store.get_many(&ids).await {
-            Ok(stored) => stored,
-            Err(err) => {
+        let read = self.tasks.store.get_many(&ids);
+        let stored = match tokio::time::timeout_at(until, read).await {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(err)) => {
                 warn!(error = %err, "cannot re-read a batch's tasks");
+                return true;
+            }
+            Err(_) => {
+                warn!("re-reading a batch's tasks outlasted the call's deadline");
                 return true;
             }
         };

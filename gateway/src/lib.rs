@@ -217,6 +217,18 @@ pub async fn run(
         dead_letters,
         notifier,
     } = backends;
+    // Configuration first: refused before anything starts in the background.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        if let Some(http) = &http_listener
+            && let Ok(addr) = http.local_addr()
+            && !addr.ip().is_loopback()
+        {
+            return Err(GatewayError::PlainHttpBesideTls(addr));
+        }
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
     let waiters = Waiters::default();
     let first = updates.consume_updates(&config.gateway_id, false).await?;
     let reply_to = first.reply_to.clone();
@@ -265,7 +277,6 @@ pub async fn run(
     let marks = PublishMarks::start(store.clone(), config.sweep_grace);
     let waiting = Arc::new(tokio::sync::Semaphore::new(config.max_waiting_calls));
     let max_message_bytes = config.max_message_bytes;
-    let tls = config.tls.clone();
     let counts = task_counts::TaskCounts::default();
     warm_up_counts(&counts, &store, &config);
     let tasks = Arc::new(Tasks {
@@ -284,12 +295,6 @@ pub async fn run(
     let service = Arc::new(TaskServiceImpl { tasks });
     let http = match http_listener {
         Some(http_listener) => {
-            if tls.is_some()
-                && let Ok(addr) = http_listener.local_addr()
-                && !addr.ip().is_loopback()
-            {
-                return Err(GatewayError::PlainHttpBesideTls(addr));
-            }
             // The same handlers as gRPC, so HTTP has the same rules, keys and limits.
             let options = dalc_http::RouterOptions::default().max_body_bytes(max_message_bytes);
             let router = dalc_http::router_with(service.clone(), options);
@@ -315,11 +320,6 @@ pub async fn run(
         info!(%addr, "gateway listening");
     }
     let stopping = shutdown.clone();
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
-        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
-    }
     let serve = server
         .layer(tower::util::MapResponseLayer::new(
             size_limit::too_large_is_resource_exhausted,

@@ -107,17 +107,28 @@ async fn sweep(
     let expired = store.expire_overdue().await?;
     report.expired = expired.len();
     if let Some(retention) = policy.retention {
-        loop {
-            let deleted = store.delete_finished(retention, DELETE_BATCH).await?;
-            report.deleted += deleted;
-            if deleted < DELETE_BATCH {
-                break;
-            }
+        // Housekeeping: a failure here must not keep the expired tasks from their waiters.
+        match forget_older_than(store, retention).await {
+            Ok(deleted) => report.deleted = deleted,
+            Err(err) => warn!(error = %err, "deleting old tasks failed; retrying next round"),
         }
-        // Workers gone that long (each run of a worker has its own id) leave GetStats too.
-        store.forget_workers_unseen_for(retention).await?;
     }
     Ok((report, expired))
+}
+
+/// Deletes the tasks finished longer than `retention` ago, in short steps, and the workers
+/// unseen that long (each run of a worker has its own id); returns the tasks deleted.
+async fn forget_older_than(store: &TaskStore, retention: Duration) -> Result<u64, StorageError> {
+    let mut deleted = 0;
+    loop {
+        let step = store.delete_finished(retention, DELETE_BATCH).await?;
+        deleted += step;
+        if step < DELETE_BATCH {
+            break;
+        }
+    }
+    store.forget_workers_unseen_for(retention).await?;
+    Ok(deleted)
 }
 
 /// Publishes every claimed task at once (their confirms are pipelined on one channel); returns

@@ -476,18 +476,13 @@ impl BenchMode {
 
 /// A task status as users write it: `pending`, `PENDING` or `TASK_STATUS_PENDING`.
 pub fn parse_status(text: &str) -> Result<dalc_proto::v1::TaskStatus, String> {
-    let upper = text.trim().to_ascii_uppercase();
-    let name = if upper.starts_with("TASK_STATUS_") {
-        upper
-    } else {
-        format!("TASK_STATUS_{upper}")
-    };
-    match dalc_proto::v1::TaskStatus::from_str_name(&name) {
-        Some(status) if status != dalc_proto::v1::TaskStatus::Unspecified => Ok(status),
-        _ => Err(format!(
+    let status = dalc_proto::status_by_name(text)
+        .filter(|status| *status != dalc_proto::v1::TaskStatus::Unspecified);
+    status.ok_or_else(|| {
+        format!(
             "unknown status {text:?}: expected PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED or EXPIRED"
-        )),
-    }
+        )
+    })
 }
 
 /// Tenant names go into the API keys file, one `NAME HASH` a line: no spaces, nothing odd.

@@ -13,7 +13,7 @@
 //! `{"index": n, "task": {…}}` lines with `--json`), and a summary on stderr.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, VecDeque},
     fmt::Write as _,
     io::Read as _,
     path::Path,
@@ -26,6 +26,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use dalc_client::DalcClient;
+use dalc_domain::Backoff;
 use dalc_proto::v1::{SubmitBatchRequest, Task, TaskStatus};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -137,7 +138,7 @@ pub async fn submit_file(args: SubmitArgs) -> Result<u8> {
         // A reader that went away (`| head`) is not an error of the run.
         let _ = std::io::stdout().lock().write_all(out.as_bytes());
     }
-    let summary = Summary::of(&results, shared.conflicts.load(Ordering::Relaxed));
+    let summary = Summary::of(&results, shared.conflicts());
     eprintln!(
         "{}",
         summary.line(
@@ -199,8 +200,9 @@ struct Shared {
     counters: Arc<Counters>,
     /// Calls that failed and were made again.
     retries: AtomicU64,
-    /// Expressions answered with two different task ids: a task made twice.
-    conflicts: AtomicU64,
+    /// Expressions answered with two different task ids (a task made twice), by index: an
+    /// answer sent again counts once.
+    conflicts: Mutex<BTreeSet<usize>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -210,9 +212,14 @@ impl Shared {
             results: Mutex::new(vec![None; len]),
             counters: Arc::new(Counters::default()),
             retries: AtomicU64::new(0),
-            conflicts: AtomicU64::new(0),
+            conflicts: Mutex::default(),
             last_error: Mutex::new(None),
         }
+    }
+
+    /// How many expressions were answered with two different task ids.
+    fn conflicts(&self) -> u64 {
+        lock(&self.conflicts).len() as u64
     }
 
     /// Keeps `task` as expression `index`'s answer unless it already has a terminal one;
@@ -224,7 +231,7 @@ impl Shared {
         };
         if let Some(previous) = slot.as_ref() {
             if !previous.id.is_empty() && !task.id.is_empty() && previous.id != task.id {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                lock(&self.conflicts).insert(index);
             }
             if is_terminal(previous.status()) {
                 return false;
@@ -270,7 +277,7 @@ impl Sender {
     async fn run_chunk(&self, chunk: &Chunk) -> Result<()> {
         let key = format!("{}/c{}", self.run, chunk.number);
         let mut client = self.client.clone();
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let expressions = self
             .expressions
             .get(chunk.start..chunk.start + chunk.len)
@@ -296,11 +303,11 @@ impl Sender {
             };
             let pause = match outcome {
                 Ok(true) => {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                     Duration::ZERO
                 }
                 // Ended with nothing new: do not hammer a server that keeps doing so.
-                Ok(false) => next_backoff(&mut backoff),
+                Ok(false) => backoff.next_delay(),
                 Err(status) if is_refusal(status.code()) => {
                     let last = chunk.start + chunk.len - 1;
                     bail!(
@@ -314,7 +321,7 @@ impl Sender {
                     self.shared.retries.fetch_add(1, Ordering::Relaxed);
                     *lock(&self.shared.last_error) =
                         Some(format!("{:?}: {}", status.code(), status.message()));
-                    next_backoff(&mut backoff)
+                    backoff.next_delay()
                 }
             };
             let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
@@ -360,12 +367,6 @@ fn is_refusal(code: Code) -> bool {
             | Code::OutOfRange
             | Code::Unimplemented
     )
-}
-
-fn next_backoff(backoff: &mut Duration) -> Duration {
-    let pause = *backoff;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    pause
 }
 
 /// `index<TAB>STATUS<TAB>result-or-error`, on one line whatever the error says.
@@ -440,9 +441,7 @@ impl Summary {
     fn exit_code(&self) -> u8 {
         if self.unanswered > 0 || self.conflicts > 0 {
             1
-        } else if self.succeeded
-            < self.succeeded + self.failed + self.cancelled + self.expired + self.unfinished
-        {
+        } else if self.failed + self.cancelled + self.expired + self.unfinished > 0 {
             EXIT_TASK_UNSUCCESSFUL
         } else {
             0
@@ -539,7 +538,7 @@ mod tests {
         assert!(!shared.record(7, task("c", TaskStatus::Failed, "")));
         assert_eq!(shared.counters.done.load(Ordering::Relaxed), 2);
         assert_eq!(shared.counters.errors.load(Ordering::Relaxed), 1);
-        assert_eq!(shared.conflicts.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.conflicts(), 0);
         let chunk = Chunk {
             number: 0,
             start: 0,
@@ -548,7 +547,13 @@ mod tests {
         assert!(shared.chunk_done(&chunk));
         // Another id for an answered expression: a task made twice.
         shared.record(1, task("other", TaskStatus::Failed, ""));
-        assert_eq!(shared.conflicts.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.conflicts(), 1);
+        shared.record(1, task("other", TaskStatus::Failed, ""));
+        assert_eq!(
+            shared.conflicts(),
+            1,
+            "the same conflict sent again counts once"
+        );
     }
 
     #[test]
@@ -605,8 +610,8 @@ mod tests {
         ] {
             assert!(!is_refusal(code), "{code:?}");
         }
-        let mut backoff = FIRST_BACKOFF;
-        let pauses: Vec<_> = (0..7).map(|_| next_backoff(&mut backoff)).collect();
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        let pauses: Vec<_> = (0..7).map(|_| backoff.next_delay()).collect();
         assert_eq!(pauses[0], FIRST_BACKOFF);
         assert_eq!(pauses[1], FIRST_BACKOFF * 2);
         assert_eq!(pauses[6], MAX_BACKOFF);

@@ -514,10 +514,7 @@ impl Target {
 /// every `dalc` client.
 async fn connect_all(connect: &ConnectArgs, per_address: u32) -> Result<Vec<DalcClient>> {
     let options = crate::client::client_options(connect);
-    let mut clients = Vec::new();
-    for _ in 0..per_address {
-        clients.push(dalc_client::connect(&options).await?);
-    }
-    anyhow::ensure!(!clients.is_empty(), "no gateway address given");
-    Ok(clients)
+    // At once: each waits for its first round of health checks.
+    let clients = (0..per_address).map(|_| dalc_client::connect(&options));
+    Ok(futures::future::try_join_all(clients).await?)
 }

@@ -30,8 +30,6 @@ const LONGEST_SERVER_WAIT: Duration = dalc_gateway::GatewayConfig::DEFAULT_MAX_W
 pub const CALL_MARGIN: Duration = Duration::from_secs(5);
 /// The deadline of a call that does not wait.
 const QUICK_CALL: Duration = Duration::from_secs(10);
-/// ListTasks' largest page.
-const MAX_PAGE: u32 = 1000;
 
 /// A request with a gRPC deadline: no CLI call can hang, whatever the server does.
 fn with_deadline<T>(message: T, wait: bool, timeout: Option<Duration>) -> tonic::Request<T> {
@@ -118,9 +116,12 @@ pub async fn list(args: ListArgs) -> Result<u8> {
     let mut tasks: Vec<Task> = Vec::new();
     let mut page_token = String::new();
     loop {
-        let wanted = u32::try_from(limit - tasks.len()).unwrap_or(MAX_PAGE);
+        // The rest wanted; the server caps a page at its own maximum.
+        let wanted = args
+            .limit
+            .saturating_sub(u32::try_from(tasks.len()).unwrap_or(u32::MAX));
         let request = ListTasksRequest {
-            page_size: wanted.min(MAX_PAGE),
+            page_size: wanted,
             page_token,
             status: args.status.map_or(0, |s| s as i32),
         };

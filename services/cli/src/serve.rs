@@ -119,14 +119,14 @@ impl Backends {
         let queue = self.queue.clone();
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
+                // Every request queue (quorum: the interactive lane too), as GetStats counts.
                 let depth = match &queue {
-                    Queue::RabbitMq(broker) => {
-                        let tasks = broker.config().names.tasks();
-                        broker.queue_depth(&tasks).await.ok().map(i64::from)
-                    }
-                    Queue::InProcess(broker) => i64::try_from(broker.depth()).ok(),
+                    Queue::RabbitMq(broker) => TaskPublisher::depth(&**broker).await,
+                    Queue::InProcess(broker) => TaskPublisher::depth(&**broker).await,
                 };
-                if let Some(depth) = depth {
+                if let Ok(Some(depth)) = depth
+                    && let Ok(depth) = i64::try_from(depth)
+                {
                     metrics.request_queue_depth.set(depth);
                 }
                 tokio::select! {
@@ -452,11 +452,7 @@ pub async fn metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    announce(&format!("dalc metrics listening on {addr}"));
+    let listener = bind(listen, "dalc metrics").await?;
     tokio::spawn(async move {
         if let Err(err) =
             dalc_telemetry::metrics::serve(listener, metrics, shutdown.cancelled_owned()).await

@@ -96,8 +96,24 @@ pub struct Task {
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
-#[serde(transparent)]
+#[serde(try_from = "u8", into = "u8")]
 pub struct Priority(u8);
+
+/// Read from a message or a stored task: out of range is refused, never carried along.
+impl TryFrom<u8> for Priority {
+    type Error = String;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        Priority::new(u32::from(value))
+            .ok_or_else(|| format!("priority {value} is out of range (0-{})", Priority::MAX))
+    }
+}
+
+impl From<Priority> for u8 {
+    fn from(priority: Priority) -> Self {
+        priority.0
+    }
+}
 
 impl Priority {
     pub const MAX: u8 = 9;
@@ -202,6 +218,12 @@ mod tests {
     fn priorities_are_zero_to_nine_and_sync_calls_rank_above_deferred_work() {
         assert_eq!(Priority::new(9).map(Priority::get), Some(9));
         assert_eq!(Priority::new(10), None);
+        assert_eq!(serde_json::from_str::<Priority>("9").ok(), Priority::new(9));
+        assert!(serde_json::from_str::<Priority>("10").is_err());
+        assert_eq!(
+            serde_json::to_string(&Priority::INTERACTIVE).ok(),
+            Some("5".into())
+        );
         let unset = Priority::default();
         assert_eq!(Priority::for_submission(unset, true), Priority::INTERACTIVE);
         assert_eq!(Priority::for_submission(unset, false), unset);

@@ -78,7 +78,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The HTTP status a gRPC code maps to (the usual google.rpc mapping; CANCELLED is nginx's 499).
+/// The HTTP status a gRPC code maps to: the usual google.rpc mapping, except FAILED_PRECONDITION,
+/// which is 412 as the API documents (the request's precondition, e.g. a cancel's PENDING, does
+/// not hold), and CANCELLED, nginx's 499.
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,

@@ -189,13 +189,7 @@ pub fn status(text: &str) -> Result<TaskStatus, ApiError> {
     {
         return Ok(status);
     }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("TASK_STATUS_") {
-        upper
-    } else {
-        format!("TASK_STATUS_{upper}")
-    };
-    TaskStatus::from_str_name(&name).ok_or_else(|| {
+    dalc_proto::status_by_name(text).ok_or_else(|| {
         ApiError::invalid(format!(
             "unknown status {text:?}: expected one of PENDING, RUNNING, SUCCEEDED, FAILED, \
              CANCELLED, EXPIRED (or TASK_STATUS_...)"

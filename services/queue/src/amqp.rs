@@ -533,21 +533,30 @@ impl AmqpBroker {
         Ok(())
     }
 
-    /// Messages ready in `queue` (e.g. [`QueueNames::tasks`] or [`QueueNames::dead_letters`]).
+    /// Messages ready in `queue` (e.g. [`QueueNames::tasks`] or [`QueueNames::dead_letters`]),
+    /// within the operation timeout: a stalled broker must not hold a stats call.
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, QueueError> {
         let link = self.link(&self.consuming).await?;
-        // A passive declare on a throwaway channel: if the queue is missing the broker closes
-        // that channel, not the shared publisher.
-        let channel = link.connection.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
+        let count = async {
+            // A passive declare on a throwaway channel: if the queue is missing the broker closes
+            // that channel, not the shared publisher.
+            let channel = link.connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let queue = channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await?;
+            let _ = channel.close(200, "done".into()).await;
+            Ok::<_, lapin::Error>(queue.message_count())
         };
-        let queue = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await?;
-        let _ = channel.close(200, "done".into()).await;
-        Ok(queue.message_count())
+        match tokio::time::timeout(self.config.operation_timeout, count).await {
+            Ok(count) => Ok(count?),
+            Err(_) => Err(QueueError::Unavailable(
+                "timed out reading a queue's depth".into(),
+            )),
+        }
     }
 
     /// Closes both connections politely (the broker requeues anything unacked at once).

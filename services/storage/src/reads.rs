@@ -203,7 +203,7 @@ impl TaskStore {
         let mut tasks = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let rows = Tasks::find()
-                .filter(Column::Id.is_in(chunk.iter().map(TaskId::as_uuid)))
+                .filter(self.id_in(chunk))
                 .all(&self.db)
                 .await?;
             for row in rows {

@@ -444,7 +444,7 @@ impl TaskStore {
 
     /// The id is one of `ids`. On PostgreSQL as `id = ANY($1)`, the ids bound as one array: the
     /// statement's text is the same for any number of them, so it is prepared once.
-    fn id_in(&self, ids: &[TaskId]) -> SimpleExpr {
+    pub(crate) fn id_in(&self, ids: &[TaskId]) -> SimpleExpr {
         let ids = ids.iter().map(TaskId::as_uuid);
         match self.backend() {
             DatabaseBackend::Postgres => Expr::cust_with_values(
@@ -771,7 +771,7 @@ impl TaskStore {
         for chunk in ids.chunks(MAX_BATCH) {
             let pending = Condition::all()
                 .add(status_is(TaskStatus::Pending))
-                .add(Column::Id.is_in(chunk.iter().map(TaskId::as_uuid)));
+                .add(self.id_in(chunk));
             ended.extend(self.set_terminal(None, outcome, pending).await?);
         }
         Ok(ended)

@@ -115,16 +115,19 @@ impl TaskStore {
             .order_by_asc(Column::WorkerId)
             .all(&self.db)
             .await?;
-        rows.into_iter().map(into_record).collect()
+        Ok(rows.into_iter().map(into_record).collect())
     }
 }
 
-fn into_record(row: worker::Model) -> Result<WorkerRecord, StorageError> {
-    let run_times = serde_json::from_str(&row.run_times).map_err(|err| {
-        StorageError::Corrupt(format!("worker {}: run times: {err}", row.worker_id))
-    })?;
+/// A stored row as figures. Run times that do not decode (a row written by another version)
+/// read as none: one worker's row must not fail every GetStats.
+fn into_record(row: worker::Model) -> WorkerRecord {
+    let run_times = serde_json::from_str(&row.run_times).unwrap_or_else(|err| {
+        tracing::warn!(worker_id = %row.worker_id, error = %err, "unreadable run times; counted as none");
+        Default::default()
+    });
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    Ok(WorkerRecord {
+    WorkerRecord {
         figures: WorkerFigures {
             succeeded: count(row.succeeded),
             failed: count(row.failed),
@@ -133,5 +136,5 @@ fn into_record(row: worker::Model) -> Result<WorkerRecord, StorageError> {
         },
         worker_id: row.worker_id,
         last_seen: row.last_seen,
-    })
+    }
 }
