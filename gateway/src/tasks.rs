@@ -263,8 +263,24 @@ impl Tasks {
         };
         // One more than the page: whether another page follows.
         let mut tasks = self.store.list(&tenant.0, status, cursor, size + 1).await?;
-        let more = u64::try_from(tasks.len()).unwrap_or(u64::MAX) > size;
+        let mut more = u64::try_from(tasks.len()).unwrap_or(u64::MAX) > size;
         tasks.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        // A page of long expressions and results is cut short rather than refused: the response
+        // must fit in one message, with room for the encoding's own bytes.
+        let budget = self.config.max_message_bytes / 4 * 3;
+        let mut used = 0usize;
+        let fit = tasks
+            .iter()
+            .take_while(|task| {
+                used = used.saturating_add(approximate_size(task));
+                used <= budget
+            })
+            .count()
+            .max(1);
+        if fit < tasks.len() {
+            tasks.truncate(fit);
+            more = true;
+        }
         let next = match tasks.last() {
             Some(last) if more => PageCursor::after(last).to_string(),
             _ => String::new(),
@@ -539,4 +555,19 @@ impl Watch {
         }
         None
     }
+}
+
+/// About how many bytes `task` takes in a response: its texts, and a generous allowance for the
+/// id, timestamps, worker and numbers.
+fn approximate_size(task: &Task) -> usize {
+    const FIXED: usize = 256;
+    let texts = [
+        task.expression.len(),
+        task.result.as_deref().map_or(0, str::len),
+        task.error.as_deref().map_or(0, str::len),
+        task.worker_id.as_deref().map_or(0, str::len),
+    ];
+    texts
+        .iter()
+        .fold(FIXED, |sum, len| sum.saturating_add(*len))
 }

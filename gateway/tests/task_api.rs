@@ -210,6 +210,32 @@ async fn pages_list_every_task_exactly_once_while_new_ones_arrive(database_url: 
 }
 
 #[tokio::test]
+async fn a_page_of_long_tasks_is_cut_to_fit_one_message() {
+    // 60 tasks of 2 KiB expressions do not fit a 64 KiB message: the page ends early and
+    // says where to go on, and the pages together hold every task.
+    let mut stack = start(StackOptions {
+        workers: 0,
+        configure: Box::new(|config: &mut GatewayConfig| config.max_message_bytes = 64 * 1024),
+        ..StackOptions::default()
+    })
+    .await;
+    let long = vec!["1"; 1024].join("+");
+    for _ in 0..60 {
+        submit(&mut stack, request(&long, false)).await;
+    }
+    let (first, mut token) = list_page(&mut stack, 1000, "", TaskStatus::Unspecified).await;
+    assert!(!first.is_empty() && first.len() < 60, "{}", first.len());
+    assert!(!token.is_empty(), "a cut page says where to go on");
+    let mut listed = first.len();
+    while !token.is_empty() {
+        let (page, next) = list_page(&mut stack, 1000, &token, TaskStatus::Unspecified).await;
+        listed += page.len();
+        token = next;
+    }
+    assert_eq!(listed, 60);
+}
+
+#[tokio::test]
 async fn lists_filter_by_status_default_to_a_hundred_and_refuse_bad_tokens() {
     let mut stack = start(StackOptions::default()).await;
     let failed = submit(&mut stack, request("1 / 0", true)).await;
