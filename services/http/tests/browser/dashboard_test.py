@@ -118,7 +118,7 @@ def worker_total(page):
 
 
 def run(base_url, screenshot_dir, api_key):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     os.makedirs(screenshot_dir, exist_ok=True)
     with sync_playwright() as playwright:
@@ -128,9 +128,9 @@ def run(base_url, screenshot_dir, api_key):
                 browser, base_url, api_key, viewport={"width": 1366, "height": 900}
             )
             # Give the stats panel its first answer, then note where the workers stand.
-            page.wait_for_function(
-                "document.getElementById('queue-depth').textContent.trim() !== '–'"
-            )
+            # A locator wait, not wait_for_function: that one evaluates a string in the page,
+            # which the dashboard's CSP (no 'unsafe-eval') rightly refuses.
+            expect(page.locator("#queue-depth")).not_to_have_text("–")
             before = worker_total(page)
             print(f"workers' total before: {before}")
             page.evaluate("window.__noReload = true")
