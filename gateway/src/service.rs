@@ -35,7 +35,7 @@ impl TaskService for TaskServiceImpl {
         let (metadata, _, request) = request.into_parts();
         let caller = caller_trace_context(&metadata);
         let span = server_span("SubmitTask", &caller);
-        let task = async {
+        let task = async move {
             let tenant = self.authenticate(&metadata)?;
             let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
             let submission = Submission {
@@ -45,6 +45,8 @@ impl TaskService for TaskServiceImpl {
                 idempotency_key: non_empty(request.idempotency_key),
             };
             let budget = self.budget(&metadata, request.wait, timeout);
+            // Not held while the call waits: thousands may wait at once.
+            drop(metadata);
             self.tasks.submit(&tenant, submission, budget, caller).await
         }
         .instrument(span.clone())

@@ -53,6 +53,21 @@ pub(crate) struct Submission {
     pub(crate) idempotency_key: Option<String>,
 }
 
+/// How [`Tasks::accept`] took a submission.
+enum Accepted {
+    /// Stored and queued; with the wait that follows for a sync call: until when, the
+    /// subscription made before publishing, and the call's place among waiting calls.
+    Queued {
+        task: Task,
+        wait: Option<(Instant, Subscription, Option<OwnedSemaphorePermit>)>,
+    },
+    /// An earlier try with the same idempotency key made this task: the call follows it.
+    Existing {
+        id: TaskId,
+        waiting: Option<OwnedSemaphorePermit>,
+    },
+}
+
 /// What GetStats reports, before its wire form.
 #[derive(Debug, Clone)]
 pub(crate) struct Stats {
@@ -94,6 +109,30 @@ impl Tasks {
         budget: CallBudget,
         caller_context: BTreeMap<String, String>,
     ) -> Result<Task, ApiError> {
+        // Thousands of sync calls may wait at once, so only the wait's own state stays with
+        // each: the steps before it are boxed, and freed once done (and within them, the
+        // idempotency key's reads, which most calls skip).
+        match Box::pin(self.accept(tenant, submission, budget, caller_context)).await? {
+            Accepted::Queued { task, wait: None } => Ok(task),
+            Accepted::Queued {
+                task,
+                wait: Some((until, subscription, _waiting)),
+            } => Ok(self.wait_for(task, subscription, until).await),
+            Accepted::Existing { id, waiting: _held } => {
+                Box::pin(self.read_and_follow(tenant, id, budget)).await
+            }
+        }
+    }
+
+    /// [`Tasks::submit`] up to the wait: the task stored and queued, or the task an earlier
+    /// try with the same idempotency key made.
+    async fn accept(
+        &self,
+        tenant: &Tenant,
+        submission: Submission,
+        budget: CallBudget,
+        caller_context: BTreeMap<String, String>,
+    ) -> Result<Accepted, ApiError> {
         let Submission {
             expression,
             timeout,
@@ -103,12 +142,15 @@ impl Tasks {
         self.validate(&expression)
             .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
         check_idempotency_key(idempotency_key.as_deref(), MAX_IDEMPOTENCY_KEY_LEN)?;
-        let _waiting = self.reserve_wait(&budget)?;
+        let waiting = self.reserve_wait(&budget)?;
         if let Some(key) = &idempotency_key
-            && let Some(existing) = self.keyed_task(tenant, key, &expression).await?
+            && let Some(existing) = Box::pin(self.keyed_task(tenant, key, &expression)).await?
         {
             // A retry: the task runs once, whichever gateway took the first try.
-            return self.read_and_follow(tenant, existing.id, budget).await;
+            return Ok(Accepted::Existing {
+                id: existing.id,
+                waiting,
+            });
         }
         // The broker is known to be away or refusing publishes: refuse before writing anything.
         self.publisher.ready()?;
@@ -134,16 +176,17 @@ impl Tasks {
             Ok(true) => {}
             Ok(false) => {
                 let key = task.idempotency_key.as_deref().unwrap_or_default();
-                let existing = self
-                    .keyed_task(tenant, key, &task.expression)
+                let existing = Box::pin(self.keyed_task(tenant, key, &task.expression))
                     .await?
                     .ok_or_else(|| {
                         ApiError::Unavailable(
                             "a concurrent retry is still being stored; try again".into(),
                         )
                     })?;
-                drop(subscription);
-                return self.read_and_follow(tenant, existing.id, budget).await;
+                return Ok(Accepted::Existing {
+                    id: existing.id,
+                    waiting,
+                });
             }
             Err(err) => {
                 // Cut off at the call's deadline, the row may still land (its write had begun):
@@ -164,11 +207,8 @@ impl Tasks {
         }
         self.config.metrics.tasks_submitted.inc();
         self.marks.record(task.id);
-
-        match subscription {
-            Some((until, subscription)) => Ok(self.wait_for(task, subscription, until).await),
-            None => Ok(task),
-        }
+        let wait = subscription.map(|(until, subscription)| (until, subscription, waiting));
+        Ok(Accepted::Queued { task, wait })
     }
 
     /// Reads a task; with a wait in `budget`, long-polls until it is terminal or the wait ends.
@@ -449,7 +489,9 @@ impl Tasks {
                 () = tokio::time::sleep_until(next_poll) => {
                     // A lost reply or event must not make us wait for nothing: the database
                     // has the truth.
-                    match tokio::time::timeout_at(until, self.store.get(task.id)).await {
+                    // Boxed: rare, and kept out of the state every waiting call holds.
+                    let reread = Box::pin(tokio::time::timeout_at(until, self.store.reread(task.id)));
+                    match reread.await {
                         Ok(Ok(Some(stored))) => task = stored,
                         Ok(Ok(None)) => {}
                         Ok(Err(err)) => warn!(error = %err, "cannot re-read a waited-for task"),
@@ -536,7 +578,7 @@ impl Watch {
                 () = tokio::time::sleep(self.polls.peek()) => {
                     self.polls.next_delay();
                     // A lost event must not stall the watch: the database has the truth.
-                    match self.tasks.store.get(self.last.id).await {
+                    match self.tasks.store.reread(self.last.id).await {
                         Ok(stored) => stored,
                         Err(err) => {
                             warn!(error = %err, "cannot re-read a watched task");

@@ -152,6 +152,12 @@ impl AmqpConfig {
     }
 }
 
+/// The largest AMQP frame we ask for, unless the URL sets `frame_max`. lapin keeps two ring
+/// buffers of 32 frames per connection, and RabbitMQ's 128 KiB default makes that 8 MiB per
+/// connection touched under load; dalc's messages are a few hundred bytes, and a larger one
+/// simply travels in several frames.
+const FRAME_MAX: u32 = 16 * 1024;
+
 /// After a failed connect, callers within this window fail fast instead of queueing up behind
 /// another connect attempt: a client hears UNAVAILABLE at once while the broker is away.
 const FAIL_FAST_WINDOW: Duration = Duration::from_millis(500);
@@ -253,11 +259,16 @@ impl AmqpBroker {
     /// The lane's live connection, re-established (topology included) if it was lost.
     async fn link(&self, lane: &Lane) -> Result<Link, QueueError> {
         let mut state = lane.state.lock().await;
+        if let Some(link) = state.link.as_ref().filter(|link| link.is_live()) {
+            return Ok(link.clone());
+        }
+        // Boxed: every publish awaits this function, and should not carry a connect's state.
+        Box::pin(self.relink(lane, &mut state)).await
+    }
+
+    /// [`AmqpBroker::link`] when the lane's link is gone or dead.
+    async fn relink(&self, lane: &Lane, state: &mut LinkState) -> Result<Link, QueueError> {
         if let Some(link) = state.link.take() {
-            if link.is_live() {
-                state.link = Some(link.clone());
-                return Ok(link);
-            }
             if link.connection.status().connected() {
                 // Only the channel died (the broker closes a channel on a refused operation):
                 // a new one on the same connection, rather than a second connection.
@@ -316,6 +327,9 @@ impl AmqpBroker {
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat =
                 Some(u16::try_from(self.config.heartbeat.as_secs()).unwrap_or(10));
+        }
+        if uri.query.frame_max.is_none() {
+            uri.query.frame_max = Some(FRAME_MAX);
         }
         let suffix = match role {
             Role::Publish => "publish",
