@@ -53,7 +53,9 @@ pub(crate) struct Submission {
     pub(crate) idempotency_key: Option<String>,
 }
 
-/// How [`Tasks::accept`] took a submission.
+/// How [`Tasks::accept`] took a submission. Made once per call and taken apart at once, so the
+/// variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Accepted {
     /// Stored and queued; with the wait that follows for a sync call: until when, the
     /// subscription made before publishing, and the call's place among waiting calls.
