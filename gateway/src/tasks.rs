@@ -166,14 +166,16 @@ impl Tasks {
         let subscription = budget
             .wait_until
             .map(|until| (until, self.waiters.subscribe(task.id)));
-        let insert = async {
+        // The steps' futures are boxed: each lives only for its step, and not both in the state
+        // of every call of a burst of thousands.
+        let insert = Box::pin(async {
             match self.store.insert(&task, self.config.sweep_grace).await {
                 Ok(()) => Ok(true),
                 // Another gateway stored this key's task first (a concurrent retry).
                 Err(StorageError::Duplicate(_)) => Ok(false),
                 Err(err) => Err(ApiError::from(err)),
             }
-        };
+        });
         match budget.bound("the task database", insert).await {
             Ok(true) => {}
             Ok(false) => {
@@ -202,7 +204,7 @@ impl Tasks {
             // Test-only fault: die like `kill -9` in the gap the sweeper exists for.
             std::process::abort();
         }
-        let publish = async { Ok(self.publish(&task, caller_context).await?) };
+        let publish = Box::pin(async { Ok(self.publish(&task, caller_context).await?) });
         if let Err(err) = budget.bound("the task queue", publish).await {
             self.abandon(std::slice::from_ref(&task), &err.to_string());
             return Err(err);

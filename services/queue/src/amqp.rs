@@ -485,7 +485,8 @@ impl AmqpBroker {
             mandatory,
             ..Default::default()
         };
-        let publish = async {
+        // Boxed: held by every publish awaiting its confirm, and large (lapin's futures).
+        let publish = Box::pin(async {
             let confirm = link
                 .channel
                 .basic_publish(
@@ -498,7 +499,7 @@ impl AmqpBroker {
                 .await?
                 .await?;
             Ok::<_, lapin::Error>(confirm)
-        };
+        });
         let started = Instant::now();
         let confirmed = tokio::time::timeout(self.config.operation_timeout, publish).await;
         self.config

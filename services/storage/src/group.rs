@@ -57,11 +57,14 @@ impl<I: Clone + Send + 'static, O: Send + 'static> GroupCommit<I, O> {
 
     /// Writes `item` with whatever else is waiting, and returns its result once committed.
     pub(crate) async fn submit(&self, item: I) -> Result<O, StorageError> {
-        let (answer, answered) = oneshot::channel();
-        self.jobs
-            .send(Job { item, answer })
+        // A place in the queue first, then the job: the item is not held twice while waiting.
+        let place = self
+            .jobs
+            .reserve()
             .await
             .map_err(|_| StorageError::Closed)?;
+        let (answer, answered) = oneshot::channel();
+        place.send(Job { item, answer });
         answered.await.map_err(|_| StorageError::Closed)?
     }
 }

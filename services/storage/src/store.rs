@@ -167,7 +167,9 @@ pub enum StartOutcome {
 #[derive(Debug, Clone)]
 pub struct TaskStore {
     pub(crate) db: DatabaseConnection,
-    /// Group commit for the task path's writes; `None` in the writers' own handle.
+    /// Group commit for the task path's writes; `None` in the writers' own handle. (Where a
+    /// method writes directly without it, that future is boxed: the batched way is what every
+    /// call takes, and its state is what thousands of calls in flight hold.)
     batches: Option<Arc<Batches>>,
     /// The longest any statement (so any write) may take.
     statement_timeout: Duration,
@@ -315,7 +317,7 @@ impl TaskStore {
         let item = (task.clone(), publish_grace);
         match &self.batches {
             Some(batches) => batches.inserts.submit(item).await,
-            None => self.insert_batch(vec![item]).await.map(drop),
+            None => Box::pin(self.insert_batch(vec![item])).await.map(drop),
         }
     }
 
@@ -417,7 +419,7 @@ impl TaskStore {
     pub async fn reread(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
         match &self.batches {
             Some(batches) => batches.rereads.submit(id).await,
-            None => self.get(id).await,
+            None => Box::pin(self.get(id)).await,
         }
     }
 
@@ -528,7 +530,10 @@ impl TaskStore {
         };
         let started = match &self.batches {
             Some(batches) => batches.starts.submit(item).await?,
-            None => self.start_batch(vec![item]).await?.pop().flatten(),
+            None => Box::pin(self.start_batch(vec![item]))
+                .await?
+                .pop()
+                .flatten(),
         };
         if let Some(task) = started {
             return Ok(StartOutcome::Started(task));
@@ -653,7 +658,10 @@ impl TaskStore {
         let item = (id, attempt, outcome.clone());
         match &self.batches {
             Some(batches) => batches.finishes.submit(item).await,
-            None => Ok(self.finish_batch(vec![item]).await?.pop().flatten()),
+            None => Ok(Box::pin(self.finish_batch(vec![item]))
+                .await?
+                .pop()
+                .flatten()),
         }
     }
 
@@ -717,7 +725,10 @@ impl TaskStore {
         };
         match &self.batches {
             Some(batches) => batches.quick_attempts.submit(item).await,
-            None => Ok(self.quick_attempt_batch(vec![item]).await?.pop().flatten()),
+            None => Ok(Box::pin(self.quick_attempt_batch(vec![item]))
+                .await?
+                .pop()
+                .flatten()),
         }
     }
 
