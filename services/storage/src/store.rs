@@ -190,6 +190,9 @@ impl TaskStore {
             .max_connections(options.max_connections)
             .connect_timeout(options.connect_timeout)
             .acquire_timeout(options.connect_timeout)
+            // A connection is checked (a round trip) only after a second unused, when the
+            // server or a proxy may have dropped it: not before every statement of a busy pool.
+            .test_before_acquire_if_idle_for(Duration::from_secs(1))
             .sqlx_logging(false)
             .map_sqlx_postgres_opts(move |opts| {
                 opts.options([
@@ -201,6 +204,7 @@ impl TaskStore {
                     // small (or not yet analyzed) may scan the whole table; once it holds
                     // millions of rows, that plan would make each write scan them all.
                     ("enable_seqscan", "off"),
+                    ("plan_cache_mode", "force_generic_plan"),
                 ])
             })
             .map_sqlx_sqlite_opts(move |opts| {
