@@ -58,7 +58,8 @@ pub(crate) struct Submission {
 #[allow(clippy::large_enum_variant)]
 enum Accepted {
     /// Stored and queued; with the wait that follows for a sync call: until when, the
-    /// subscription made before publishing, and the call's place among waiting calls.
+    /// subscription made before publishing, and the call's place among waiting calls. (A sync
+    /// call whose task ended while it was being queued has no wait left.)
     Queued {
         task: Task,
         wait: Option<(Instant, Subscription, Option<OwnedSemaphorePermit>)>,
@@ -195,8 +196,7 @@ impl Tasks {
             Err(err) => {
                 // Cut off at the call's deadline, the row may still land (its write had begun):
                 // end it then, rather than run a task whose caller heard UNAVAILABLE.
-                self.abandon(std::slice::from_ref(&task), &err.to_string());
-                return Err(err);
+                return Err(self.abandoned(&task, err));
             }
         }
         #[cfg(feature = "fault-injection")]
@@ -204,15 +204,48 @@ impl Tasks {
             // Test-only fault: die like `kill -9` in the gap the sweeper exists for.
             std::process::abort();
         }
-        let publish = Box::pin(async { Ok(self.publish(&task, caller_context).await?) });
-        if let Err(err) = budget.bound("the task queue", publish).await {
-            self.abandon(std::slice::from_ref(&task), &err.to_string());
-            return Err(err);
-        }
+        let publish = async { Ok(self.publish(&task, caller_context).await?) };
+        let mut publish = Box::pin(budget.bound("the task queue", publish));
+        let mut subscription = subscription;
+        let finished = match &mut subscription {
+            None => {
+                (&mut publish)
+                    .await
+                    .map_err(|err| self.abandoned(&task, err))?;
+                None
+            }
+            Some((_, updates)) => loop {
+                // RabbitMQ confirms a message a consumer took only once it is acknowledged, so
+                // a sync call's result usually comes back before the confirm: the task's end
+                // is proof enough that it was queued, and the call need not wait for more.
+                tokio::select! {
+                    confirmed = &mut publish => {
+                        confirmed.map_err(|err| self.abandoned(&task, err))?;
+                        break None;
+                    }
+                    update = updates.next() => if update.is_terminal() {
+                        break Some(update);
+                    },
+                }
+            },
+        };
+        drop(publish); // It borrows the task.
         self.config.metrics.tasks_submitted.inc();
+        if let Some(finished) = finished {
+            return Ok(Accepted::Queued {
+                task: finished,
+                wait: None,
+            });
+        }
         self.marks.record(task.id);
         let wait = subscription.map(|(until, subscription)| (until, subscription, waiting));
         Ok(Accepted::Queued { task, wait })
+    }
+
+    /// [`Tasks::abandon`] for one task whose publish failed with `err`, which is returned.
+    fn abandoned(&self, task: &Task, err: ApiError) -> ApiError {
+        self.abandon(std::slice::from_ref(task), &err.to_string());
+        err
     }
 
     /// Reads a task; with a wait in `budget`, long-polls until it is terminal or the wait ends.

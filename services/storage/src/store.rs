@@ -204,6 +204,8 @@ impl TaskStore {
                     // small (or not yet analyzed) may scan the whole table; once it holds
                     // millions of rows, that plan would make each write scan them all.
                     ("enable_seqscan", "off"),
+                    // And plans are made once per connection, not at every execution: a
+                    // one-row attempt end spent more time (0.15 ms) being planned than run.
                     ("plan_cache_mode", "force_generic_plan"),
                 ])
             })
