@@ -207,36 +207,45 @@ impl Tasks {
         let publish = async { Ok(self.publish(&task, caller_context).await?) };
         let mut publish = Box::pin(budget.bound("the task queue", publish));
         let mut subscription = subscription;
-        let finished = match &mut subscription {
+        // The latest update that came while queueing: the task's end, or RUNNING.
+        let mut seen: Option<Task> = None;
+        match &mut subscription {
             None => {
                 (&mut publish)
                     .await
                     .map_err(|err| self.abandoned(&task, err))?;
-                None
             }
+            // RabbitMQ confirms a message a consumer took only once the consumer acknowledges
+            // it, so a sync call's result may come back before the confirm: the task's end is
+            // proof enough that it was queued, and the call need not wait for more.
             Some((_, updates)) => loop {
-                // RabbitMQ confirms a message a consumer took only once it is acknowledged, so
-                // a sync call's result usually comes back before the confirm: the task's end
-                // is proof enough that it was queued, and the call need not wait for more.
                 tokio::select! {
                     confirmed = &mut publish => {
                         confirmed.map_err(|err| self.abandoned(&task, err))?;
-                        break None;
+                        break;
                     }
-                    update = updates.next() => if update.is_terminal() {
-                        break Some(update);
-                    },
+                    update = updates.next() => {
+                        let ended = update.is_terminal();
+                        seen = Some(update);
+                        if ended {
+                            break;
+                        }
+                    }
                 }
             },
-        };
+        }
         drop(publish); // It borrows the task.
         self.config.metrics.tasks_submitted.inc();
-        if let Some(finished) = finished {
-            return Ok(Accepted::Queued {
-                task: finished,
-                wait: None,
-            });
-        }
+        let task = match seen {
+            Some(ended) if ended.is_terminal() => {
+                return Ok(Accepted::Queued {
+                    task: ended,
+                    wait: None,
+                });
+            }
+            Some(running) => running,
+            None => task,
+        };
         self.marks.record(task.id);
         let wait = subscription.map(|(until, subscription)| (until, subscription, waiting));
         Ok(Accepted::Queued { task, wait })
