@@ -342,6 +342,29 @@ async fn a_publish_that_never_confirms_is_answered_before_the_calls_deadline() {
 }
 
 #[tokio::test]
+async fn a_sync_call_whose_task_ends_before_the_publish_is_confirmed_answers_then() {
+    let broker = Arc::new(dalc_queue::memory::MemoryBroker::with_max_length(None));
+    let mut stack = common::start(StackOptions {
+        publisher: Some(Arc::new(UnconfirmedPublisher(broker.clone()))),
+        broker: Some(broker),
+        ..StackOptions::default()
+    })
+    .await;
+    let mut request = tonic::Request::new(submit("6 * 7", true));
+    request.set_timeout(Duration::from_secs(30));
+    let task = stack
+        .client
+        .submit_task(request)
+        .await
+        .expect("the task's end answers the call, confirm or not")
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.status(), TaskStatus::Succeeded);
+    assert_eq!(task.result, "42");
+}
+
+#[tokio::test]
 async fn health_follows_the_database() {
     let database = dalc_testkit::fresh_postgres_database().await;
     let stack = stack_configured(&database, false, None, |config| {
@@ -441,6 +464,18 @@ struct HangingPublisher;
 #[async_trait::async_trait]
 impl TaskPublisher for HangingPublisher {
     async fn publish_task(&self, _: &TaskMessage) -> Result<(), QueueError> {
+        std::future::pending().await
+    }
+}
+
+/// A broker that queues every task but never confirms the publish: as RabbitMQ may confirm a
+/// message only after the worker that took it has answered.
+struct UnconfirmedPublisher(Arc<dalc_queue::memory::MemoryBroker>);
+
+#[async_trait::async_trait]
+impl TaskPublisher for UnconfirmedPublisher {
+    async fn publish_task(&self, message: &TaskMessage) -> Result<(), QueueError> {
+        self.0.publish_task(message).await?;
         std::future::pending().await
     }
 }
