@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateTasks),
             Box::new(AddLeases),
             Box::new(AddTenantsAndWorkers),
+            Box::new(PartialIndexes),
         ]
     }
 }
@@ -305,4 +306,65 @@ impl MigrationTrait for AddTenantsAndWorkers {
         }
         Ok(())
     }
+}
+
+/// Indexes that leave out the rows they are never searched for, so a task's insert and its
+/// result's write each touch fewer indexes: most tasks have no idempotency key, and a new task
+/// has no `finished_at`. (Every search on them names a value, which implies the condition,
+/// so both PostgreSQL and SQLite still use them.)
+#[derive(Debug)]
+struct PartialIndexes;
+
+impl MigrationName for PartialIndexes {
+    fn name(&self) -> &str {
+        "m20261204_000004_partial_indexes"
+    }
+}
+
+/// (name, columns, unique) of the indexes [`PartialIndexes`] narrows, with the condition each
+/// row must meet.
+const PARTIAL_INDEXES: [(&str, &str, bool, &str); 2] = [
+    (
+        "idx_tasks_tenant_idempotency_key",
+        "tenant, idempotency_key",
+        true,
+        "idempotency_key IS NOT NULL",
+    ),
+    (
+        "idx_tasks_finished_at",
+        "finished_at",
+        false,
+        "finished_at IS NOT NULL",
+    ),
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for PartialIndexes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        recreate_indexes(manager, true).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        recreate_indexes(manager, false).await
+    }
+}
+
+/// Drops and creates [`PARTIAL_INDEXES`], with their conditions when `partial`. The same SQL
+/// on PostgreSQL and SQLite (sea-query builds no partial index).
+async fn recreate_indexes(manager: &SchemaManager<'_>, partial: bool) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    for (name, columns, unique, condition) in PARTIAL_INDEXES {
+        let unique = if unique { "UNIQUE " } else { "" };
+        let condition = if partial {
+            format!(" WHERE {condition}")
+        } else {
+            String::new()
+        };
+        // One call: the two statements on one connection, in order.
+        db.execute_unprepared(&format!(
+            "DROP INDEX IF EXISTS {name}; CREATE {unique}INDEX {name} ON tasks ({columns}){condition}"
+        ))
+        .await?;
+    }
+    Ok(())
 }
