@@ -97,7 +97,7 @@ pub(crate) struct QuickItem {
     pub(crate) outcome: Outcome,
 }
 
-/// The group-commit queues of the task path's writes.
+/// The group-commit queues of the task path's writes, and of waiting calls' re-reads.
 #[derive(Debug)]
 struct Batches {
     inserts: GroupCommit<InsertItem, ()>,
@@ -167,9 +167,10 @@ pub enum StartOutcome {
 #[derive(Debug, Clone)]
 pub struct TaskStore {
     pub(crate) db: DatabaseConnection,
-    /// Group commit for the task path's writes; `None` in the writers' own handle. (Where a
-    /// method writes directly without it, that future is boxed: the batched way is what every
-    /// call takes, and its state is what thousands of calls in flight hold.)
+    /// Group commit for the task path's writes and re-reads; `None` in the writers' own
+    /// handle. (Where a method goes to the database without it, that future is boxed: the
+    /// batched way is what every call takes, and its state is what thousands of calls in
+    /// flight hold.)
     batches: Option<Arc<Batches>>,
     /// The longest any statement (so any write) may take.
     statement_timeout: Duration,
