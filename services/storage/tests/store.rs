@@ -70,6 +70,20 @@ on_both_backends!(
     many_quick_attempts_at_once_each_get_their_own_row,
 );
 
+/// Task `n`'s outcome in the many-at-once tests: every third fails with `e{n}`, the others
+/// succeed with `n`.
+fn numbered_outcome(n: usize) -> Outcome {
+    if n.is_multiple_of(3) {
+        Outcome::Failed {
+            error: format!("e{n}"),
+        }
+    } else {
+        Outcome::Succeeded {
+            result: n.to_string(),
+        }
+    }
+}
+
 /// What a database can hold: PostgreSQL keeps microseconds.
 fn to_micros(at: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
     chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap()
@@ -561,15 +575,7 @@ async fn many_attempts_start_and_end_at_once_each_with_its_own_outcome(store: Ta
         .map(|(n, task)| {
             let (store, id) = (store.clone(), task.id);
             tokio::spawn(async move {
-                let outcome = if n % 3 == 0 {
-                    Outcome::Failed {
-                        error: format!("e{n}"),
-                    }
-                } else {
-                    Outcome::Succeeded {
-                        result: n.to_string(),
-                    }
-                };
+                let outcome = numbered_outcome(n);
                 // Every fifth caller names a stale attempt: it must record nothing.
                 let attempt = if n % 5 == 0 { 7 } else { 1 };
                 (
@@ -698,15 +704,7 @@ async fn many_quick_attempts_at_once_each_get_their_own_row(store: TaskStore) {
         .map(|(n, copy, id)| {
             let store = store.clone();
             tokio::spawn(async move {
-                let outcome = if n % 3 == 0 {
-                    Outcome::Failed {
-                        error: format!("e{n}"),
-                    }
-                } else {
-                    Outcome::Succeeded {
-                        result: n.to_string(),
-                    }
-                };
+                let outcome = numbered_outcome(n);
                 let worker = format!("w{copy}");
                 let expression = n.to_string();
                 let ran = store

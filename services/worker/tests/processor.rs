@@ -293,29 +293,39 @@ async fn updates_within(updates: &mut dalc_queue::Updates, window: Duration) -> 
     seen
 }
 
-#[tokio::test]
-async fn a_cheap_task_first_delivered_is_counted_and_recorded_in_one_write() {
+/// Stores a task of `expression`, processes its message (a redelivery or not) to an ack, and
+/// returns the task as stored then, and the updates the broker carried meanwhile.
+async fn processed(expression: &str, redelivered: bool) -> (Task, Vec<Task>) {
     let Setup {
         store,
         broker,
         processor,
     } = setup().await;
     let mut updates = broker.consume_updates("gw", true).await.unwrap();
-    let (task, message) = stored(&store, "6 * 7").await;
-    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
+    let (task, message) = stored(&store, expression).await;
+    assert_eq!(
+        processor.process(&message, redelivered).await,
+        Settlement::Ack
+    );
+    let seen = updates_within(&mut updates, Duration::from_millis(300)).await;
     let done = store.get(task.id).await.unwrap().unwrap();
+    (done, seen)
+}
+
+fn statuses(updates: &[Task]) -> Vec<TaskStatus> {
+    updates.iter().map(|update| update.status).collect()
+}
+
+#[tokio::test]
+async fn a_cheap_task_first_delivered_is_counted_and_recorded_in_one_write() {
+    let (done, seen) = processed("6 * 7", false).await;
     assert_eq!(
         (done.status, done.result.as_deref(), done.attempts),
         (TaskStatus::Succeeded, Some("42"), 1)
     );
     assert!(done.started_at.is_some() && done.finished_at.is_some());
     // Straight from PENDING to its result: no RUNNING state, so no RUNNING event.
-    let seen = updates_within(&mut updates, Duration::from_millis(300)).await;
-    assert!(
-        seen.iter()
-            .all(|update| update.status != TaskStatus::Running),
-        "{seen:?}"
-    );
+    assert!(!statuses(&seen).contains(&TaskStatus::Running), "{seen:?}");
     assert!(
         seen.contains(&done),
         "the reply carries the result: {seen:?}"
@@ -325,35 +335,17 @@ async fn a_cheap_task_first_delivered_is_counted_and_recorded_in_one_write() {
 #[tokio::test]
 async fn a_redelivered_cheap_task_counts_its_attempt_before_it_is_evaluated() {
     // A redelivery may follow a crash the task caused: it goes the long way, RUNNING first.
-    let Setup {
-        store,
-        broker,
-        processor,
-    } = setup().await;
-    let mut updates = broker.consume_updates("gw", true).await.unwrap();
-    let (task, message) = stored(&store, "1 + 2").await;
-    assert_eq!(processor.process(&message, true).await, Settlement::Ack);
-    let seen = updates_within(&mut updates, Duration::from_millis(300)).await;
-    let statuses: Vec<_> = seen.iter().map(|update| update.status).collect();
+    let (done, seen) = processed("1 + 2", true).await;
+    let statuses = statuses(&seen);
     assert!(statuses.contains(&TaskStatus::Running), "{statuses:?}");
-    let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!((done.result.as_deref(), done.attempts), (Some("3"), 1));
 }
 
 #[tokio::test]
 async fn a_costly_task_is_started_before_it_is_evaluated() {
-    let Setup {
-        store,
-        broker,
-        processor,
-    } = setup().await;
-    let mut updates = broker.consume_updates("gw", true).await.unwrap();
-    let (task, message) = stored(&store, "factorial(20)").await;
-    assert_eq!(processor.process(&message, false).await, Settlement::Ack);
-    let seen = updates_within(&mut updates, Duration::from_millis(300)).await;
-    let statuses: Vec<_> = seen.iter().map(|update| update.status).collect();
+    let (done, seen) = processed("factorial(20)", false).await;
+    let statuses = statuses(&seen);
     assert!(statuses.contains(&TaskStatus::Running), "{statuses:?}");
-    let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!(
         (done.result.as_deref(), done.attempts),
         (Some("2432902008176640000"), 1)
