@@ -10,6 +10,7 @@ mod group;
 pub mod migration;
 mod pg;
 mod reads;
+mod sqlite;
 mod store;
 mod workers;
 

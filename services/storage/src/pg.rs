@@ -26,8 +26,8 @@ use crate::store::{MAX_CLOCK_OFFSET, QuickItem};
 const LOCKED_IN_ID_ORDER: &str =
     "tasks.id = ANY(ARRAY(SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE))";
 
-/// The result and reason columns of `outcome(status, detail)`.
-const OUTCOME_COLUMNS: &str = "status = outcome.status, \
+/// The result and reason columns of `outcome(status, detail)` (the same text on SQLite).
+pub(crate) const OUTCOME_COLUMNS: &str = "status = outcome.status, \
      result = CASE WHEN outcome.status = 'SUCCEEDED' THEN outcome.detail END, \
      error = CASE WHEN outcome.status = 'SUCCEEDED' THEN NULL ELSE outcome.detail END";
 
@@ -147,11 +147,18 @@ pub(crate) fn insert_tasks(items: &[(Task, Duration)]) -> Statement {
 fn outcome_arrays<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> (Value, Value) {
     let (statuses, details): (Vec<String>, Vec<String>) = outcomes
         .map(|outcome| {
-            let detail = outcome.result().or(outcome.error()).unwrap_or_default();
-            (outcome.status().as_str().to_owned(), detail.to_owned())
+            let (status, detail) = status_and_detail(outcome);
+            (status.to_owned(), detail.to_owned())
         })
         .unzip();
     (array(statuses), array(details))
+}
+
+/// An outcome as its status and one text: the result of a SUCCEEDED task, the reason of any
+/// other ([`Outcome`] carries exactly one of them).
+pub(crate) fn status_and_detail(outcome: &Outcome) -> (&'static str, &str) {
+    let detail = outcome.result().or(outcome.error()).unwrap_or_default();
+    (outcome.status().as_str(), detail)
 }
 
 fn array<T>(items: Vec<T>) -> Value

@@ -25,7 +25,7 @@ use crate::{
     entity::{self, Column, Entity as Tasks},
     group::{GroupCommit, WriteBatch},
     migration::Migrator,
-    pg,
+    pg, sqlite,
 };
 
 /// Connection settings. [`StoreOptions::default`] holds the documented defaults.
@@ -36,8 +36,8 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
     /// PostgreSQL cancels any statement that runs longer (SQLite waits this long for a lock).
     pub statement_timeout: Duration,
-    /// Connections in the pool: enough for the group-commit writers, the reads of waiting
-    /// calls and the sweeper.
+    /// Connections in the PostgreSQL pool: enough for the group-commit writers, the reads of
+    /// waiting calls and the sweeper. (A SQLite database gets one: see `connect_with`.)
     pub max_connections: u32,
 }
 
@@ -186,9 +186,18 @@ impl TaskStore {
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Self, StorageError> {
         let statement_timeout_ms = options.statement_timeout.as_millis().to_string();
         let sqlite_busy_timeout = options.statement_timeout;
+        // SQLite takes one writer at a time, and a connection that finds the lock taken backs
+        // off in SQLite's busy handler (sleeps of 1 ms, then 2, 5, 10…), and drops its page
+        // cache whenever another connection wrote. One connection makes this process's
+        // statements queue for it in order instead, with a page cache that stays warm.
+        let max_connections = if url.starts_with("sqlite:") {
+            1
+        } else {
+            options.max_connections
+        };
         let mut connect = ConnectOptions::new(url.to_owned());
         connect
-            .max_connections(options.max_connections)
+            .max_connections(max_connections)
             .connect_timeout(options.connect_timeout)
             .acquire_timeout(options.connect_timeout)
             // A connection is checked (a round trip) only after a second unused, when the
@@ -343,14 +352,7 @@ impl TaskStore {
                 .iter()
                 .map(|task| (task.clone(), publish_grace))
                 .collect();
-            match self.backend() {
-                DatabaseBackend::Postgres => {
-                    transaction.execute_raw(pg::insert_tasks(&items)).await?;
-                }
-                _ => {
-                    transaction.execute(&self.insert_statement(&items)?).await?;
-                }
-            }
+            transaction.execute_raw(self.insert_tasks(&items)).await?;
         }
         transaction.commit().await?;
         Ok(())
@@ -362,53 +364,17 @@ impl TaskStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        match self.backend() {
-            DatabaseBackend::Postgres => {
-                self.db.execute_raw(pg::insert_tasks(&items)).await?;
-            }
-            _ => {
-                self.db.execute(&self.insert_statement(&items)?).await?;
-            }
-        }
+        self.db.execute_raw(self.insert_tasks(&items)).await?;
         Ok(vec![(); items.len()])
     }
 
-    /// One multi-row INSERT of `items` (SQLite; PostgreSQL takes [`pg::insert_tasks`]).
-    fn insert_statement(
-        &self,
-        items: &[InsertItem],
-    ) -> Result<sea_orm::sea_query::InsertStatement, StorageError> {
-        let mut insert = Query::insert();
-        insert.into_table(Tasks).columns([
-            Column::Id,
-            Column::Expression,
-            Column::Status,
-            Column::CreatedAt,
-            Column::Attempts,
-            Column::Deadline,
-            Column::SweepAfter,
-            Column::Tenant,
-            Column::IdempotencyKey,
-            Column::Priority,
-        ]);
-        for (task, publish_grace) in items {
-            insert
-                .values([
-                    Expr::value(task.id.as_uuid()),
-                    Expr::value(task.expression.as_str()),
-                    Expr::value(TaskStatus::Pending.as_str()),
-                    Expr::value(task.created_at),
-                    Expr::value(0),
-                    Expr::value(task.deadline),
-                    // On the database's clock, like every instant a sweeper compares.
-                    self.db_now_plus(*publish_grace),
-                    Expr::value(task.tenant.as_str()),
-                    Expr::value(task.idempotency_key.as_deref()),
-                    Expr::value(i16::from(task.priority.get())),
-                ])
-                .map_err(|err| StorageError::Corrupt(format!("cannot build an insert: {err}")))?;
+    /// One INSERT of `items`.
+    fn insert_tasks(&self, items: &[InsertItem]) -> sea_orm::Statement {
+        match self.backend() {
+            DatabaseBackend::Postgres => pg::insert_tasks(items),
+            // On the database's clock, like every instant a sweeper compares (see `db_now`).
+            _ => sqlite::insert_tasks(items, Utc::now()),
         }
-        Ok(insert)
     }
 
     #[instrument(skip_all, fields(task_id = %id))]
@@ -739,45 +705,19 @@ impl TaskStore {
         }
     }
 
-    /// One group-committed batch of quick attempts. On PostgreSQL one statement
-    /// ([`pg::record_quick_attempts`]); on SQLite one transaction of single-row compare-and-sets.
+    /// One group-committed batch of quick attempts: one statement.
     async fn quick_attempt_batch(
         &self,
         items: Vec<QuickItem>,
     ) -> Result<Vec<Option<Task>>, StorageError> {
+        let update = match self.backend() {
+            DatabaseBackend::Postgres => pg::record_quick_attempts(&items),
+            _ => sqlite::record_quick_attempts(&items, Utc::now()),
+        };
+        let ran = self.returning(update).await?;
         // Two copies of one message in a batch: the row names the worker whose copy won.
         let ran_by =
             |item: &QuickItem, task: &Task| task.worker_id.as_deref() == Some(&*item.worker_id);
-        if self.backend() == DatabaseBackend::Postgres {
-            let ran = self.returning(pg::record_quick_attempts(&items)).await?;
-            return Ok(answer_by_id(&items, |item| item.id, ran, ran_by));
-        }
-        let transaction = self.db.begin().await?;
-        let mut ran = Vec::with_capacity(items.len());
-        for QuickItem {
-            id,
-            worker_id,
-            expression,
-            outcome,
-        } in &items
-        {
-            let update = self.new_attempt(Tasks::update_many(), worker_id);
-            let updated = self
-                .ended(update, outcome)
-                .col_expr(
-                    Column::LeaseUntil,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                )
-                .filter(Column::Id.eq(id.as_uuid()))
-                .filter(status_is(TaskStatus::Pending))
-                .filter(Column::Expression.eq(expression.as_str()))
-                .exec_with_returning(&transaction)
-                .await?;
-            for model in updated {
-                ran.push(model.into_task()?);
-            }
-        }
-        transaction.commit().await?;
         Ok(answer_by_id(&items, |item| item.id, ran, ran_by))
     }
 
