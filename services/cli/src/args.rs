@@ -168,7 +168,8 @@ pub struct ApiArgs {
 /// Task execution. Defaults come from [`WorkerConfig`]'s `DEFAULT_*` constants.
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// Tasks a worker evaluates at once (also its prefetch).
+    /// Tasks a worker holds at once (its prefetch). Expressions that take more than
+    /// microseconds evaluate one per CPU core at a time.
     #[arg(long, env = "DALC_CONCURRENCY", default_value_t = WorkerConfig::DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
     /// Unique name of this worker, recorded on the tasks it runs. Default: host name + random.

@@ -26,8 +26,9 @@ pub use process::{Processor, Settlement};
 pub struct WorkerConfig {
     /// Recorded on every task this worker starts.
     pub worker_id: String,
-    /// Tasks evaluated at once; also the broker prefetch, so no task waits in a busy worker
-    /// while another worker idles.
+    /// Tasks held at once: the broker prefetch. Most of a task's time in a worker is spent
+    /// waiting on the database and the broker, so a worker overlaps many (their writes share
+    /// group commits); attempts that evaluate for longer take turns, one per CPU core.
     pub concurrency: u16,
     /// Attempts before a task is given up on as FAILED and dead-lettered.
     pub max_attempts: u32,
@@ -57,7 +58,7 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub const DEFAULT_CONCURRENCY: u16 = 4;
+    pub const DEFAULT_CONCURRENCY: u16 = 32;
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);

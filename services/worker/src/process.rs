@@ -2,8 +2,9 @@
 
 use std::{
     future::Future,
+    num::NonZero,
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, LazyLock, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -13,6 +14,7 @@ use dalc_queue::{Delivery, Destination, QueueError, TaskMessage, UpdatePublisher
 use dalc_storage::{StartOutcome, StorageError, TaskStore, WorkerFigures};
 use dalc_telemetry::metrics::GaugeGuard;
 use futures::FutureExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 
 use crate::WorkerConfig;
@@ -45,6 +47,14 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// How long a finished result is held, retrying its write, before the task is handed back
 /// (and so re-run) instead. Well under RabbitMQ's 30-minute delivery acknowledgement timeout.
 const MAX_HOLD: Duration = Duration::from_secs(120);
+
+/// Attempts that run at once in this process, whatever its number of worker loops: one per CPU
+/// core. A worker holds many more tasks than that (`concurrency`), because most end in a quick
+/// attempt that needs microseconds of CPU and then waits on the database and the broker; an
+/// attempt may evaluate for up to a quarter of a second, so those take turns. A task waits
+/// for its turn before its attempt starts: the wait never eats into its lease.
+static ATTEMPT_SLOTS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, NonZero::get)));
 
 /// Runs tasks: shared by all of a worker's concurrent handlers.
 pub struct Processor {
@@ -197,7 +207,8 @@ impl Processor {
         if !redelivered && let Some(settlement) = self.quick_attempt(message).await? {
             return Ok(settlement);
         }
-        let task = match self.start(message, redelivered).await? {
+        let (started, _slot) = self.start(message, redelivered).await?;
+        let task = match started {
             StartOutcome::Started(task) => {
                 tracing::Span::current().record("attempt", task.attempts);
                 // Watchers hear it RUNNING, off the task's path.
@@ -232,29 +243,33 @@ impl Processor {
         attempt
     }
 
-    /// Starts an attempt. A redelivered message whose task a live lease holds came back
-    /// because its first worker lost the broker, not necessarily its life: wait for that
-    /// attempt to end, or for its lease to run out, and only then decide.
+    /// Starts an attempt, in one of [`ATTEMPT_SLOTS`] (held until the attempt ends). A
+    /// redelivered message whose task a live lease holds came back because its first worker
+    /// lost the broker, not necessarily its life: wait (without a slot) for that attempt to end,
+    /// or for its lease to run out, and only then decide.
     async fn start(
         &self,
         message: &TaskMessage,
         redelivered: bool,
-    ) -> Result<StartOutcome, Transient> {
+    ) -> Result<(StartOutcome, Option<SemaphorePermit<'static>>), Transient> {
         let lease = self.config.lease;
         let pause = (lease / 4).max(Duration::from_millis(20));
         let patience = lease.saturating_mul(2);
         let mut waited = Duration::ZERO;
         loop {
+            // The semaphore is never closed; were it, the attempt would simply run unslotted.
+            let slot = ATTEMPT_SLOTS.acquire().await.ok();
             let started = self
                 .store
                 .start_attempt(message.task_id, &self.config.worker_id, lease)
                 .await?;
             match started {
                 StartOutcome::Busy(_) if redelivered && waited < patience => {
+                    drop(slot);
                     tokio::time::sleep(pause).await;
                     waited += pause;
                 }
-                other => return Ok(other),
+                other => return Ok((other, slot)),
             }
         }
     }

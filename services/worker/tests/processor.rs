@@ -351,3 +351,53 @@ async fn a_costly_task_is_started_before_it_is_evaluated() {
         (Some("2432902008176640000"), 1)
     );
 }
+
+/// Attempts that evaluate for longer take turns, one per CPU core of the process, and a task
+/// waits for its turn before its attempt starts (so the wait never eats into its lease); a
+/// quick attempt needs no turn.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costly_attempts_take_turns_one_per_core_and_quick_ones_never_wait() {
+    const STALL: &str = "4242424242";
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let mut config = WorkerConfig::new("w1");
+    config.fault_stall_on = Some((STALL.into(), Duration::from_millis(1500)));
+    let Setup {
+        store, processor, ..
+    } = setup_with(config).await;
+    let processor = Arc::new(processor);
+    let mut costly = Vec::new();
+    for n in 0..=cores {
+        let (task, message) = stored(&store, &format!("{STALL} * 0 + {n}")).await;
+        let processor = processor.clone();
+        let handler = tokio::spawn(async move { processor.process(&message, false).await });
+        costly.push((task.id, handler));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (quick, message) = stored(&store, "1 + 1").await;
+    let answered = tokio::time::timeout(
+        Duration::from_millis(500),
+        processor.process(&message, false),
+    )
+    .await;
+    assert_eq!(
+        answered.ok(),
+        Some(Settlement::Ack),
+        "a quick attempt never waits"
+    );
+    let quick = store.get(quick.id).await.unwrap().unwrap();
+    assert_eq!(quick.result.as_deref(), Some("2"));
+
+    let running = store.count_by_status(TaskStatus::Running).await.unwrap();
+    let pending = store.count_by_status(TaskStatus::Pending).await.unwrap();
+    assert_eq!(
+        (running, pending),
+        (u64::try_from(cores).unwrap(), 1),
+        "one attempt per core; the last one not started yet"
+    );
+    for (id, handler) in costly {
+        assert_eq!(handler.await.unwrap(), Settlement::Ack);
+        let done = store.get(id).await.unwrap().unwrap();
+        assert_eq!((done.status, done.attempts), (TaskStatus::Succeeded, 1));
+    }
+}
