@@ -286,6 +286,7 @@ pub async fn run(
         publisher,
         notifier,
         waiting,
+        accepting: tokio::sync::Semaphore::new(tasks::MAX_ACCEPTING),
         waiters,
         events,
         marks,

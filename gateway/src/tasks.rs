@@ -79,6 +79,12 @@ pub(crate) struct Stats {
     pub(crate) by_status: BTreeMap<TaskStatus, u64>,
 }
 
+/// Submissions stored and queued at once. Beyond it, a burst of calls waits for a turn holding
+/// only its request, rather than thousands at once holding an insert and a publish in flight
+/// each (whose memory a gateway keeps once the burst is over); the database and the broker take
+/// them in batches of this order anyway.
+pub(crate) const MAX_ACCEPTING: usize = 256;
+
 /// The gateway's task logic, shared by all calls.
 pub(crate) struct Tasks {
     pub(crate) config: GatewayConfig,
@@ -89,6 +95,8 @@ pub(crate) struct Tasks {
     /// One permit per call that waits for tasks (sync calls, long polls, watches, batches):
     /// past `max_waiting_calls`, calls are refused instead of exhausting the gateway.
     pub(crate) waiting: Arc<Semaphore>,
+    /// One permit per submission being stored and queued (see [`MAX_ACCEPTING`]).
+    pub(crate) accepting: Semaphore,
     pub(crate) waiters: Waiters,
     /// Status events, for callers waiting for tasks other gateways accepted.
     pub(crate) events: Arc<Events>,
@@ -115,7 +123,20 @@ impl Tasks {
         // Thousands of sync calls may wait at once, so only the wait's own state stays with
         // each: the steps before it are boxed, and freed once done (and within them, the
         // idempotency key's reads, which most calls skip).
-        match Box::pin(self.accept(tenant, submission, budget, caller_context)).await? {
+        let accepted = {
+            // Each permit's wait is as bounded as any step: a burst waits its turn here.
+            let accepting = async {
+                self.accepting
+                    .acquire()
+                    .await
+                    .map_err(|_| ApiError::Unavailable("the gateway is shutting down".into()))
+            };
+            let _turn = budget
+                .bound("the task database and queue", accepting)
+                .await?;
+            Box::pin(self.accept(tenant, submission, budget, caller_context)).await?
+        };
+        match accepted {
             Accepted::Queued { task, wait: None } => Ok(task),
             Accepted::Queued {
                 task,

@@ -77,6 +77,26 @@ async fn sync_one_plus_one_is_two() {
     assert_eq!(task.id.len(), 36);
 }
 
+/// More sync calls at once than a gateway stores and queues at once: the rest wait for their
+/// turn, and every call gets its own answer.
+#[tokio::test]
+async fn a_burst_of_sync_calls_past_the_admission_limit_all_answer() {
+    let stack = stack(true).await;
+    let calls: Vec<_> = (0..600)
+        .map(|n| {
+            let mut client = stack.client.clone();
+            let request = submit(&format!("{n} + 1"), true);
+            tokio::spawn(async move { (n, client.submit_task(request).await) })
+        })
+        .collect();
+    for call in calls {
+        let (n, answer) = call.await.unwrap();
+        let task = answer.unwrap().into_inner().task.unwrap();
+        assert_eq!(task.status(), TaskStatus::Succeeded, "{n}");
+        assert_eq!(task.result, (n + 1).to_string());
+    }
+}
+
 #[tokio::test]
 async fn async_submit_is_pending_then_polling_reaches_the_result() {
     let mut stack = stack(true).await;
