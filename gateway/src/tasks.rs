@@ -120,6 +120,13 @@ impl Tasks {
         budget: CallBudget,
         caller_context: BTreeMap<String, String>,
     ) -> Result<Task, ApiError> {
+        // Bad input is refused at once, not after waiting for a turn.
+        self.validate(&submission.expression)
+            .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
+        check_idempotency_key(
+            submission.idempotency_key.as_deref(),
+            MAX_IDEMPOTENCY_KEY_LEN,
+        )?;
         // Thousands of sync calls may wait at once, so only the wait's own state stays with
         // each: the steps before it are boxed, and freed once done (and within them, the
         // idempotency key's reads, which most calls skip).
@@ -148,8 +155,8 @@ impl Tasks {
         }
     }
 
-    /// [`Tasks::submit`] up to the wait: the task stored and queued, or the task an earlier
-    /// try with the same idempotency key made.
+    /// [`Tasks::submit`] of a valid submission, in its turn, up to the wait: the task stored and
+    /// queued, or the task an earlier try with the same idempotency key made.
     async fn accept(
         &self,
         tenant: &Tenant,
@@ -163,9 +170,6 @@ impl Tasks {
             priority,
             idempotency_key,
         } = submission;
-        self.validate(&expression)
-            .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
-        check_idempotency_key(idempotency_key.as_deref(), MAX_IDEMPOTENCY_KEY_LEN)?;
         let waiting = self.reserve_wait(&budget)?;
         if let Some(key) = &idempotency_key
             && let Some(existing) = Box::pin(self.keyed_task(tenant, key, &expression)).await?

@@ -79,8 +79,8 @@ pub(crate) fn insert_tasks(items: &[(Task, Duration)], now: DateTime<Utc>) -> St
     let rows: Vec<_> = items
         .iter()
         .map(|(task, grace)| {
-            let grace = chrono::Duration::from_std(grace.min(&MAX_CLOCK_OFFSET).to_owned())
-                .unwrap_or_default();
+            let grace =
+                chrono::Duration::from_std(*grace.min(&MAX_CLOCK_OFFSET)).unwrap_or_default();
             let sweep_after = now.checked_add_signed(grace).unwrap_or(now);
             json!([
                 hex(task.id),

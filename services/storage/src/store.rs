@@ -186,18 +186,9 @@ impl TaskStore {
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Self, StorageError> {
         let statement_timeout_ms = options.statement_timeout.as_millis().to_string();
         let sqlite_busy_timeout = options.statement_timeout;
-        // SQLite takes one writer at a time, and a connection that finds the lock taken backs
-        // off in SQLite's busy handler (sleeps of 1 ms, then 2, 5, 10…), and drops its page
-        // cache whenever another connection wrote. One connection makes this process's
-        // statements queue for it in order instead, with a page cache that stays warm.
-        let max_connections = if url.starts_with("sqlite:") {
-            1
-        } else {
-            options.max_connections
-        };
         let mut connect = ConnectOptions::new(url.to_owned());
         connect
-            .max_connections(max_connections)
+            .max_connections(options.max_connections)
             .connect_timeout(options.connect_timeout)
             .acquire_timeout(options.connect_timeout)
             // A connection is checked (a round trip) only after a second unused, when the
@@ -220,12 +211,25 @@ impl TaskStore {
                 ])
             })
             .map_sqlx_sqlite_opts(move |opts| {
-                // WAL lets readers (GetTask) run while a worker writes; NORMAL sync is durable
+                // WAL lets other processes read while this one writes; NORMAL sync is durable
                 // across process crashes, which is what the embedded default promises.
                 opts.journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(sqlite_busy_timeout)
             });
+        if url.starts_with("sqlite:") {
+            // SQLite takes one writer at a time: connections that find its lock taken back
+            // off in its busy handler (sleeps of 1 ms, then 2, 5, 10…), and each drops its page
+            // cache whenever another wrote. So a process has one connection, for good (an
+            // in-memory database lives as long as it), and its statements queue for it in
+            // order, each waiting as long as it would have waited for the lock.
+            connect
+                .max_connections(1)
+                .min_connections(1)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .acquire_timeout(sqlite_busy_timeout);
+        }
         let db = Database::connect(connect).await?;
         let direct = TaskStore {
             db,

@@ -8,7 +8,11 @@
 
 mod process;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    num::NonZero,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use dalc_domain::Backoff;
 use dalc_queue::{TaskConsumer, UpdatePublisher};
@@ -28,8 +32,12 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Tasks held at once: the broker prefetch. Most of a task's time in a worker is spent
     /// waiting on the database and the broker, so a worker overlaps many (their writes share
-    /// group commits); attempts that evaluate for longer take turns, one per CPU core.
+    /// group commits); attempts that evaluate for longer take turns (`attempt_slots`).
     pub concurrency: u16,
+    /// Attempts that start and evaluate at once (quick attempts need no turn). By default
+    /// one per CPU core of the process, shared by every worker loop in it: an evaluation may
+    /// take a quarter of a second of CPU.
+    pub attempt_slots: Arc<Semaphore>,
     /// Attempts before a task is given up on as FAILED and dead-lettered.
     pub max_attempts: u32,
     /// How long an attempt owns its task: a duplicate or redelivered message may only take the
@@ -67,6 +75,7 @@ impl WorkerConfig {
         WorkerConfig {
             worker_id: worker_id.into(),
             concurrency: Self::DEFAULT_CONCURRENCY,
+            attempt_slots: PROCESS_ATTEMPT_SLOTS.clone(),
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             lease: Self::DEFAULT_LEASE,
             limits: dalc_calc::Limits::default(),
@@ -80,6 +89,12 @@ impl WorkerConfig {
         }
     }
 }
+
+/// One attempt slot per CPU core, shared by every worker of this process.
+static PROCESS_ATTEMPT_SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, NonZero::get);
+    Arc::new(Semaphore::new(cores))
+});
 
 /// Consumes tasks until `shutdown` is cancelled, then finishes and settles what it holds.
 pub async fn run(

@@ -2,9 +2,8 @@
 
 use std::{
     future::Future,
-    num::NonZero,
     panic::AssertUnwindSafe,
-    sync::{Arc, LazyLock, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -14,7 +13,7 @@ use dalc_queue::{Delivery, Destination, QueueError, TaskMessage, UpdatePublisher
 use dalc_storage::{StartOutcome, StorageError, TaskStore, WorkerFigures};
 use dalc_telemetry::metrics::GaugeGuard;
 use futures::FutureExt;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 
 use crate::WorkerConfig;
@@ -47,14 +46,6 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// How long a finished result is held, retrying its write, before the task is handed back
 /// (and so re-run) instead. Well under RabbitMQ's 30-minute delivery acknowledgement timeout.
 const MAX_HOLD: Duration = Duration::from_secs(120);
-
-/// Attempts that run at once in this process, whatever its number of worker loops: one per CPU
-/// core. A worker holds many more tasks than that (`concurrency`), because most end in a quick
-/// attempt that needs microseconds of CPU and then waits on the database and the broker; an
-/// attempt may evaluate for up to a quarter of a second, so those take turns. A task waits
-/// for its turn before its attempt starts: the wait never eats into its lease.
-static ATTEMPT_SLOTS: LazyLock<Semaphore> =
-    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, NonZero::get)));
 
 /// Runs tasks: shared by all of a worker's concurrent handlers.
 pub struct Processor {
@@ -195,10 +186,7 @@ impl Processor {
         redelivered: bool,
     ) -> Result<Settlement, Transient> {
         let reply_to = message.reply_to.as_deref();
-        if message
-            .deadline
-            .is_some_and(|deadline| deadline <= Utc::now())
-        {
+        if past_deadline(message) {
             return self
                 .end_unstarted(message, &Outcome::expired_unstarted())
                 .await;
@@ -207,7 +195,12 @@ impl Processor {
         if !redelivered && let Some(settlement) = self.quick_attempt(message).await? {
             return Ok(settlement);
         }
-        let (started, _slot) = self.start(message, redelivered).await?;
+        let Some((started, slot)) = self.start(message, redelivered).await? else {
+            // Its deadline passed while it waited for its turn.
+            return self
+                .end_unstarted(message, &Outcome::expired_unstarted())
+                .await;
+        };
         let task = match started {
             StartOutcome::Started(task) => {
                 tracing::Span::current().record("attempt", task.attempts);
@@ -216,6 +209,7 @@ impl Processor {
                 task
             }
             StartOutcome::AlreadyTerminal(task) => {
+                drop(slot);
                 // A redelivery or a duplicate of finished work: only the reply may have been lost.
                 debug!(status = %task.status, "already terminal; replying again");
                 self.updates.publish_update(reply_to, &task).await?;
@@ -232,7 +226,7 @@ impl Processor {
                 return Ok(Settlement::Ack);
             }
         };
-        let attempt = self.run_attempt(&task, reply_to).await;
+        let attempt = self.run_attempt(&task, reply_to, slot).await;
         if attempt.is_err() {
             // Handing the message back: let its next delivery take over at once rather than
             // wait out our lease. Best effort; an unreleased lease simply runs out.
@@ -243,22 +237,27 @@ impl Processor {
         attempt
     }
 
-    /// Starts an attempt, in one of [`ATTEMPT_SLOTS`] (held until the attempt ends). A
-    /// redelivered message whose task a live lease holds came back because its first worker
-    /// lost the broker, not necessarily its life: wait (without a slot) for that attempt to end,
-    /// or for its lease to run out, and only then decide.
+    /// Starts an attempt once it has its turn (one of `attempt_slots`, for its evaluation):
+    /// waiting for the turn first, the wait never eats into the attempt's lease. `None`: the
+    /// task's deadline passed meanwhile. A redelivered message whose task a live lease holds
+    /// came back because its first worker lost the broker, not necessarily its life: wait
+    /// (without a turn) for that attempt to end, or for its lease to run out, and only then
+    /// decide.
     async fn start(
         &self,
         message: &TaskMessage,
         redelivered: bool,
-    ) -> Result<(StartOutcome, Option<SemaphorePermit<'static>>), Transient> {
+    ) -> Result<Option<(StartOutcome, Option<OwnedSemaphorePermit>)>, Transient> {
         let lease = self.config.lease;
         let pause = (lease / 4).max(Duration::from_millis(20));
         let patience = lease.saturating_mul(2);
         let mut waited = Duration::ZERO;
         loop {
             // The semaphore is never closed; were it, the attempt would simply run unslotted.
-            let slot = ATTEMPT_SLOTS.acquire().await.ok();
+            let slot = self.config.attempt_slots.clone().acquire_owned().await.ok();
+            if past_deadline(message) {
+                return Ok(None);
+            }
             let started = self
                 .store
                 .start_attempt(message.task_id, &self.config.worker_id, lease)
@@ -269,18 +268,21 @@ impl Processor {
                     tokio::time::sleep(pause).await;
                     waited += pause;
                 }
-                other => return Ok((other, slot)),
+                other => return Ok(Some((other, slot))),
             }
         }
     }
 
-    /// Evaluates a started attempt and records how it ended.
+    /// Evaluates a started attempt in its turn (`slot`, given back once evaluated) and records
+    /// how it ended.
     async fn run_attempt(
         &self,
         task: &Task,
         reply_to: Option<&str>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Settlement, Transient> {
         if task.attempts > self.config.max_attempts {
+            drop(slot);
             let gave_up = Outcome::Failed {
                 error: format!("gave up after {} attempts", self.config.max_attempts),
             };
@@ -288,8 +290,9 @@ impl Processor {
                 .end_attempt(task, &gave_up, reply_to, Settlement::DeadLetter)
                 .await;
         }
-        let outcome = self.evaluate(task).await?;
-        self.end_attempt(task, &outcome, reply_to, Settlement::Ack)
+        let outcome = self.evaluate(task).await;
+        drop(slot);
+        self.end_attempt(task, &outcome?, reply_to, Settlement::Ack)
             .await
     }
 
@@ -511,6 +514,13 @@ impl Processor {
 }
 
 /// What an evaluation comes to: a result, or the engine's reason for none.
+/// The task's deadline has passed: it must not start.
+fn past_deadline(message: &TaskMessage) -> bool {
+    message
+        .deadline
+        .is_some_and(|deadline| deadline <= Utc::now())
+}
+
 fn outcome_of(evaluated: Result<dalc_calc::Value, dalc_calc::CalcError>) -> Outcome {
     match evaluated {
         Ok(value) => Outcome::Succeeded {

@@ -352,22 +352,23 @@ async fn a_costly_task_is_started_before_it_is_evaluated() {
     );
 }
 
-/// Attempts that evaluate for longer take turns, one per CPU core of the process, and a task
-/// waits for its turn before its attempt starts (so the wait never eats into its lease); a
-/// quick attempt needs no turn.
+/// Attempts that evaluate for longer take turns (one per attempt slot), and a task waits for
+/// its turn before its attempt starts, so the wait never eats into its lease; a quick attempt
+/// needs no turn.
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn costly_attempts_take_turns_one_per_core_and_quick_ones_never_wait() {
+async fn costly_attempts_take_turns_and_quick_ones_never_wait() {
     const STALL: &str = "4242424242";
-    let cores = std::thread::available_parallelism().unwrap().get();
+    const SLOTS: usize = 2;
     let mut config = WorkerConfig::new("w1");
     config.fault_stall_on = Some((STALL.into(), Duration::from_millis(1500)));
+    config.attempt_slots = Arc::new(tokio::sync::Semaphore::new(SLOTS));
     let Setup {
         store, processor, ..
     } = setup_with(config).await;
     let processor = Arc::new(processor);
     let mut costly = Vec::new();
-    for n in 0..=cores {
+    for n in 0..=SLOTS {
         let (task, message) = stored(&store, &format!("{STALL} * 0 + {n}")).await;
         let processor = processor.clone();
         let handler = tokio::spawn(async move { processor.process(&message, false).await });
@@ -392,12 +393,36 @@ async fn costly_attempts_take_turns_one_per_core_and_quick_ones_never_wait() {
     let pending = store.count_by_status(TaskStatus::Pending).await.unwrap();
     assert_eq!(
         (running, pending),
-        (u64::try_from(cores).unwrap(), 1),
-        "one attempt per core; the last one not started yet"
+        (SLOTS as u64, 1),
+        "one attempt per slot; the last one not started yet"
     );
     for (id, handler) in costly {
         assert_eq!(handler.await.unwrap(), Settlement::Ack);
         let done = store.get(id).await.unwrap().unwrap();
         assert_eq!((done.status, done.attempts), (TaskStatus::Succeeded, 1));
     }
+}
+
+/// A task whose deadline passes while it waits for its turn expires unrun.
+#[tokio::test]
+async fn a_task_whose_deadline_passes_while_it_waits_for_its_turn_expires_unrun() {
+    let mut config = WorkerConfig::new("w1");
+    let slots = Arc::new(tokio::sync::Semaphore::new(1));
+    config.attempt_slots = slots.clone();
+    let Setup {
+        store, processor, ..
+    } = setup_with(config).await;
+    let task = Task::new(
+        "2 ^ 10",
+        Some(Utc::now() + chrono::Duration::milliseconds(300)),
+    );
+    store.insert(&task, Duration::ZERO).await.unwrap();
+    let message = TaskMessage::for_task(&task, None);
+    let turn = slots.acquire_owned().await.unwrap();
+    let processing = tokio::spawn(async move { processor.process(&message, false).await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(turn);
+    assert_eq!(processing.await.unwrap(), Settlement::Ack);
+    let ended = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!((ended.status, ended.attempts), (TaskStatus::Expired, 0));
 }
