@@ -79,9 +79,7 @@ pub(crate) fn insert_tasks(items: &[(Task, Duration)], now: DateTime<Utc>) -> St
     let rows: Vec<_> = items
         .iter()
         .map(|(task, grace)| {
-            let grace =
-                chrono::Duration::from_std(*grace.min(&MAX_CLOCK_OFFSET)).unwrap_or_default();
-            let sweep_after = now.checked_add_signed(grace).unwrap_or(now);
+            let sweep_after = clock_offset(now, *grace, true);
             json!([
                 hex(task.id),
                 task.expression,
@@ -95,6 +93,18 @@ pub(crate) fn insert_tasks(items: &[(Task, Duration)], now: DateTime<Utc>) -> St
         })
         .collect();
     statement(&SQL, vec![json_text(rows)])
+}
+
+/// `now` moved `offset` (at most [`MAX_CLOCK_OFFSET`]) ahead or back: a SQLite file is on this
+/// host, so this process's clock is the database's.
+pub(crate) fn clock_offset(now: DateTime<Utc>, offset: Duration, ahead: bool) -> DateTime<Utc> {
+    let offset = chrono::Duration::from_std(offset.min(MAX_CLOCK_OFFSET)).unwrap_or_default();
+    let moved = if ahead {
+        now.checked_add_signed(offset)
+    } else {
+        now.checked_sub_signed(offset)
+    };
+    moved.unwrap_or(now)
 }
 
 /// An instant as sqlx writes one to SQLite.

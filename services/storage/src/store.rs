@@ -222,13 +222,14 @@ impl TaskStore {
             // off in its busy handler (sleeps of 1 ms, then 2, 5, 10…), and each drops its page
             // cache whenever another wrote. So a process has one connection, for good (an
             // in-memory database lives as long as it), and its statements queue for it in
-            // order, each waiting as long as it would have waited for the lock.
+            // order, each waiting as long as it would have waited for the lock (and at least
+            // as long as connecting may take: the pool opens the connection within that wait).
             connect
                 .max_connections(1)
                 .min_connections(1)
                 .max_lifetime(None)
                 .idle_timeout(None)
-                .acquire_timeout(sqlite_busy_timeout);
+                .acquire_timeout(sqlite_busy_timeout.max(options.connect_timeout));
         }
         let db = Database::connect(connect).await?;
         let direct = TaskStore {
@@ -306,16 +307,7 @@ impl TaskStore {
                     "(statement_timestamp() {sign} {ms} * interval '1 millisecond')"
                 ))
             }
-            _ => {
-                let offset = chrono::Duration::from_std(offset).unwrap_or(chrono::Duration::zero());
-                let now = Utc::now();
-                let at = if ahead {
-                    now.checked_add_signed(offset)
-                } else {
-                    now.checked_sub_signed(offset)
-                };
-                Expr::value(at.unwrap_or(now))
-            }
+            _ => Expr::value(sqlite::clock_offset(Utc::now(), offset, ahead)),
         }
     }
 

@@ -513,7 +513,6 @@ impl Processor {
     }
 }
 
-/// What an evaluation comes to: a result, or the engine's reason for none.
 /// The task's deadline has passed: it must not start.
 fn past_deadline(message: &TaskMessage) -> bool {
     message
@@ -521,6 +520,7 @@ fn past_deadline(message: &TaskMessage) -> bool {
         .is_some_and(|deadline| deadline <= Utc::now())
 }
 
+/// What an evaluation comes to: a result, or the engine's reason for none.
 fn outcome_of(evaluated: Result<dalc_calc::Value, dalc_calc::CalcError>) -> Outcome {
     match evaluated {
         Ok(value) => Outcome::Succeeded {
