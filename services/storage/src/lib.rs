@@ -4,6 +4,7 @@
 //! ([`migration`]), and [`TaskStore`], the repository every other crate goes through. State
 //! changes are compare-and-set updates, so two workers can never both record a result.
 
+mod checkpoint;
 pub mod entity;
 mod error;
 mod group;

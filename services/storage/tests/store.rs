@@ -521,6 +521,56 @@ async fn a_statement_timeout_on_postgres_is_an_outage_not_a_bug() {
     assert!(!err.is_unavailable(), "{err}");
 }
 
+/// One setting as a connection of the store's pool sees it (`SHOW` or `PRAGMA`).
+async fn setting(store: &TaskStore, query: &str) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let backend = store.backend();
+    let row = store
+        .connection()
+        .query_one_raw(Statement::from_string(backend, query))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<String>(0)
+        .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn postgres_connections_plan_for_short_statements() {
+    let store = postgres().await;
+    // No plan compiled to machine code (with sequential scans off, a statement with no index
+    // to use looks expensive enough for it, at every execution), no table scans, plans kept.
+    assert_eq!(setting(&store, "SHOW jit").await, "off");
+    assert_eq!(setting(&store, "SHOW enable_seqscan").await, "off");
+    assert_eq!(
+        setting(&store, "SHOW plan_cache_mode").await,
+        "force_generic_plan"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_checkpoints_happen_beside_the_serving_connection() {
+    let url = dalc_testkit::fresh_sqlite_database();
+    let file = url
+        .trim_start_matches("sqlite://")
+        .trim_end_matches("?mode=rwc")
+        .to_owned();
+    let store = store(&url).await;
+    // The serving connection never stops to checkpoint...
+    assert_eq!(setting(&store, "PRAGMA wal_autocheckpoint").await, "0");
+    let tasks: Vec<Task> = (0..3000).map(|n| Task::new(n.to_string(), None)).collect();
+    store.insert_all(&tasks, NOW).await.unwrap();
+    // ...and yet what it wrote reaches the database file, not only its log.
+    let size = || std::fs::metadata(&file).map(|meta| meta.len()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+    while size() < 512 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert!(size() >= 512 * 1024, "a database file of {} bytes", size());
+    assert_eq!(store.all().await.unwrap().len(), 3000);
+}
+
 #[tokio::test]
 async fn a_locked_sqlite_database_is_an_outage_not_a_bug() {
     use sea_orm::{ConnectionTrait, Database, TransactionTrait};
