@@ -29,13 +29,19 @@ pub(crate) struct Checkpoints {
     /// A log of more pages than this is started over (a RESTART checkpoint): the most the
     /// log holds under a steady load, give or take what one pause adds.
     pub(crate) restart_above: i64,
+    /// How long a RESTART checkpoint waits for the writer to finish and for readers to move
+    /// on (it holds writers off meanwhile). Short: it gives up and tries again at the next turn
+    /// rather than stall the serving connection behind another process's long read.
+    pub(crate) patience: Duration,
 }
 
 impl Checkpoints {
-    /// Every 200 ms, and a log started over past 4,096 pages (16 MiB of 4 KiB pages).
+    /// Every 200 ms; a log started over past 4,096 pages (16 MiB of 4 KiB pages), waiting up
+    /// to 100 ms for its turn.
     pub(crate) const DEFAULT: Checkpoints = Checkpoints {
         every: Duration::from_millis(200),
         restart_above: 4096,
+        patience: Duration::from_millis(100),
     };
 }
 
@@ -75,21 +81,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::time::Instant;
 
-    use sea_orm::{ConnectOptions, Database, sqlx::sqlite::SqliteJournalMode};
+    use sea_orm::{ConnectOptions, Database};
 
     use super::*;
+    use crate::store::sqlite_connection;
 
-    /// A connection as the store opens one: WAL, and no checkpoints of its own.
-    async fn open(url: &str) -> DatabaseConnection {
+    /// A connection as the store opens one, waiting up to `busy_timeout` for a lock.
+    async fn open(url: &str, busy_timeout: Duration) -> DatabaseConnection {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(1)
             .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|opts| {
-                opts.journal_mode(SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .pragma("wal_autocheckpoint", "0")
-            });
+            .map_sqlx_sqlite_opts(move |opts| sqlite_connection(opts, busy_timeout));
         Database::connect(options).await.unwrap()
     }
 
@@ -104,7 +107,7 @@ mod tests {
             .trim_start_matches("sqlite://")
             .trim_end_matches("?mode=rwc")
             .to_owned();
-        let serving = open(&url).await;
+        let serving = open(&url, Duration::from_secs(10)).await;
         serving
             .execute_unprepared("CREATE TABLE pages (body BLOB NOT NULL)")
             .await
@@ -112,8 +115,9 @@ mod tests {
         let checkpoints = Checkpoints {
             every: Duration::from_millis(20),
             restart_above: 64,
+            patience: Duration::from_millis(100),
         };
-        let checkpointer = tokio::spawn(run(open(&url).await, checkpoints));
+        let checkpointer = tokio::spawn(run(open(&url, checkpoints.patience).await, checkpoints));
         // Writes without a pause, each a page or so of log, for a while: about 100 MiB of log
         // were nothing ever checkpointed.
         let started = Instant::now();

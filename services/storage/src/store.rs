@@ -15,7 +15,7 @@ use sea_orm::{
     DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
     UpdateMany,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query, SimpleExpr},
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
 use tracing::instrument;
@@ -190,6 +190,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How every SQLite connection is opened; `busy_timeout`: how long a statement waits for a lock
+/// another connection holds.
+pub(crate) fn sqlite_connection(
+    opts: SqliteConnectOptions,
+    busy_timeout: Duration,
+) -> SqliteConnectOptions {
+    // WAL lets other processes read while this one writes; NORMAL sync is durable across
+    // process crashes, which is what the embedded default promises.
+    opts.journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(busy_timeout)
+        // Checkpoints run on a connection of their own (`checkpoint`): on the serving one, a
+        // checkpoint would hold up every statement of the process while it copies and syncs.
+        .pragma("wal_autocheckpoint", "0")
+}
+
 /// A SQLite database on a file: it keeps a write-ahead log (an in-memory one has none).
 fn has_write_ahead_log(url: &str) -> bool {
     url.starts_with("sqlite:") && !url.contains(":memory:") && !url.contains("mode=memory")
@@ -235,16 +251,7 @@ impl TaskStore {
                     ("jit", "off"),
                 ])
             })
-            .map_sqlx_sqlite_opts(move |opts| {
-                // WAL lets other processes read while this one writes; NORMAL sync is durable
-                // across process crashes, which is what the embedded default promises.
-                opts.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(sqlite_busy_timeout)
-                    // Checkpoints run on a connection of their own (`checkpoint`): here, one
-                    // would hold up every statement of the process while it copies and syncs.
-                    .pragma("wal_autocheckpoint", "0")
-            });
+            .map_sqlx_sqlite_opts(move |opts| sqlite_connection(opts, sqlite_busy_timeout));
         if url.starts_with("sqlite:") {
             // SQLite takes one writer at a time: connections that find its lock taken back
             // off in its busy handler (sleeps of 1 ms, then 2, 5, 10…), and each drops its page
@@ -260,8 +267,11 @@ impl TaskStore {
                 .acquire_timeout(sqlite_busy_timeout.max(options.connect_timeout));
         }
         let checkpointer = if has_write_ahead_log(url) {
-            let own = Database::connect(connect.clone()).await?;
-            let run = tokio::spawn(checkpoint::run(own, Checkpoints::DEFAULT));
+            let checkpoints = Checkpoints::DEFAULT;
+            let mut own = connect.clone();
+            own.map_sqlx_sqlite_opts(move |opts| sqlite_connection(opts, checkpoints.patience));
+            let own = Database::connect(own).await?;
+            let run = tokio::spawn(checkpoint::run(own, checkpoints));
             Some(Arc::new(AbortOnDrop(run)))
         } else {
             None
