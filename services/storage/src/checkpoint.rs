@@ -3,9 +3,9 @@
 //! A process serves SQLite through one connection (see `TaskStore::connect_with`). Left to
 //! itself, SQLite checkpoints on that connection after a commit whenever the write-ahead log
 //! passes 1,000 pages: it copies them into the database file and syncs both files, and every
-//! statement of the process waits meanwhile. Under a steady load that was a stall of tens of
-//! milliseconds every few hundred (a third of `dalc up`'s calls took more than twice the median
-//! for it).
+//! statement of the process waits meanwhile. Under `dalc up`'s benchmark load that was a stall
+//! of tens of milliseconds every few hundred, and a tenth of its calls took 35–45 ms against
+//! a median of 13–17 ms.
 //!
 //! So the serving connection never checkpoints (`wal_autocheckpoint = 0`), and a second
 //! connection does it beside it. A PASSIVE checkpoint copies the log while the serving
