@@ -201,9 +201,12 @@ pub(crate) fn sqlite_connection(
     opts.journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(busy_timeout)
-        // Checkpoints run on a connection of their own (`checkpoint`): on the serving one, a
-        // checkpoint would hold up every statement of the process while it copies and syncs.
+        // Checkpoints are copied on a connection of their own (`checkpoint`): on the serving
+        // one, each would hold up every statement of the process while it copies and syncs.
         .pragma("wal_autocheckpoint", "0")
+        // The log's file is reused from its start rather than shrunk; past a spike that grew
+        // it, it is cut back to this size (64 MiB) when it starts over.
+        .pragma("journal_size_limit", "67108864")
 }
 
 /// A SQLite database on a file: it keeps a write-ahead log (an in-memory one has none).
@@ -255,10 +258,12 @@ impl TaskStore {
         if url.starts_with("sqlite:") {
             // SQLite takes one writer at a time: connections that find its lock taken back
             // off in its busy handler (sleeps of 1 ms, then 2, 5, 10…), and each drops its page
-            // cache whenever another wrote. So a process has one connection, for good (an
-            // in-memory database lives as long as it), and its statements queue for it in
-            // order, each waiting as long as it would have waited for the lock (and at least
-            // as long as connecting may take: the pool opens the connection within that wait).
+            // cache whenever another wrote. So a process serves SQLite through one connection,
+            // for good (an in-memory database lives as long as it), and its statements queue
+            // for it in order, each waiting as long as it would have waited for the lock (and
+            // at least as long as connecting may take: the pool opens the connection within
+            // that wait). The checkpointer's connection (`checkpoint`) only reads and copies,
+            // and never takes the write lock.
             connect
                 .max_connections(1)
                 .min_connections(1)
@@ -266,17 +271,14 @@ impl TaskStore {
                 .idle_timeout(None)
                 .acquire_timeout(sqlite_busy_timeout.max(options.connect_timeout));
         }
+        let db = Database::connect(connect.clone()).await?;
         let checkpointer = if has_write_ahead_log(url) {
-            let checkpoints = Checkpoints::DEFAULT;
-            let mut own = connect.clone();
-            own.map_sqlx_sqlite_opts(move |opts| sqlite_connection(opts, checkpoints.patience));
-            let own = Database::connect(own).await?;
-            let run = tokio::spawn(checkpoint::run(own, checkpoints));
-            Some(Arc::new(AbortOnDrop(run)))
+            let own = Database::connect(connect).await?;
+            let run = checkpoint::run(own, db.clone(), Checkpoints::DEFAULT);
+            Some(Arc::new(AbortOnDrop(tokio::spawn(run))))
         } else {
             None
         };
-        let db = Database::connect(connect).await?;
         let direct = TaskStore {
             db,
             batches: None,
