@@ -128,7 +128,7 @@ mod tests {
         Database::connect(options).await.unwrap()
     }
 
-    fn size(path: &str) -> u64 {
+    fn size(path: &std::path::Path) -> u64 {
         std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0)
     }
 
@@ -136,11 +136,7 @@ mod tests {
     // left the checkpointer no turn for seconds at a time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_steady_stream_of_writes_keeps_the_log_short_and_the_file_current() {
-        let url = dalc_testkit::fresh_sqlite_database();
-        let file = url
-            .trim_start_matches("sqlite://")
-            .trim_end_matches("?mode=rwc")
-            .to_owned();
+        let (url, file) = dalc_testkit::fresh_sqlite_file();
         let serving = open(&url).await;
         serving
             .execute_unprepared("CREATE TABLE pages (body BLOB NOT NULL)")
@@ -164,7 +160,7 @@ mod tests {
         // The log started over again and again (its file is reused from its start), and what
         // it held reached the database file. (Copied on the second connection alone, it grew
         // to 60 MiB; started over, it stayed at 4–12 MiB on a busy machine.)
-        let log = size(&format!("{file}-wal"));
+        let log = size(&file.with_extension("db-wal"));
         assert!(log < 24 << 20, "{WRITES} writes left a log of {log} bytes");
         let copied = size(&file);
         assert!(

@@ -551,11 +551,7 @@ async fn postgres_connections_plan_for_short_statements() {
 
 #[tokio::test]
 async fn sqlite_checkpoints_happen_beside_the_serving_connection() {
-    let url = dalc_testkit::fresh_sqlite_database();
-    let file = url
-        .trim_start_matches("sqlite://")
-        .trim_end_matches("?mode=rwc")
-        .to_owned();
+    let (url, file) = dalc_testkit::fresh_sqlite_file();
     let store = store(&url).await;
     // The serving connection never stops to checkpoint...
     assert_eq!(setting(&store, "PRAGMA wal_autocheckpoint").await, "0");

@@ -93,7 +93,14 @@ pub async fn drop_postgres_database(url: &str) {
 
 /// A SQLite database file in a fresh temporary directory, as a URL that creates it.
 pub fn fresh_sqlite_database() -> String {
+    fresh_sqlite_file().0
+}
+
+/// [`fresh_sqlite_database`], with the path of its file (its write-ahead log is beside it, with
+/// `-wal` appended).
+pub fn fresh_sqlite_file() -> (String, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("dalc-test-{}", unique_token()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    format!("sqlite://{}?mode=rwc", dir.join("dalc.db").display())
+    let file = dir.join("dalc.db");
+    (format!("sqlite://{}?mode=rwc", file.display()), file)
 }
