@@ -7,7 +7,7 @@ use dalc_domain::{Backoff, Outcome, Priority, Task, TaskId, TaskStatus};
 use dalc_queue::{TaskMessage, TaskPublisher, UpdatePublisher};
 use dalc_storage::{Cancelled, PageCursor, StorageError, TaskStore, WorkerRecord};
 use dalc_telemetry::metrics::GaugeGuard;
-use futures::{StreamExt, stream, stream::BoxStream};
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream, stream::BoxStream};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
@@ -112,14 +112,48 @@ pub(crate) struct Tasks {
 impl Tasks {
     /// Validates, stores and queues an expression; with a wait in `budget`, waits until then for
     /// the task to end and returns it as it then stands. Every step ends by the call's deadline.
-    #[instrument(skip_all, fields(task_id))]
-    pub(crate) async fn submit(
+    ///
+    /// Thousands of sync calls may wait at once, so while one waits it holds the wait's state
+    /// alone: the steps before it run in a box of their own, freed once done, and so does the
+    /// wait. Not an `async fn`, whose future would keep a copy of every argument throughout.
+    pub(crate) fn submit(
         &self,
-        tenant: &Tenant,
+        tenant: Tenant,
         submission: Submission,
         budget: CallBudget,
         caller_context: BTreeMap<String, String>,
-    ) -> Result<Task, ApiError> {
+    ) -> impl Future<Output = Result<Task, ApiError>> + Send + '_ {
+        let accept =
+            Box::pin(self.accept_in_turn(tenant.clone(), submission, budget, caller_context));
+        async move {
+            let (wait, _waiting): (BoxFuture<'_, Result<Task, ApiError>>, _) = match accept.await? {
+                Accepted::Queued { task, wait: None } => return Ok(task),
+                Accepted::Queued {
+                    task,
+                    wait: Some((until, subscription, waiting)),
+                } => (
+                    Box::pin(self.wait_for(task, subscription, until).map(Ok)),
+                    waiting,
+                ),
+                Accepted::Existing { id, waiting } => {
+                    let follow = async move { self.read_and_follow(&tenant, id, budget).await };
+                    (Box::pin(follow), waiting)
+                }
+            };
+            wait.await
+        }
+        .instrument(info_span!("submit", task_id = tracing::field::Empty))
+    }
+
+    /// [`Tasks::submit`] up to the wait: bad input refused at once, then in its turn
+    /// [`Tasks::accept`], boxed: a burst waits for its turn without the state of the steps.
+    async fn accept_in_turn(
+        &self,
+        tenant: Tenant,
+        submission: Submission,
+        budget: CallBudget,
+        caller_context: BTreeMap<String, String>,
+    ) -> Result<Accepted, ApiError> {
         // Bad input is refused at once, not after waiting for a turn.
         self.validate(&submission.expression)
             .map_err(|err| ApiError::InvalidArgument(format!("invalid expression: {err}")))?;
@@ -127,32 +161,17 @@ impl Tasks {
             submission.idempotency_key.as_deref(),
             MAX_IDEMPOTENCY_KEY_LEN,
         )?;
-        // Thousands of sync calls may wait at once, so only the wait's own state stays with
-        // each: the steps before it are boxed, and freed once done (and within them, the
-        // idempotency key's reads, which most calls skip).
-        let accepted = {
-            // Each permit's wait is as bounded as any step: a burst waits its turn here.
-            let accepting = async {
-                self.accepting
-                    .acquire()
-                    .await
-                    .map_err(|_| ApiError::Unavailable("the gateway is shutting down".into()))
-            };
-            let _turn = budget
-                .bound("the task database and queue", accepting)
-                .await?;
-            Box::pin(self.accept(tenant, submission, budget, caller_context)).await?
+        // Each permit's wait is as bounded as any step: a burst waits its turn here.
+        let accepting = async {
+            self.accepting
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Unavailable("the gateway is shutting down".into()))
         };
-        match accepted {
-            Accepted::Queued { task, wait: None } => Ok(task),
-            Accepted::Queued {
-                task,
-                wait: Some((until, subscription, _waiting)),
-            } => Ok(self.wait_for(task, subscription, until).await),
-            Accepted::Existing { id, waiting: _held } => {
-                Box::pin(self.read_and_follow(tenant, id, budget)).await
-            }
-        }
+        let _turn = budget
+            .bound("the task database and queue", accepting)
+            .await?;
+        Box::pin(self.accept(&tenant, submission, budget, caller_context)).await
     }
 
     /// [`Tasks::submit`] of a valid submission, in its turn, up to the wait: the task stored and
@@ -536,46 +555,54 @@ impl Tasks {
     /// Waits for `task` to end, until `until`; never fails: at the end of the wait or on a
     /// database fault it returns the task as last seen, and the client can poll on. Every read
     /// is bounded by `until`, so the answer is never late.
-    #[instrument(name = "wait for result", skip_all)]
-    pub(crate) async fn wait_for(
+    ///
+    /// Thousands of calls may wait at once, and this is what each holds meanwhile. It is not an
+    /// `async fn`, whose future would store its arguments twice (as passed, then as bound).
+    pub(crate) fn wait_for(
         &self,
         mut task: Task,
         mut subscription: Subscription,
         until: Instant,
-    ) -> Task {
-        let _waiting = GaugeGuard::inc(&self.config.metrics.waiting_calls);
-        let mut polls = Backoff::new(self.config.poll_interval, MAX_POLL_INTERVAL);
-        let last_read = until.checked_sub(LAST_READ_ALLOWANCE).unwrap_or(until);
-        while !task.is_terminal() {
-            let next_poll = (Instant::now() + polls.peek()).min(last_read);
-            tokio::select! {
-                () = self.draining.cancelled() => return task,
-                update = subscription.next() => {
-                    if update.is_terminal() {
-                        return update;
+    ) -> impl Future<Output = Task> + Send + '_ {
+        async move {
+            let _waiting = GaugeGuard::inc(&self.config.metrics.waiting_calls);
+            let mut polls = Backoff::new(self.config.poll_interval, MAX_POLL_INTERVAL);
+            let last_read = until.checked_sub(LAST_READ_ALLOWANCE).unwrap_or(until);
+            while !task.is_terminal() {
+                let next_poll = (Instant::now() + polls.peek()).min(last_read);
+                // No branch awaits, so what the select holds is gone before the read below.
+                let poll_due = tokio::select! {
+                    () = self.draining.cancelled() => return task,
+                    update = subscription.next() => {
+                        if update.is_terminal() {
+                            return update;
+                        }
+                        // RUNNING: what the caller sees if the wait ends now.
+                        task = update;
+                        false
                     }
-                    // RUNNING: what the caller sees if the wait ends now.
-                    task = update;
+                    () = tokio::time::sleep_until(next_poll) => true,
+                };
+                if !poll_due {
+                    continue;
                 }
-                () = tokio::time::sleep_until(next_poll) => {
-                    // A lost reply or event must not make us wait for nothing: the database
-                    // has the truth.
-                    // Boxed: rare, and kept out of the state every waiting call holds.
-                    let reread = Box::pin(tokio::time::timeout_at(until, self.store.reread(task.id)));
-                    match reread.await {
-                        Ok(Ok(Some(stored))) => task = stored,
-                        Ok(Ok(None)) => {}
-                        Ok(Err(err)) => warn!(error = %err, "cannot re-read a waited-for task"),
-                        Err(_) => return task,
-                    }
-                    if Instant::now() >= last_read {
-                        return task;
-                    }
-                    polls.next_delay();
+                // A lost reply or event must not make us wait for nothing: the database has
+                // the truth. Boxed: rare, and kept out of the state every waiting call holds.
+                let reread = Box::pin(tokio::time::timeout_at(until, self.store.reread(task.id)));
+                match reread.await {
+                    Ok(Ok(Some(stored))) => task = stored,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(err)) => warn!(error = %err, "cannot re-read a waited-for task"),
+                    Err(_) => return task,
                 }
+                if Instant::now() >= last_read {
+                    return task;
+                }
+                polls.next_delay();
             }
+            task
         }
-        task
+        .instrument(info_span!("wait for result"))
     }
 
     /// The publish failed (or was cut off), so no worker may see the tasks: end them rather than
