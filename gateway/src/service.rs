@@ -309,6 +309,7 @@ fn record_error(span: &Span, err: ApiError) -> Status {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use std::time::Duration;
 
     use dalc_queue::memory::MemoryBroker;
