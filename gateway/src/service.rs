@@ -178,7 +178,6 @@ impl TaskService for TaskServiceImpl {
 }
 
 impl TaskServiceImpl {
-    /// The caller's tenant: from its API key when the gateway has keys, else the one tenant.
     /// SubmitTask's checks, made at once, and the submission that follows, in the call's span.
     /// Thousands of sync calls may wait at once, so what each holds while it waits is that
     /// future alone: the request and its metadata are gone by then.
@@ -192,28 +191,36 @@ impl TaskServiceImpl {
         let (metadata, _, request) = request.into_parts();
         let caller = caller_trace_context(&metadata);
         let span = server_span("SubmitTask", &caller);
-        let checked = span.in_scope(|| {
-            let tenant = self.authenticate(&metadata)?;
-            let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
-            let submission = Submission {
-                expression: request.expression,
-                timeout,
-                priority: requested_priority(request.priority)?,
-                idempotency_key: non_empty(request.idempotency_key),
-            };
-            let budget = self.budget(&metadata, request.wait, timeout);
-            Ok::<_, ApiError>((tenant, submission, budget))
-        });
-        let submitted = match checked {
+        // In the call's span from the start: the steps' spans are made as its children.
+        let submitted = span.in_scope(|| match self.checked_submission(&metadata, request) {
             Ok((tenant, submission, budget)) => self
                 .tasks
                 .submit(tenant, submission, budget, caller)
                 .left_future(),
             Err(err) => future::ready(Err(err)).right_future(),
-        };
+        });
         (span.clone(), submitted.instrument(span))
     }
 
+    /// A SubmitTask request's caller, submission and time, or why it is refused.
+    fn checked_submission(
+        &self,
+        metadata: &MetadataMap,
+        request: SubmitTaskRequest,
+    ) -> Result<(Tenant, Submission, CallBudget), ApiError> {
+        let tenant = self.authenticate(metadata)?;
+        let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
+        let submission = Submission {
+            expression: request.expression,
+            timeout,
+            priority: requested_priority(request.priority)?,
+            idempotency_key: non_empty(request.idempotency_key),
+        };
+        let budget = self.budget(metadata, request.wait, timeout);
+        Ok((tenant, submission, budget))
+    }
+
+    /// The caller's tenant: from its API key when the gateway has keys, else the one tenant.
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Tenant, ApiError> {
         match &self.tasks.config.api_keys {
             Some(keys) => keys.authenticate(metadata),
