@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -27,6 +27,9 @@ pub(crate) struct Events {
     updates: Arc<dyn UpdateConsumer>,
     gateway_id: String,
     listeners: AtomicUsize,
+    /// Whether an unbinding is due: one timer at a time, however often the listeners come and
+    /// go (long polls at a high rate would otherwise leave thousands of timers asleep).
+    unbinding: AtomicBool,
     /// Whether the events queue is bound; changed only under this lock.
     bound: Mutex<bool>,
 }
@@ -37,6 +40,7 @@ impl Events {
             updates,
             gateway_id,
             listeners: AtomicUsize::new(0),
+            unbinding: AtomicBool::new(false),
             bound: Mutex::new(false),
         })
     }
@@ -77,6 +81,8 @@ impl Events {
 
     async fn unbind_if_idle(&self) {
         tokio::time::sleep(UNBIND_AFTER).await;
+        // From here on, the next listener to leave sets a timer of its own.
+        self.unbinding.store(false, Ordering::SeqCst);
         let mut bound = self.bound.lock().await;
         if *bound && !self.wanted() {
             match self
@@ -98,9 +104,36 @@ impl Drop for Listening {
     fn drop(&mut self) {
         if self.0.listeners.fetch_sub(1, Ordering::SeqCst) == 1
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.0.unbinding.swap(true, Ordering::SeqCst)
         {
             let events = self.0.clone();
             runtime.spawn(async move { events.unbind_if_idle().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dalc_queue::memory::MemoryBroker;
+    use tokio::runtime::Handle;
+
+    use super::*;
+
+    fn alive_tasks() -> usize {
+        Handle::current().metrics().num_alive_tasks()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn listeners_coming_and_going_set_one_unbind_timer_at_a_time() {
+        let events = Events::new(Arc::new(MemoryBroker::new()), "gateway".into());
+        let before = alive_tasks();
+        for _ in 0..1000 {
+            drop(events.listen().await);
+        }
+        assert_eq!(alive_tasks(), before + 1, "one timer for 1,000 leaves");
+        tokio::time::sleep(UNBIND_AFTER + Duration::from_secs(1)).await;
+        assert_eq!(alive_tasks(), before, "the timer ended");
+        drop(events.listen().await);
+        assert_eq!(alive_tasks(), before + 1, "the next leave sets a new one");
     }
 }

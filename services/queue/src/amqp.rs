@@ -44,6 +44,7 @@ use crate::{
     DeadLetterConsumer, Deliveries, Delivery, Destination, MalformedMessage, QueueError,
     QueueNames, Settle, TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer, UpdatePublisher,
     Updates,
+    finish_on_drop::FinishOnDrop,
     message::{decode_update, encode_update},
 };
 
@@ -496,9 +497,10 @@ impl AmqpBroker {
                     body,
                     properties,
                 )
-                .await?
                 .await?;
-            Ok::<_, lapin::Error>(confirm)
+            // A caller may stop waiting (a sync call its task's end answered, a timeout): the
+            // confirm is still awaited, or lapin would keep it for good.
+            FinishOnDrop::new(confirm).await
         });
         let started = Instant::now();
         let confirmed = tokio::time::timeout(self.config.operation_timeout, publish).await;

@@ -13,6 +13,7 @@
 
 pub mod amqp;
 mod error;
+mod finish_on_drop;
 pub mod memory;
 mod message;
 mod names;
