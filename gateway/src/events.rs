@@ -79,21 +79,33 @@ impl Events {
         Ok(updates)
     }
 
-    async fn unbind_if_idle(&self) {
+    /// Unbinds [`UNBIND_AFTER`] from now if nobody listens then.
+    async fn unbind_if_idle(timer: UnbindTimer) {
         tokio::time::sleep(UNBIND_AFTER).await;
+        let events = timer.0.clone();
         // From here on, the next listener to leave sets a timer of its own.
-        self.unbinding.store(false, Ordering::SeqCst);
-        let mut bound = self.bound.lock().await;
-        if *bound && !self.wanted() {
-            match self
+        drop(timer);
+        let mut bound = events.bound.lock().await;
+        if *bound && !events.wanted() {
+            match events
                 .updates
-                .listen_for_events(&self.gateway_id, false)
+                .listen_for_events(&events.gateway_id, false)
                 .await
             {
                 Ok(()) => *bound = false,
                 Err(err) => warn!(error = %err, "cannot unbind the events queue"),
             }
         }
+    }
+}
+
+/// The one pending unbind timer's hold on [`Events::unbinding`], given back when the timer
+/// fires, or when it never will (its runtime shutting down).
+struct UnbindTimer(Arc<Events>);
+
+impl Drop for UnbindTimer {
+    fn drop(&mut self) {
+        self.0.unbinding.store(false, Ordering::SeqCst);
     }
 }
 
@@ -106,8 +118,7 @@ impl Drop for Listening {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
             && !self.0.unbinding.swap(true, Ordering::SeqCst)
         {
-            let events = self.0.clone();
-            runtime.spawn(async move { events.unbind_if_idle().await });
+            runtime.spawn(Events::unbind_if_idle(UnbindTimer(self.0.clone())));
         }
     }
 }

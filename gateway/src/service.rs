@@ -354,7 +354,7 @@ mod tests {
         }
     }
 
-    /// A gateway holds thousands of waiting sync calls (README: 5,000 in under 64 MiB), so the
+    /// A gateway holds thousands of waiting sync calls (README: 5,000 in about 60 MiB), so the
     /// state each keeps while it waits must stay small. Before it was looked after, a SubmitTask
     /// call's future was 2.7 KB and held its wait's 1.3 KB within; these bounds leave room for
     /// compilers, not for that again.

@@ -64,9 +64,11 @@ enum Accepted {
         task: Task,
         wait: Option<(Instant, Subscription, Option<OwnedSemaphorePermit>)>,
     },
-    /// An earlier try with the same idempotency key made this task: the call follows it.
+    /// An earlier try with the same idempotency key made this task: the call follows it, as
+    /// the caller's tenant.
     Existing {
         id: TaskId,
+        tenant: Tenant,
         waiting: Option<OwnedSemaphorePermit>,
     },
 }
@@ -123,8 +125,7 @@ impl Tasks {
         budget: CallBudget,
         caller_context: BTreeMap<String, String>,
     ) -> impl Future<Output = Result<Task, ApiError>> + Send + '_ {
-        let accept =
-            Box::pin(self.accept_in_turn(tenant.clone(), submission, budget, caller_context));
+        let accept = Box::pin(self.accept_in_turn(tenant, submission, budget, caller_context));
         async move {
             let (wait, _waiting): (BoxFuture<'_, Result<Task, ApiError>>, _) = match accept.await? {
                 Accepted::Queued { task, wait: None } => return Ok(task),
@@ -135,7 +136,11 @@ impl Tasks {
                     Box::pin(self.wait_for(task, subscription, until).map(Ok)),
                     waiting,
                 ),
-                Accepted::Existing { id, waiting } => {
+                Accepted::Existing {
+                    id,
+                    tenant,
+                    waiting,
+                } => {
                     let follow = async move { self.read_and_follow(&tenant, id, budget).await };
                     (Box::pin(follow), waiting)
                 }
@@ -196,6 +201,7 @@ impl Tasks {
             // A retry: the task runs once, whichever gateway took the first try.
             return Ok(Accepted::Existing {
                 id: existing.id,
+                tenant: tenant.clone(),
                 waiting,
             });
         }
@@ -234,6 +240,7 @@ impl Tasks {
                     })?;
                 return Ok(Accepted::Existing {
                     id: existing.id,
+                    tenant: tenant.clone(),
                     waiting,
                 });
             }

@@ -499,7 +499,7 @@ impl AmqpBroker {
                 )
                 .await?;
             // A caller may stop waiting (a sync call its task's end answered, a timeout): the
-            // confirm is still awaited, or lapin would keep it for good.
+            // confirm is still awaited, or lapin would keep it as long as the channel lives.
             FinishOnDrop::new(confirm).await
         });
         let started = Instant::now();

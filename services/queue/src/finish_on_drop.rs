@@ -1,10 +1,11 @@
 //! A future that, dropped before it is finished, is finished on a task of its own.
 //!
 //! For lapin's publisher confirms. lapin keeps every confirm dropped unresolved until its
-//! channel next waits for all of its confirms (`Channel::wait_for_confirms`), which dalc never
-//! does: a sync call answered by its task's end before the confirm came (the common case, as
-//! RabbitMQ confirms a message a consumer took only once the consumer acknowledges it) dropped
-//! its confirm, and a gateway kept about 200 bytes per such call, for good.
+//! channel waits for all of its confirms (`Channel::wait_for_confirms`) or closes: on dalc's
+//! long-lived channels, which never wait for them, practically for good. A sync call answered
+//! by its task's end before the confirm came (the common case, as RabbitMQ confirms a message
+//! a consumer took only once the consumer acknowledges it) dropped its confirm, and a gateway
+//! kept about 200 bytes per such call.
 
 use std::{
     future::Future,
@@ -32,9 +33,9 @@ where
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // Once finished it is never polled again (its callers await it once), so an empty one
-        // only stays pending.
+        // Once finished it is never polled again (its callers await it once).
         let Some(future) = self.0.as_mut() else {
+            debug_assert!(false, "FinishOnDrop polled after it finished");
             return Poll::Pending;
         };
         let output = ready!(Pin::new(future).poll(cx));
