@@ -343,11 +343,15 @@ impl Tasks {
         let subscription = budget
             .wait_until
             .map(|until| (until, self.waiters.subscribe(id)));
-        let read = self.read_owned(tenant, id);
-        let task = budget.bound("the task database", read).await?;
+        // Thousands of long polls may wait at once, and a future is as large as its largest
+        // step: the read's (the database's, kilobytes) and the wait's are boxed, each freed
+        // once done.
+        let task = budget
+            .bound("the task database", Box::pin(self.read_owned(tenant, id)))
+            .await?;
         match subscription {
             Some((until, subscription)) if !task.is_terminal() => {
-                Ok(self.wait_for(task, subscription, until).await)
+                Ok(Box::pin(self.wait_for(task, subscription, until)).await)
             }
             _ => Ok(task),
         }
