@@ -31,12 +31,19 @@ use crate::args::{Cli, Command, CommonArgs};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => ExitCode::from(code),
-        Err(err) => {
+    // On a worker thread of the runtime, not on the main thread that `block_on` polls: a
+    // worker's consume loop runs in this future, and every task it spawned from the main
+    // thread had to wake a worker thread first (one more thread hop per delivery).
+    match tokio::spawn(run(cli)).await {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(err)) => {
             eprintln!("dalc: {err:#}");
             ExitCode::FAILURE
         }
+        Err(join) => match join.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => ExitCode::FAILURE,
+        },
     }
 }
 
