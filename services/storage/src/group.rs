@@ -56,16 +56,20 @@ impl<I: Clone + Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     }
 
     /// Writes `item` with whatever else is waiting, and returns its result once committed.
-    pub(crate) async fn submit(&self, item: I) -> Result<O, StorageError> {
-        // A place in the queue first, then the job: the item is not held twice while waiting.
-        let place = self
-            .jobs
-            .reserve()
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let (answer, answered) = oneshot::channel();
-        place.send(Job { item, answer });
-        answered.await.map_err(|_| StorageError::Closed)?
+    /// A plain function returning its future: an `async fn` would keep the item twice (as
+    /// passed and as bound), in every caller's future.
+    pub(crate) fn submit(&self, item: I) -> impl Future<Output = Result<O, StorageError>> + '_ {
+        async move {
+            // A place in the queue first, then the job: the item is not held twice meanwhile.
+            let place = self
+                .jobs
+                .reserve()
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            let (answer, answered) = oneshot::channel();
+            place.send(Job { item, answer });
+            answered.await.map_err(|_| StorageError::Closed)?
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 
 use crate::{
     StorageError,
@@ -731,30 +731,39 @@ impl TaskStore {
     /// attempts). Returns the stored task, or `None` when the task is not PENDING (a duplicate
     /// message, a cancel, a takeover) or its stored expression is not `expression`: the caller
     /// then goes the long way, starting an attempt first.
-    #[instrument(skip_all, fields(task_id = %id, status = %outcome.status()))]
-    pub async fn record_quick_attempt(
+    ///
+    /// A plain function returning its future, the item made at once: an `async fn` would keep
+    /// its arguments beside the item, in every worker's future for every task.
+    pub fn record_quick_attempt(
         &self,
         id: TaskId,
         worker_id: &str,
         expression: &str,
         outcome: &Outcome,
-    ) -> Result<Option<Task>, StorageError> {
-        if !TaskStatus::Pending.can_become(outcome.status()) {
-            return Ok(None);
+    ) -> impl Future<Output = Result<Option<Task>, StorageError>> + Send + use<'_> {
+        let span =
+            tracing::info_span!("record_quick_attempt", task_id = %id, status = %outcome.status());
+        let item = TaskStatus::Pending
+            .can_become(outcome.status())
+            .then(|| QuickItem {
+                id,
+                worker_id: worker_id.into(),
+                expression: expression.to_owned(),
+                outcome: outcome.clone(),
+            });
+        async move {
+            let Some(item) = item else {
+                return Ok(None);
+            };
+            match &self.batches {
+                Some(batches) => batches.quick_attempts.submit(item).await,
+                None => Ok(Box::pin(self.quick_attempt_batch(vec![item]))
+                    .await?
+                    .pop()
+                    .flatten()),
+            }
         }
-        let item = QuickItem {
-            id,
-            worker_id: worker_id.into(),
-            expression: expression.to_owned(),
-            outcome: outcome.clone(),
-        };
-        match &self.batches {
-            Some(batches) => batches.quick_attempts.submit(item).await,
-            None => Ok(Box::pin(self.quick_attempt_batch(vec![item]))
-                .await?
-                .pop()
-                .flatten()),
-        }
+        .instrument(span)
     }
 
     /// One group-committed batch of quick attempts: one statement.

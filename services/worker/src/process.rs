@@ -102,41 +102,46 @@ impl Processor {
 
     /// Processes one delivery and settles it. Never drops it unsettled, even if processing
     /// panics: a panic is a crash of this attempt, and the task goes back to the queue.
-    pub async fn handle(&self, delivery: Delivery) {
-        let _in_flight = GaugeGuard::inc(&self.config.metrics.tasks_in_flight);
-        let settlement = match &delivery.message {
-            Ok(message) => match AssertUnwindSafe(self.process(message, delivery.redelivered))
-                .catch_unwind()
-                .await
-            {
-                Ok(settlement) => settlement,
-                Err(_) => {
-                    warn!(task_id = %message.task_id, "task handler panicked; requeueing");
-                    Settlement::Requeue
+    /// A plain function returning its future: an `async fn` would hold the delivery twice (as
+    /// passed and as bound) in every spawned handler.
+    pub fn handle(&self, delivery: Delivery) -> impl Future<Output = ()> + Send + '_ {
+        async move {
+            let _in_flight = GaugeGuard::inc(&self.config.metrics.tasks_in_flight);
+            let settlement = match &delivery.message {
+                Ok(message) => match AssertUnwindSafe(self.process(message, delivery.redelivered))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(settlement) => settlement,
+                    Err(_) => {
+                        warn!(task_id = %message.task_id, "task handler panicked; requeueing");
+                        Settlement::Requeue
+                    }
+                },
+                Err(malformed) => {
+                    warn!(error = %malformed, "dead-lettering a message that is not a task");
+                    Settlement::DeadLetter
                 }
-            },
-            Err(malformed) => {
-                warn!(error = %malformed, "dead-lettering a message that is not a task");
-                Settlement::DeadLetter
+            };
+            if settlement == Settlement::Requeue {
+                // Pause before handing it back (holding our concurrency slot), so an outage is not
+                // a hot redelivery loop and this worker takes no new work meanwhile.
+                let pause = self.requeue_backoff().next_delay();
+                // Boxed: a timer is large, and only a delivery handed back needs one.
+                Box::pin(tokio::time::sleep(pause)).await;
+            } else {
+                self.requeue_backoff().reset();
             }
-        };
-        if settlement == Settlement::Requeue {
-            // Pause before handing it back (holding our concurrency slot), so an outage is not
-            // a hot redelivery loop and this worker takes no new work meanwhile.
-            let pause = self.requeue_backoff().next_delay();
-            tokio::time::sleep(pause).await;
-        } else {
-            self.requeue_backoff().reset();
-        }
-        let settled = match settlement {
-            Settlement::Ack => delivery.ack().await,
-            Settlement::Requeue => delivery.reject(true).await,
-            Settlement::DeadLetter => delivery.reject(false).await,
-        };
-        if let Err(err) = settled {
-            // The channel is gone; the broker will redeliver, and the task's state says what
-            // is left to do.
-            warn!(error = %err, "could not settle a delivery");
+            let settled = match settlement {
+                Settlement::Ack => delivery.ack().await,
+                Settlement::Requeue => delivery.reject(true).await,
+                Settlement::DeadLetter => delivery.reject(false).await,
+            };
+            if let Err(err) = settled {
+                // The channel is gone; the broker will redeliver, and the task's state says what
+                // is left to do.
+                warn!(error = %err, "could not settle a delivery");
+            }
         }
     }
 
@@ -185,16 +190,28 @@ impl Processor {
         message: &TaskMessage,
         redelivered: bool,
     ) -> Result<Settlement, Transient> {
-        let reply_to = message.reply_to.as_deref();
+        // The other ways are boxed: every delivery's future is as large as its largest step,
+        // and most deliveries take the quick way, whose steps are small. A spawned future of
+        // kilobytes is copied on each spawn, and glibc sorts its free lists at each allocation
+        // that large (`malloc_consolidate`): together a tenth of a worker's CPU.
         if past_deadline(message) {
-            return self
-                .end_unstarted(message, &Outcome::expired_unstarted())
-                .await;
+            return Box::pin(self.end_unstarted(message, &Outcome::expired_unstarted())).await;
         }
         // A redelivery may follow a crash this task caused: its attempt is counted first.
         if !redelivered && let Some(settlement) = self.quick_attempt(message).await? {
             return Ok(settlement);
         }
+        Box::pin(self.long_way(message, redelivered)).await
+    }
+
+    /// An attempt counted (and leased) before it is evaluated: a redelivery, a task that takes
+    /// more than microseconds, or one that is no longer PENDING.
+    async fn long_way(
+        &self,
+        message: &TaskMessage,
+        redelivered: bool,
+    ) -> Result<Settlement, Transient> {
+        let reply_to = message.reply_to.as_deref();
         let Some((started, slot)) = self.start(message, redelivered).await? else {
             // Its deadline passed while it waited for its turn.
             return self
@@ -303,30 +320,32 @@ impl Processor {
     /// before evaluating. `None`: not such a task, or no longer PENDING (a duplicate, a cancel,
     /// an attempt that holds it): the long way decides.
     async fn quick_attempt(&self, message: &TaskMessage) -> Result<Option<Settlement>, Transient> {
-        let limits = &self.config.limits;
-        let quick = match dalc_calc::parse(&message.expression, limits) {
-            Ok(expr) if expr.is_cheap() && !self.fault_hooks_apply(&message.expression) => expr,
-            _ => return Ok(None),
-        };
-        let started = std::time::Instant::now();
-        let outcome = info_span!("evaluate", task_id = %message.task_id, attempt = Empty)
-            .in_scope(|| outcome_of(quick.evaluate(limits)));
-        self.observe_evaluation(started);
-        let recorded = self
-            .store
-            .record_quick_attempt(
+        // In a block: the parsed expression and the outcome (the write takes a copy) are gone
+        // before the awaits.
+        let recorded = {
+            let limits = &self.config.limits;
+            let quick = match dalc_calc::parse(&message.expression, limits) {
+                Ok(expr) if expr.is_cheap() && !self.fault_hooks_apply(&message.expression) => expr,
+                _ => return Ok(None),
+            };
+            let started = std::time::Instant::now();
+            let outcome = info_span!("evaluate", task_id = %message.task_id, attempt = Empty)
+                .in_scope(|| outcome_of(quick.evaluate(limits)));
+            self.observe_evaluation(started);
+            self.store.record_quick_attempt(
                 message.task_id,
                 &self.config.worker_id,
                 &message.expression,
                 &outcome,
             )
-            .await?;
+        }
+        .await?;
         let Some(finished) = recorded else {
             return Ok(None);
         };
         tracing::Span::current().record("attempt", finished.attempts);
-        self.announce_end(&finished, message.reply_to.as_deref())
-            .await?;
+        // Boxed: held beside the finished task, the publishes would double this way's size.
+        Box::pin(self.announce_end(&finished, message.reply_to.as_deref())).await?;
         Ok(Some(Settlement::Ack))
     }
 
@@ -484,7 +503,8 @@ impl Processor {
                 Err(err) if err.is_outage() && started.elapsed() < MAX_HOLD => {
                     let pause = backoff.next_delay();
                     warn!(retry_in = ?pause, "dependency unavailable; holding the result");
-                    tokio::time::sleep(pause).await;
+                    // Boxed: a timer is large, and only an outage needs one.
+                    Box::pin(tokio::time::sleep(pause)).await;
                 }
                 Err(err) => return Err(err.into()),
             }
