@@ -374,6 +374,7 @@ impl Tasks {
             tasks: self.clone(),
             subscription,
             last: first,
+            end: None,
             shown_first: false,
             polls: Backoff::new(self.config.poll_interval, MAX_POLL_INTERVAL),
             _held: (waiting, listening),
@@ -667,6 +668,8 @@ struct Watch {
     subscription: Subscription,
     /// The state the client saw last.
     last: Task,
+    /// An end to show next, once the run it ended has been shown RUNNING.
+    end: Option<Task>,
     shown_first: bool,
     polls: Backoff,
     /// Held for the life of the stream: its place among waiting calls, and the event routing.
@@ -678,6 +681,10 @@ impl Watch {
     async fn next_change(mut self) -> Option<(Task, Self)> {
         if !self.shown_first {
             self.shown_first = true;
+            return Some((self.last.clone(), self));
+        }
+        if let Some(end) = self.end.take() {
+            self.last = end;
             return Some((self.last.clone(), self));
         }
         while !self.last.is_terminal() {
@@ -700,7 +707,16 @@ impl Watch {
                 && update.supersedes(&self.last)
             {
                 self.polls.reset();
-                self.last = update;
+                // A run is shown RUNNING before its end even when no event or read caught it
+                // running (a quick attempt never stores that state): a watch streams every step
+                // the task took.
+                self.last = if update.ends_a_run_unseen_in(&self.last) {
+                    let running = update.while_running();
+                    self.end = Some(update);
+                    running
+                } else {
+                    update
+                };
                 return Some((self.last.clone(), self));
             }
         }

@@ -168,6 +168,30 @@ impl Task {
         self.status.is_terminal()
     }
 
+    /// Whether `self` ends a run of an attempt that `seen`, an earlier state of the task, does
+    /// not show running: whoever saw `seen` missed that attempt's RUNNING state (or it was
+    /// never stored: a worker's quick attempt starts and ends in one write).
+    pub fn ends_a_run_unseen_in(&self, seen: &Task) -> bool {
+        let ends_a_run = matches!(
+            self.status,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Expired
+        ) && self.started_at.is_some()
+            && self.attempts > 0;
+        let seen_running = seen.status == TaskStatus::Running && seen.attempts == self.attempts;
+        ends_a_run && !seen_running
+    }
+
+    /// The task as it stood while its latest attempt ran: RUNNING, without the attempt's end.
+    pub fn while_running(&self) -> Task {
+        Task {
+            status: TaskStatus::Running,
+            result: None,
+            error: None,
+            finished_at: None,
+            ..self.clone()
+        }
+    }
+
     /// Whether `self` is a later state of the same task than `other`: updates travel by
     /// separate routes (replies, status events, database reads) and may arrive late or twice,
     /// and an older one must never replace a newer one.
@@ -185,6 +209,48 @@ impl Task {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_finished_task_while_running_is_its_attempt_before_the_end() {
+        let mut task = Task::new("1 + 1", None);
+        task.status = TaskStatus::Succeeded;
+        task.result = Some("2".into());
+        task.attempts = 1;
+        task.worker_id = Some("w".into());
+        task.started_at = Some(Utc::now());
+        task.finished_at = task.started_at;
+        let running = task.while_running();
+        assert_eq!(running.status, TaskStatus::Running);
+        assert_eq!((running.result.as_deref(), running.finished_at), (None, None));
+        assert_eq!(running.attempts, 1);
+        assert_eq!(running.started_at, task.started_at);
+        let pending = Task {
+            status: TaskStatus::Pending,
+            attempts: 0,
+            ..Task::new("1 + 1", None)
+        };
+        assert!(running.supersedes(&pending));
+        assert!(task.supersedes(&running));
+        // Its run was unseen from PENDING, not from its own RUNNING state.
+        assert!(task.ends_a_run_unseen_in(&pending));
+        assert!(!task.ends_a_run_unseen_in(&running));
+        // An attempt seen running is not this one.
+        let earlier = Task {
+            attempts: 0,
+            ..running.clone()
+        };
+        assert!(task.ends_a_run_unseen_in(&earlier));
+        // Ends that are not of a run: a cancel, an expiry before any start.
+        for status in [TaskStatus::Cancelled, TaskStatus::Expired] {
+            let unrun = Task {
+                status,
+                started_at: None,
+                attempts: 0,
+                ..pending.clone()
+            };
+            assert!(!unrun.ends_a_run_unseen_in(&pending), "{status:?}");
+        }
+    }
 
     #[test]
     fn ids_are_canonical_lowercase() {

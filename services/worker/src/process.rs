@@ -314,10 +314,11 @@ impl Processor {
     }
 
     /// The first delivery of a task the engine predicts takes microseconds: evaluated at once,
-    /// then its attempt and result recorded in one write, with no RUNNING state in between (so
-    /// no lease, and no RUNNING event). Nothing can die between evaluating and counting; a
-    /// delivery that does not finish here is redelivered, and a redelivery counts its attempt
-    /// before evaluating. `None`: not such a task, or no longer PENDING (a duplicate, a cancel,
+    /// then its attempt and result recorded in one write, with no RUNNING state stored in
+    /// between (so no lease and no RUNNING event: a watch shows the task RUNNING from its end,
+    /// see the gateway's `Watch`). Nothing can die
+    /// between evaluating and counting; a delivery that does not finish here is redelivered,
+    /// and a redelivery counts its attempt before evaluating. `None`: not such a task, or no longer PENDING (a duplicate, a cancel,
     /// an attempt that holds it): the long way decides.
     async fn quick_attempt(&self, message: &TaskMessage) -> Result<Option<Settlement>, Transient> {
         // In a block: the parsed expression and the outcome (the write takes a copy) are gone
@@ -344,8 +345,10 @@ impl Processor {
             return Ok(None);
         };
         tracing::Span::current().record("attempt", finished.attempts);
-        // Boxed: held beside the finished task, the publishes would double this way's size.
-        Box::pin(self.announce_end(&finished, message.reply_to.as_deref())).await?;
+        // Boxed, with the finished task: inline, the publishes would double the size of this
+        // way's future.
+        let reply_to = message.reply_to.as_deref();
+        Box::pin(async move { self.announce_end(&finished, reply_to).await }).await?;
         Ok(Some(Settlement::Ack))
     }
 

@@ -324,7 +324,8 @@ async fn a_cheap_task_first_delivered_is_counted_and_recorded_in_one_write() {
         (TaskStatus::Succeeded, Some("42"), 1)
     );
     assert!(done.started_at.is_some() && done.finished_at.is_some());
-    // Straight from PENDING to its result: no RUNNING state, so no RUNNING event.
+    // Straight from PENDING to its result: no RUNNING state, so no RUNNING event (a watch shows
+    // the task RUNNING from its end: see the gateway's tests).
     assert!(!statuses(&seen).contains(&TaskStatus::Running), "{seen:?}");
     assert!(
         seen.contains(&done),
