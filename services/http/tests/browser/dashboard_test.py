@@ -101,7 +101,8 @@ def open_dashboard(browser, base_url, api_key, **context_options):
         dialog = page.locator("#auth-dialog")
         try:
             dialog.wait_for(state="visible", timeout=5_000)
-            page.fill("#api-key", api_key)
+            # By its label, as a person or a screen reader finds it (strict: one element).
+            page.get_by_label("API key").fill(api_key)
             page.click("#api-key-save")
         except Exception:
             pass  # no prompt: the gateway does not require a key after all
@@ -135,10 +136,13 @@ def run(base_url, screenshot_dir, api_key):
             print(f"workers' total before: {before}")
             page.evaluate("window.__noReload = true")
 
-            # 1. Sync submission through the form.
-            page.check("#mode-sync")
-            page.fill("#expression", "1 + 1")
-            page.click("#submit")
+            # 1. Sync submission through the form, found by labels and roles (Playwright's
+            # locators are strict: a label naming two elements fails).
+            page.get_by_label("Wait for the result").check()
+            page.get_by_label("Expression").fill("1 + 1")
+            page.get_by_role("button", name="Submit").click()
+            statuses = page.get_by_label("Status").count()
+            check(statuses == 1, f"the label Status names {statuses} elements")
             status = page.locator('#submit-result [data-field="status"]')
             status.filter(has_text="SUCCEEDED").wait_for()
             result = page.locator('#submit-result [data-field="result"]').text_content()
