@@ -221,7 +221,10 @@ mod tests {
         task.finished_at = task.started_at;
         let running = task.while_running();
         assert_eq!(running.status, TaskStatus::Running);
-        assert_eq!((running.result.as_deref(), running.finished_at), (None, None));
+        assert_eq!(
+            (running.result.as_deref(), running.finished_at),
+            (None, None)
+        );
         assert_eq!(running.attempts, 1);
         assert_eq!(running.started_at, task.started_at);
         let pending = Task {

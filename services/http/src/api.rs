@@ -8,7 +8,7 @@ use crate::{json, parse};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use dalc_proto::v1::task_service_server::TaskService;
@@ -241,14 +241,23 @@ pub(crate) async fn get_or_list_tasks<S: TaskService>(
     Ok(reply(StatusCode::OK, json::list(&response)))
 }
 
-/// GET /tasks/{id}: GetTask.
+/// GET /tasks/{id}: GetTask. `/tasks/{id}:cancel` shares the route but is CancelTask's
+/// resource, which only takes POST.
 pub(crate) async fn get_task<S: TaskService>(
     State(service): State<Arc<S>>,
+    method: Method,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let Path(id) = id.map_err(path_rejection)?;
+    if id.ends_with(":cancel") {
+        return Err(ApiError::method_not_allowed(
+            method,
+            &format!("/tasks/{id}"),
+            "POST",
+        ));
+    }
     let params = params(query)?;
     get_task_by_id(&*service, &headers, id, &params).await
 }
@@ -272,7 +281,8 @@ async fn get_task_by_id<S: TaskService>(
 }
 
 /// POST /tasks/{id}:cancel: CancelTask. axum captures the whole segment, so the custom
-/// method suffix is split off here; any other POST on a task is an unknown path.
+/// method suffix is split off here. POST on the task itself is a method GetTask's resource
+/// does not take (405); another custom method is an unknown path (404).
 pub(crate) async fn task_action<S: TaskService>(
     State(service): State<Arc<S>>,
     headers: HeaderMap,
@@ -280,7 +290,12 @@ pub(crate) async fn task_action<S: TaskService>(
 ) -> Answer {
     let Path(id_action) = id_action.map_err(path_rejection)?;
     let Some(id) = id_action.strip_suffix(":cancel") else {
-        return Err(crate::not_found_error(&format!("/tasks/{id_action}")));
+        let path = format!("/tasks/{id_action}");
+        return Err(if id_action.contains(':') {
+            crate::not_found_error(&path)
+        } else {
+            ApiError::method_not_allowed(Method::POST, &path, "GET, HEAD")
+        });
     };
     let message = CancelTaskRequest { id: id.to_owned() };
     let response = service

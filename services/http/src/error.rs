@@ -13,6 +13,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The `Allow` header of a 405 answer: the methods the resource does support.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             status: http_status(code),
             code: code_name(code),
             message: message.into(),
+            allow: None,
         }
     }
 
@@ -32,7 +35,24 @@ impl ApiError {
             status,
             code: code_name(code),
             message: message.into(),
+            allow: None,
         }
+    }
+
+    /// 405 `UNIMPLEMENTED`: `method` is not one of `allow` (e.g. `"GET, HEAD"`), the methods
+    /// the resource at `path` supports, which the answer lists in its `Allow` header.
+    pub fn method_not_allowed(
+        method: impl std::fmt::Display,
+        path: &str,
+        allow: &'static str,
+    ) -> Self {
+        let mut error = Self::http(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unimplemented,
+            format!("method {method} is not allowed on {path} (allowed: {allow})"),
+        );
+        error.allow = Some(allow);
+        error
     }
 
     /// `INVALID_ARGUMENT` (400): the request could not be translated into a proto message.
@@ -74,6 +94,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         response
     }
 }

@@ -105,11 +105,32 @@ async fn not_found(uri: Uri) -> Response {
     not_found_error(uri.path()).into_response()
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError::http(
-        StatusCode::METHOD_NOT_ALLOWED,
-        tonic::Code::Unimplemented,
-        format!("method {method} is not allowed on {}", uri.path()),
+/// The methods of a task's own paths. `/tasks/{id}` (GetTask) and `/tasks/{id}:cancel`
+/// (CancelTask) are two resources behind one axum route, whose `Allow` would list the methods
+/// of both; `None` for every other path, whose route's `Allow` is already exact.
+pub(crate) fn task_path_methods(path: &str) -> Option<&'static str> {
+    let segment = path.strip_prefix("/tasks/")?;
+    if segment.is_empty() || segment.contains('/') {
+        return None;
+    }
+    let lower = segment.to_ascii_lowercase();
+    Some(
+        if lower.ends_with(":cancel") || lower.ends_with("%3acancel") {
+            "POST"
+        } else {
+            "GET, HEAD"
+        },
     )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    match task_path_methods(uri.path()) {
+        Some(allow) => ApiError::method_not_allowed(&method, uri.path(), allow),
+        None => ApiError::http(
+            StatusCode::METHOD_NOT_ALLOWED,
+            tonic::Code::Unimplemented,
+            format!("method {method} is not allowed on {}", uri.path()),
+        ),
+    }
     .into_response()
 }

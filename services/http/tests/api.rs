@@ -288,9 +288,20 @@ async fn cancel_splits_the_action_off_the_path() {
     send(&router, "POST", &format!("/tasks/{id}:frobnicate"), &[], "")
         .await
         .assert_error(404, "NOT_FOUND");
-    send(&router, "POST", &format!("/tasks/{id}"), &[], "")
-        .await
-        .assert_error(404, "NOT_FOUND");
+    // The task and its cancel are two resources on one route: each 405 lists its own methods.
+    let wrong = send(&router, "POST", &format!("/tasks/{id}"), &[], "").await;
+    wrong.assert_error(405, "UNIMPLEMENTED");
+    assert_eq!(wrong.headers[header::ALLOW], "GET, HEAD");
+    for method in ["DELETE", "OPTIONS"] {
+        let wrong = send(&router, method, &format!("/tasks/{id}"), &[], "").await;
+        wrong.assert_error(405, "UNIMPLEMENTED");
+        assert_eq!(wrong.headers[header::ALLOW], "GET, HEAD", "{method}");
+    }
+    for method in ["GET", "PUT", "OPTIONS"] {
+        let wrong = send(&router, method, &format!("/tasks/{id}:cancel"), &[], "").await;
+        wrong.assert_error(405, "UNIMPLEMENTED");
+        assert_eq!(wrong.headers[header::ALLOW], "POST", "{method}");
+    }
     send(&router, "POST", "/tasks/nope:cancel", &[], "")
         .await
         .assert_error(400, "INVALID_ARGUMENT");
