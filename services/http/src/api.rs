@@ -218,8 +218,10 @@ pub(crate) async fn get_or_list_tasks<S: TaskService>(
         )));
     }
     let message = ListTasksRequest {
+        // Empty is unset, as for the other two: `?status=&pageSize=&pageToken=` lists.
         page_size: params
             .get_either("pageSize", "page_size")
+            .filter(|text| !text.is_empty())
             .map(|text| parse::uint32_param("pageSize", text))
             .transpose()?
             .unwrap_or_default(),

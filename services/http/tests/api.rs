@@ -242,6 +242,11 @@ async fn list_filters_and_pages() {
     }
     let page = get(&router, "/tasks?status=failed").await.json();
     assert_eq!(page["tasks"][0]["id"], failed["id"]);
+    // The form with every parameter left empty: the first page of every task.
+    let all = get(&router, "/tasks?status=&pageSize=&pageToken=")
+        .await
+        .json();
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 4, "{all}");
 
     let first = get(&router, "/tasks?pageSize=3").await.json();
     assert_eq!(first["tasks"].as_array().unwrap().len(), 3);

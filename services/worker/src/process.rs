@@ -192,8 +192,8 @@ impl Processor {
     ) -> Result<Settlement, Transient> {
         // The other ways are boxed: every delivery's future is as large as its largest step,
         // and most deliveries take the quick way, whose steps are small. A spawned future of
-        // kilobytes is copied on each spawn, and glibc sorts its free lists at each allocation
-        // that large (`malloc_consolidate`): together a tenth of a worker's CPU.
+        // kilobytes is copied on each spawn and kept for the task's life, and glibc sorts its
+        // free lists before each allocation that large (`malloc_consolidate`).
         if past_deadline(message) {
             return Box::pin(self.end_unstarted(message, &Outcome::expired_unstarted())).await;
         }
