@@ -316,10 +316,10 @@ impl Processor {
     /// The first delivery of a task the engine predicts takes microseconds: evaluated at once,
     /// then its attempt and result recorded in one write, with no RUNNING state stored in
     /// between (so no lease and no RUNNING event: a watch shows the task RUNNING from its end,
-    /// see the gateway's `Watch`). Nothing can die
-    /// between evaluating and counting; a delivery that does not finish here is redelivered,
-    /// and a redelivery counts its attempt before evaluating. `None`: not such a task, or no longer PENDING (a duplicate, a cancel,
-    /// an attempt that holds it): the long way decides.
+    /// see the gateway's `Watch`). Nothing can die between evaluating and counting; a delivery
+    /// that does not finish here is redelivered, and a redelivery counts its attempt before
+    /// evaluating. `None`: not such a task, or no longer PENDING (a duplicate, a cancel, an
+    /// attempt that holds it): the long way decides.
     async fn quick_attempt(&self, message: &TaskMessage) -> Result<Option<Settlement>, Transient> {
         // In a block: the parsed expression and the outcome (the write takes a copy) are gone
         // before the awaits.
