@@ -58,6 +58,10 @@ impl<I: Clone + Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     /// Writes `item` with whatever else is waiting, and returns its result once committed.
     /// A plain function returning its future: an `async fn` would keep the item twice (as
     /// passed and as bound), in every caller's future.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its argument twice in its future"
+    )]
     pub(crate) fn submit(&self, item: I) -> impl Future<Output = Result<O, StorageError>> + '_ {
         async move {
             // A place in the queue first, then the job: the item is not held twice meanwhile.

@@ -104,6 +104,10 @@ impl Processor {
     /// panics: a panic is a crash of this attempt, and the task goes back to the queue.
     /// A plain function returning its future: an `async fn` would hold the delivery twice (as
     /// passed and as bound) in every spawned handler.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its argument twice in its future"
+    )]
     pub fn handle(&self, delivery: Delivery) -> impl Future<Output = ()> + Send + '_ {
         async move {
             let _in_flight = GaugeGuard::inc(&self.config.metrics.tasks_in_flight);
