@@ -257,7 +257,7 @@ pub(crate) async fn get_task<S: TaskService>(
         return Err(ApiError::method_not_allowed(
             method,
             &format!("/tasks/{id}"),
-            "POST",
+            crate::CANCEL_METHODS,
         ));
     }
     let params = params(query)?;
@@ -296,7 +296,7 @@ pub(crate) async fn task_action<S: TaskService>(
         return Err(if id_action.contains(':') {
             crate::not_found_error(&path)
         } else {
-            ApiError::method_not_allowed(Method::POST, &path, "GET, HEAD")
+            ApiError::method_not_allowed(Method::POST, &path, crate::TASK_METHODS)
         });
     };
     let message = CancelTaskRequest { id: id.to_owned() };

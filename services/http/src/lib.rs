@@ -105,6 +105,11 @@ async fn not_found(uri: Uri) -> Response {
     not_found_error(uri.path()).into_response()
 }
 
+/// The methods `/tasks/{id}` (GetTask) takes.
+pub(crate) const TASK_METHODS: &str = "GET, HEAD";
+/// The methods `/tasks/{id}:cancel` (CancelTask) takes.
+pub(crate) const CANCEL_METHODS: &str = "POST";
+
 /// The methods of a task's own paths. `/tasks/{id}` (GetTask) and `/tasks/{id}:cancel`
 /// (CancelTask) are two resources behind one axum route, whose `Allow` would list the methods
 /// of both; `None` for every other path, whose route's `Allow` is already exact.
@@ -116,9 +121,9 @@ pub(crate) fn task_path_methods(path: &str) -> Option<&'static str> {
     let lower = segment.to_ascii_lowercase();
     Some(
         if lower.ends_with(":cancel") || lower.ends_with("%3acancel") {
-            "POST"
+            CANCEL_METHODS
         } else {
-            "GET, HEAD"
+            TASK_METHODS
         },
     )
 }
