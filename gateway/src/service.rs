@@ -19,7 +19,7 @@ use crate::{
     batch::Batch,
     convert::{stats_to_proto, status_filter, task_to_proto},
     tasks::{Submission, Tasks},
-    wait::{CallBudget, requested_timeout},
+    wait::{CallBudget, requested_timeout, requested_wait},
 };
 
 pub(crate) struct TaskServiceImpl {
@@ -48,7 +48,7 @@ impl TaskService for TaskServiceImpl {
         let task = async {
             let tenant = self.authenticate(&metadata)?;
             let id = parse_id(&request.id)?;
-            let timeout = requested_timeout(request.timeout, self.tasks.config.max_task_ttl)?;
+            let timeout = requested_wait(request.timeout)?;
             let budget = self.budget(&metadata, request.wait, timeout);
             self.tasks.get(&tenant, id, budget).await
         }

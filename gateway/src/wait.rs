@@ -13,11 +13,30 @@ use crate::ApiError;
 /// Answer this long before the client's deadline, so the response is back in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
-/// The request's `timeout` field as a [`Duration`]: `None` when unset or zero. Past `maximum`
-/// (the server's longest task deadline) it is refused, never silently cut.
+/// A submission's `timeout` field as a [`Duration`]: `None` when unset or zero. It becomes the
+/// task's deadline, so past `maximum` (the server's longest task deadline) it is refused, never
+/// silently cut.
 pub(crate) fn requested_timeout(
     timeout: Option<prost_types::Duration>,
     maximum: Duration,
+) -> Result<Option<Duration>, ApiError> {
+    let Some(duration) = requested_wait(timeout)? else {
+        return Ok(None);
+    };
+    if duration > maximum {
+        return Err(ApiError::InvalidArgument(format!(
+            "timeout {}s exceeds this server's maximum of {}s",
+            duration.as_secs(),
+            maximum.as_secs()
+        )));
+    }
+    Ok(Some(duration))
+}
+
+/// A GetTask's `timeout` field as a [`Duration`]: `None` when unset or zero. Only a wait, which
+/// [`CallBudget`] caps at the server's maximum wait: any length is taken.
+pub(crate) fn requested_wait(
+    timeout: Option<prost_types::Duration>,
 ) -> Result<Option<Duration>, ApiError> {
     let Some(timeout) = timeout else {
         return Ok(None);
@@ -29,13 +48,6 @@ pub(crate) fn requested_timeout(
         )));
     }
     let duration = Duration::new(timeout.seconds.unsigned_abs(), timeout.nanos.unsigned_abs());
-    if duration > maximum {
-        return Err(ApiError::InvalidArgument(format!(
-            "timeout {}s exceeds this server's maximum of {}s",
-            timeout.seconds,
-            maximum.as_secs()
-        )));
-    }
     Ok((!duration.is_zero()).then_some(duration))
 }
 

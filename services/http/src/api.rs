@@ -104,11 +104,9 @@ fn is_json(content_type: &HeaderValue, from_a_browser: bool) -> bool {
 /// axum's body rejections are plain text; this gives them the API's shape.
 pub(crate) fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::http(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::ResourceExhausted,
-            "the request body is too large",
-        )
+        // A server limit, like a gRPC message past the same limit: RESOURCE_EXHAUSTED, and so
+        // the status every RESOURCE_EXHAUSTED gets (429), not HTTP's own 413.
+        ApiError::new(Code::ResourceExhausted, "the request body is too large")
     } else {
         ApiError::invalid(format!(
             "the request body could not be read: {}",

@@ -28,7 +28,7 @@ impl ApiError {
         }
     }
 
-    /// An error of the HTTP layer itself (404, 405, 413), which has no gRPC call behind it:
+    /// An error of the HTTP layer itself (404, 405), which has no gRPC call behind it:
     /// the status is the HTTP one, the code the nearest gRPC name, so clients parse one shape.
     pub fn http(status: StatusCode, code: Code, message: impl Into<String>) -> Self {
         Self {

@@ -619,7 +619,7 @@ async fn the_http_layer_answers_its_own_errors_in_json() {
 }
 
 #[tokio::test]
-async fn oversized_bodies_are_413() {
+async fn oversized_bodies_are_resource_exhausted_429() {
     let fake = FakeService::new(FakeOptions::default());
     let router = dalc_http::router_with(
         Arc::new(fake),
@@ -628,11 +628,11 @@ async fn oversized_bodies_are_413() {
     let big = json!({"expression": "1 + ".repeat(1000) + "1"}).to_string();
     send(&router, "POST", "/tasks", &[JSON], &big)
         .await
-        .assert_error(413, "RESOURCE_EXHAUSTED");
+        .assert_error(429, "RESOURCE_EXHAUSTED");
     let batch = json!({"expressions": vec!["1"; 1000]}).to_string();
     send(&router, "POST", "/batches", &[JSON], &batch)
         .await
-        .assert_error(413, "RESOURCE_EXHAUSTED");
+        .assert_error(429, "RESOURCE_EXHAUSTED");
     let small = post(&router, "/tasks", json!({"expression": "1"})).await;
     assert_eq!(small.status, StatusCode::ACCEPTED);
 }
