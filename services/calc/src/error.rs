@@ -85,7 +85,7 @@ impl CalcError {
         }
     }
 
-    /// An error without a position (evaluation errors, length errors).
+    /// An error without a position (evaluation errors).
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         CalcError {
             kind,

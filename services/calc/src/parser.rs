@@ -29,18 +29,27 @@ const MAX_LITERAL_EXPONENT: i64 = 1_000_000_000_000;
 
 pub(crate) fn parse_source(source: &str, limits: &Limits) -> Result<Node, CalcError> {
     if source.len() > limits.max_expression_bytes {
-        return Err(CalcError::new(
+        // The position is that of the first character past the limit.
+        let within = (0..=limits.max_expression_bytes)
+            .rev()
+            .find(|&end| source.is_char_boundary(end))
+            .unwrap_or(0);
+        let column = source[..within].chars().count() + 1;
+        return Err(CalcError::with_message_at(
             ErrorKind::ExpressionTooLong,
+            column,
             format!(
-                "expression too long: {} bytes, the limit is {}",
+                "expression too long: {} bytes, the limit is {} (exceeded at column {column})",
                 source.len(),
                 limits.max_expression_bytes
             ),
         ));
     }
     if source.trim().is_empty() {
-        return Err(CalcError::new(
+        // Where an expression was expected: the end of the input.
+        return Err(CalcError::at(
             ErrorKind::EmptyExpression,
+            source.chars().count() + 1,
             "empty expression",
         ));
     }

@@ -206,8 +206,8 @@ fn error_kinds_columns_and_messages() {
         ("sqrt()", ErrorKind::WrongArgumentCount, Some(1)),
         ("2 * sqrt(1, 2)", ErrorKind::WrongArgumentCount, Some(5)),
         ("min()", ErrorKind::WrongArgumentCount, Some(1)),
-        ("", ErrorKind::EmptyExpression, None),
-        (" \t\n", ErrorKind::EmptyExpression, None),
+        ("", ErrorKind::EmptyExpression, Some(1)),
+        (" \t\n", ErrorKind::EmptyExpression, Some(4)),
         ("1 / 0", ErrorKind::DivisionByZero, None),
         ("1 % 0", ErrorKind::DivisionByZero, None),
         ("1.5 / 0.0", ErrorKind::DivisionByZero, None),
@@ -284,6 +284,9 @@ fn limits_errors() {
     let long = format!("1{}", "+1".repeat(2048));
     let e = parse(&long, &limits).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ExpressionTooLong);
+    // The position is that of the first byte past the limit.
+    assert_eq!(e.column(), Some(4097), "{e}");
+    assert!(e.to_string().contains("column 4097"), "{e}");
     // Exactly at the limit is fine.
     let at_limit = format!("1{}", "+1".repeat(2047));
     assert_eq!(at_limit.len(), 4095);
@@ -291,6 +294,8 @@ fn limits_errors() {
     // Bytes of UTF-8, not characters: 2,049 two-byte characters are too long.
     let e = parse(&"\u{e9}".repeat(2049), &limits).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ExpressionTooLong);
+    // ... the first character past it being the 2,049th.
+    assert_eq!(e.column(), Some(2049), "{e}");
 
     let literal = "1".repeat(1001);
     let e = parse(&literal, &limits).unwrap_err();
