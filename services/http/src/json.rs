@@ -1,7 +1,10 @@
 //! The proto3 JSON mapping of the response messages, written by hand so that a task reads the
 //! same over HTTP as over gRPC (grpcurl) and in `dalc get --json`: lowerCamelCase names, enum
 //! names, uint64 as decimal strings, RFC 3339 UTC timestamps, Durations as `"1.500s"`, and
-//! fields holding their default value left out.
+//! a task's fields holding their default value left out, as grpcurl prints them. The counts and
+//! positions around tasks (a batch item's `index`, the queue depth, a worker's counts) are
+//! always written, zero too, as proto3 JSON allows: a client reading `results[0].index` or
+//! `queueDepth` should not have to know that zero is written as nothing.
 
 use dalc_proto::v1::{
     GetStatsResponse, ListTasksResponse, SubmitBatchResponse, Task, TaskStatus, WorkerStats,
@@ -70,12 +73,10 @@ pub fn list(response: &ListTasksResponse) -> Value {
     Value::Object(object)
 }
 
-/// One SubmitBatch item: `{"index": n, "task": ...}` (index 0 omitted, as proto3 JSON does).
+/// One SubmitBatch item: `{"index": n, "task": ...}`.
 pub fn batch_item(item: &SubmitBatchResponse) -> Value {
     let mut object = Map::new();
-    if item.index > 0 {
-        object.insert("index".into(), item.index.into());
-    }
+    object.insert("index".into(), item.index.into());
     if let Some(value) = &item.task {
         object.insert("task".into(), task(value));
     }
@@ -94,9 +95,7 @@ pub fn stats(response: &GetStatsResponse) -> Value {
     if let Some(totals) = &response.totals {
         object.insert("totals".into(), worker(totals));
     }
-    if response.queue_depth > 0 {
-        object.insert("queueDepth".into(), response.queue_depth.to_string().into());
-    }
+    object.insert("queueDepth".into(), response.queue_depth.to_string().into());
     if !response.tasks_by_status.is_empty() {
         // Map entries are always written, zero or not; sorted so the output is stable.
         let mut entries: Vec<_> = response.tasks_by_status.iter().collect();
@@ -120,9 +119,7 @@ fn worker(stats: &WorkerStats) -> Value {
         ("failed", stats.failed),
         ("total", stats.total),
     ] {
-        if count > 0 {
-            object.insert(key.into(), count.to_string().into());
-        }
+        object.insert(key.into(), count.to_string().into());
     }
     for (key, value) in [
         ("meanRunTime", &stats.mean_run_time),
@@ -229,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn stats_write_uint64_as_strings_and_leave_defaults_out() {
+    fn stats_write_uint64_as_strings_and_every_count() {
         let mut response = GetStatsResponse {
             workers: vec![WorkerStats {
                 worker_id: "w1".into(),
@@ -251,8 +248,9 @@ mod tests {
         assert_eq!(
             stats(&response),
             serde_json::json!({
-                "workers": [{"workerId": "w1", "succeeded": "3", "total": "3", "meanRunTime": "0.002s"}],
-                "totals": {},
+                "workers": [{"workerId": "w1", "succeeded": "3", "failed": "0", "total": "3", "meanRunTime": "0.002s"}],
+                "totals": {"succeeded": "0", "failed": "0", "total": "0"},
+                "queueDepth": "0",
                 "tasksByStatus": {"TASK_STATUS_PENDING": "0"},
             })
         );

@@ -347,7 +347,7 @@ async fn batch_collects_every_task_sorted_by_index() {
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     // Index 0 is omitted, as proto3 JSON omits every default.
-    assert!(results[0].get("index").is_none());
+    assert_eq!(results[0]["index"], 0);
     assert_eq!(results[1]["index"], 1);
     assert_eq!(results[2]["index"], 2);
     assert_eq!(results[0]["task"]["result"], "2");
@@ -396,8 +396,8 @@ async fn stats_follow_the_proto3_mapping() {
     assert!(stats["totals"].get("workerId").is_none());
     assert_eq!(stats["tasksByStatus"]["TASK_STATUS_SUCCEEDED"], "1");
     assert_eq!(stats["tasksByStatus"]["TASK_STATUS_FAILED"], "1");
-    // Nothing waits in the queue: a zero uint64 is omitted.
-    assert!(stats.get("queueDepth").is_none(), "{stats}");
+    // Nothing waits in the queue: the zero is written, as a uint64's string.
+    assert_eq!(stats["queueDepth"], "0", "{stats}");
 }
 
 /// Splits an SSE body into (event, data) pairs, checking the framing line by line.
