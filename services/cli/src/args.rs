@@ -67,7 +67,8 @@ pub struct UpArgs {
     pub amqp_url: Option<String>,
     #[command(flatten)]
     pub topology: TopologyArgs,
-    /// Worker loops to run in this process.
+    /// Worker loops to run in this process. 0: none, so tasks stay PENDING until workers of
+    /// the same broker take them (or, on the in-process queue, until a restart with workers).
     #[arg(long, env = "DALC_WORKERS", default_value_t = 2)]
     pub workers: u16,
 }

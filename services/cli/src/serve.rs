@@ -160,7 +160,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken, metrics: Arc<Metrics>
     let mut services = JoinSet::new();
     // The workers stop after the gateway: calls it accepts while draining still get run.
     let workers_stop = CancellationToken::new();
-    for n in 0..args.workers.max(1) {
+    for n in 0..args.workers {
         let config = worker_config(&args.work, &args.common, Some(n), &metrics);
         let (backends, stop) = (backends.clone(), workers_stop.clone());
         services.spawn(async move {

@@ -47,6 +47,26 @@ fn json(body: &str) -> serde_json::Value {
 }
 
 #[test]
+fn up_with_no_workers_keeps_tasks_pending_for_a_cancel() {
+    let (gateway, dir) = up("http-no-workers", &["--workers", "0"]);
+    let tasks = format!("{}/tasks", gateway.http_url());
+    let (code, body) = curl(&["-d", r#"{"expression": "6 * 7"}"#, &tasks]);
+    assert_eq!(code, 202, "{body}");
+    let id = json(&body)["task"]["id"].as_str().unwrap().to_owned();
+    // Nothing takes it: a wait ends at its timeout with the task still PENDING.
+    let (code, body) = curl(&[&format!("{tasks}/{id}?wait=true&timeout=1s")]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["task"]["status"], "TASK_STATUS_PENDING");
+    let (code, body) = curl(&["-X", "POST", &format!("{tasks}/{id}:cancel")]);
+    assert_eq!(code, 200, "{body}");
+    let task = json(&body)["task"].clone();
+    assert_eq!(task["status"], "TASK_STATUS_CANCELLED");
+    assert!(task.get("attempts").is_none(), "it never ran: {task}");
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn curl_speaks_the_original_http_api() {
     let (gateway, dir) = up("http-curl", &[]);
     let base = gateway.http_url();
