@@ -94,6 +94,13 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            // How to authenticate (RFC 9110 requires it on a 401): an API key as a bearer token.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"dalc\""),
+            );
+        }
         if let Some(allow) = self.allow {
             response
                 .headers_mut()

@@ -643,9 +643,12 @@ async fn the_authorization_header_reaches_the_service() {
         api_key: Some("s3cret".into()),
         ..FakeOptions::default()
     });
-    get(&router, "/stats")
-        .await
-        .assert_error(401, "UNAUTHENTICATED");
+    let refused = get(&router, "/stats").await;
+    refused.assert_error(401, "UNAUTHENTICATED");
+    assert_eq!(
+        refused.headers[header::WWW_AUTHENTICATE],
+        "Bearer realm=\"dalc\""
+    );
     assert_eq!(fake.last_authorization(), None);
     send(
         &router,
