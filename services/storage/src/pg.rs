@@ -59,11 +59,12 @@ pub(crate) fn record_quick_attempts(items: &[QuickItem]) -> Statement {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "UPDATE tasks SET {OUTCOME_COLUMNS}, attempts = tasks.attempts + 1, \
-           worker_id = outcome.worker_id, started_at = statement_timestamp(), \
+           worker_id = outcome.worker_id, \
+           started_at = statement_timestamp() - outcome.ran_us * interval '1 microsecond', \
            finished_at = statement_timestamp(), lease_until = NULL, \
            published_at = COALESCE(tasks.published_at, statement_timestamp()) \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-           AS outcome(id, worker_id, status, detail, expression) \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+           AS outcome(id, worker_id, status, detail, expression, ran_us) \
          WHERE {LOCKED_IN_ID_ORDER} AND tasks.id = outcome.id \
            AND (tasks.status || '') = '{pending}' AND tasks.expression = outcome.expression \
          RETURNING tasks.*",
@@ -77,6 +78,10 @@ pub(crate) fn record_quick_attempts(items: &[QuickItem]) -> Statement {
         .collect();
     let expressions = items.iter().map(|item| item.expression.clone()).collect();
     let (statuses, details) = outcome_arrays(items.iter().map(|item| &item.outcome));
+    let ran_us = items
+        .iter()
+        .map(|item| i64::try_from(item.ran_for.as_micros()).unwrap_or(i64::MAX))
+        .collect();
     statement(
         &SQL,
         vec![
@@ -85,6 +90,7 @@ pub(crate) fn record_quick_attempts(items: &[QuickItem]) -> Statement {
             statuses,
             details,
             array(expressions),
+            array(ran_us),
         ],
     )
 }

@@ -28,10 +28,11 @@ pub(crate) fn record_quick_attempts(items: &[QuickItem], now: DateTime<Utc>) -> 
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "UPDATE tasks SET {OUTCOME_COLUMNS}, attempts = tasks.attempts + 1, \
-           worker_id = outcome.worker_id, started_at = ?, finished_at = ?, lease_until = NULL, \
-           published_at = COALESCE(tasks.published_at, ?) \
+           worker_id = outcome.worker_id, started_at = outcome.started_at, finished_at = ?, \
+           lease_until = NULL, published_at = COALESCE(tasks.published_at, ?) \
          FROM (SELECT unhex(value ->> 0) AS id, value ->> 1 AS worker_id, value ->> 2 AS status, \
-             value ->> 3 AS detail, value ->> 4 AS expression FROM json_each(?)) AS outcome \
+             value ->> 3 AS detail, value ->> 4 AS expression, value ->> 5 AS started_at \
+           FROM json_each(?)) AS outcome \
          WHERE tasks.id = outcome.id AND +tasks.status = '{pending}' \
            AND tasks.expression = outcome.expression \
          RETURNING *",
@@ -47,20 +48,13 @@ pub(crate) fn record_quick_attempts(items: &[QuickItem], now: DateTime<Utc>) -> 
                 &*item.worker_id,
                 status,
                 detail,
-                item.expression
+                item.expression,
+                instant(now - item.ran_for)
             ])
         })
         .collect();
     let now = instant(now);
-    statement(
-        &SQL,
-        vec![
-            now.clone().into(),
-            now.clone().into(),
-            now.into(),
-            json_text(rows),
-        ],
-    )
+    statement(&SQL, vec![now.clone().into(), now.into(), json_text(rows)])
 }
 
 /// Inserts new PENDING tasks created at `now`: (task, the grace its gateway has to confirm the

@@ -96,6 +96,9 @@ pub(crate) struct QuickItem {
     /// What the worker evaluated: the write matches only a task with this very expression.
     pub(crate) expression: String,
     pub(crate) outcome: Outcome,
+    /// How long the evaluation took: the attempt is stored as started this long before it
+    /// ended, so run times read true (a write's instant for both would make them all zero).
+    pub(crate) ran_for: Duration,
 }
 
 /// The group-commit queues of the task path's writes, and of waiting calls' re-reads.
@@ -728,7 +731,8 @@ impl TaskStore {
     /// Records a quick attempt by `worker_id`: a PENDING task whose `expression` the worker
     /// evaluated before any write (the engine predicts microseconds of work) goes straight to
     /// `outcome`, its attempt counted in the same write (group-committed with other quick
-    /// attempts). Returns the stored task, or `None` when the task is not PENDING (a duplicate
+    /// attempts), as started `ran_for` (the evaluation's time) before it ended. Returns the
+    /// stored task, or `None` when the task is not PENDING (a duplicate
     /// message, a cancel, a takeover) or its stored expression is not `expression`: the caller
     /// then goes the long way, starting an attempt first.
     ///
@@ -740,6 +744,7 @@ impl TaskStore {
         worker_id: &str,
         expression: &str,
         outcome: &Outcome,
+        ran_for: Duration,
     ) -> impl Future<Output = Result<Option<Task>, StorageError>> + Send + use<'_> {
         let span =
             tracing::info_span!("record_quick_attempt", task_id = %id, status = %outcome.status());
@@ -750,6 +755,7 @@ impl TaskStore {
                 worker_id: worker_id.into(),
                 expression: expression.to_owned(),
                 outcome: outcome.clone(),
+                ran_for: ran_for.min(MAX_CLOCK_OFFSET),
             });
         async move {
             let Some(item) = item else {

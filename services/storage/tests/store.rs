@@ -691,7 +691,13 @@ async fn quick(
     outcome: &Outcome,
 ) -> Option<Task> {
     store
-        .record_quick_attempt(id, worker, expression, outcome)
+        .record_quick_attempt(
+            id,
+            worker,
+            expression,
+            outcome,
+            std::time::Duration::from_micros(250),
+        )
         .await
         .unwrap()
 }
@@ -706,6 +712,9 @@ async fn a_quick_attempt_only_ends_a_pending_task(store: TaskStore) {
     assert_eq!(quick(&store, task.id, "w2", "1 + 1", &other).await, None);
     let stored = store.get(task.id).await.unwrap().unwrap();
     assert_eq!((stored.result.as_deref(), stored.attempts), (Some("2"), 1));
+    // Its run time is the evaluation's, not zero.
+    let ran = stored.finished_at.unwrap() - stored.started_at.unwrap();
+    assert_eq!(ran, chrono::TimeDelta::microseconds(250));
     // RUNNING under a live attempt: left to that attempt.
     let running = stored_pending(&store, "1 + 1").await;
     store.start_attempt(running.id, "w1", LEASE).await.unwrap();
@@ -754,7 +763,13 @@ async fn many_quick_attempts_at_once_each_get_their_own_row(store: TaskStore) {
                 let worker = format!("w{copy}");
                 let expression = n.to_string();
                 let ran = store
-                    .record_quick_attempt(id, &worker, &expression, &outcome)
+                    .record_quick_attempt(
+                        id,
+                        &worker,
+                        &expression,
+                        &outcome,
+                        std::time::Duration::ZERO,
+                    )
                     .await;
                 (n, worker, ran.unwrap())
             })

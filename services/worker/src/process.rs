@@ -329,11 +329,11 @@ impl Processor {
         // before the awaits.
         let recorded = {
             let limits = &self.config.limits;
+            let started = std::time::Instant::now();
             let quick = match dalc_calc::parse(&message.expression, limits) {
                 Ok(expr) if expr.is_cheap() && !self.fault_hooks_apply(&message.expression) => expr,
                 _ => return Ok(None),
             };
-            let started = std::time::Instant::now();
             let outcome = info_span!("evaluate", task_id = %message.task_id, attempt = Empty)
                 .in_scope(|| outcome_of(quick.evaluate(limits)));
             self.observe_evaluation(started);
@@ -342,6 +342,7 @@ impl Processor {
                 &self.config.worker_id,
                 &message.expression,
                 &outcome,
+                started.elapsed(),
             )
         }
         .await?;
