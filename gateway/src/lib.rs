@@ -383,7 +383,6 @@ fn warm_up_counts(counts: &task_counts::TaskCounts, store: &TaskStore, config: &
     });
 }
 
-/// Serves the HTTP/JSON API and dashboard until shutdown (after the same drain delay as gRPC).
 /// The gRPC listener's connections, each with Nagle's algorithm off. (tonic's `tcp_nodelay`
 /// applies only to listeners it binds itself.) With it on, a response written in pieces (HEADERS,
 /// DATA, trailers) held its last piece back until the client acknowledged the first, and a client
@@ -392,6 +391,7 @@ fn no_delay(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Serves the HTTP/JSON API and dashboard until shutdown (after the same drain delay as gRPC).
 async fn serve_http(
     listener: TcpListener,
     router: axum::Router,

@@ -42,9 +42,9 @@ pub const OPENAPI_JSON: &str = assets::OPENAPI_JSON;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RouterOptions {
-    /// The largest request body accepted; larger ones get 429
-    /// (RESOURCE_EXHAUSTED). Default 4 MiB: room for a
-    /// 10,000-expression batch, small enough that a client cannot make us buffer much.
+    /// The largest request body accepted; larger ones get 429 (RESOURCE_EXHAUSTED). Default
+    /// 4 MiB: room for a 10,000-expression batch, small enough that a client cannot make us
+    /// buffer much.
     pub max_body_bytes: usize,
 }
 

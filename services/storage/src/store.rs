@@ -732,9 +732,9 @@ impl TaskStore {
     /// evaluated before any write (the engine predicts microseconds of work) goes straight to
     /// `outcome`, its attempt counted in the same write (group-committed with other quick
     /// attempts), as started `ran_for` (the evaluation's time) before it ended. Returns the
-    /// stored task, or `None` when the task is not PENDING (a duplicate
-    /// message, a cancel, a takeover) or its stored expression is not `expression`: the caller
-    /// then goes the long way, starting an attempt first.
+    /// stored task, or `None` when the task is not PENDING (a duplicate message, a cancel, a
+    /// takeover) or its stored expression is not `expression`: the caller then goes the long
+    /// way, starting an attempt first.
     ///
     /// A plain function returning its future, the item made at once: an `async fn` would keep
     /// its arguments beside the item, in every worker's future for every task.
@@ -755,6 +755,7 @@ impl TaskStore {
                 worker_id: worker_id.into(),
                 expression: expression.to_owned(),
                 outcome: outcome.clone(),
+                // Bounded like every offset from a clock, so the start is a valid instant.
                 ran_for: ran_for.min(MAX_CLOCK_OFFSET),
             });
         async move {
