@@ -90,6 +90,7 @@ async fn finalise(store: &TaskStore, waiters: &Waiters, metrics: &Metrics, lette
     match end_task(store, id, &reason).await {
         Ok(Some(task)) => {
             info!(task_id = %id, %reason, status = %task.status, "dead letter finalised its task");
+            metrics.task_finished(task.status.as_str());
             waiters.deliver(task);
         }
         Ok(None) => info!(task_id = %id, %reason, "recorded a dead letter; its task stands"),

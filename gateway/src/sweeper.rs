@@ -61,6 +61,7 @@ pub(crate) async fn run(
         match sweep(&store, publisher.as_ref(), policy).await {
             Ok((report, expired)) => {
                 for task in expired {
+                    metrics.task_finished(task.status.as_str());
                     waiters.deliver(task);
                 }
                 metrics.tasks_deleted.inc_by(report.deleted);

@@ -436,6 +436,7 @@ impl Tasks {
         self.read_owned(tenant, id).await?;
         match self.store.cancel(id).await? {
             Cancelled::Now(task) => {
+                self.config.metrics.task_finished(task.status.as_str());
                 self.waiters.deliver(task.clone());
                 // Watchers at other gateways.
                 dalc_queue::announce(self.notifier.clone(), task.clone());
@@ -637,10 +638,17 @@ impl Tasks {
         let failed = Outcome::Failed {
             error: format!("could not be queued: {reason}"),
         };
-        let store = self.store.clone();
+        let (store, metrics) = (self.store.clone(), self.config.metrics.clone());
         let record = async move {
-            if let Err(err) = store.finish_all_unstarted(&ids, &failed).await {
-                warn!(error = %err, tasks = ids.len(), "cannot mark unqueued tasks FAILED; the sweeper retries their publish");
+            match store.finish_all_unstarted(&ids, &failed).await {
+                Ok(ended) => {
+                    for task in ended {
+                        metrics.task_finished(task.status.as_str());
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %err, tasks = ids.len(), "cannot mark unqueued tasks FAILED; the sweeper retries their publish");
+                }
             }
         };
         tokio::spawn(record.in_current_span());

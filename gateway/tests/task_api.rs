@@ -3,7 +3,7 @@
 //! stats, limits and tenants. Across processes over RabbitMQ: `services/cli/tests`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use dalc_gateway::{ApiKeys, GatewayConfig, keys_file_line};
 use dalc_proto::v1::{
@@ -291,7 +291,14 @@ async fn cancel(stack: &mut Stack, id: &str) -> Result<Task, tonic::Status> {
 
 #[tokio::test]
 async fn a_cancelled_task_never_runs_even_behind_a_backlog() {
-    let mut stack = stack_without_workers().await;
+    let metrics = Arc::new(dalc_telemetry::Metrics::default());
+    let gateway_metrics = metrics.clone();
+    let mut stack = start(StackOptions {
+        workers: 0,
+        configure: Box::new(move |config: &mut GatewayConfig| config.metrics = gateway_metrics),
+        ..StackOptions::default()
+    })
+    .await;
     let mut backlog = Vec::new();
     for n in 0..200 {
         backlog.push(submit(&mut stack, request(&format!("{n} * 2"), false)).await);
@@ -304,6 +311,12 @@ async fn a_cancelled_task_never_runs_even_behind_a_backlog() {
     let again = cancel(&mut stack, &victim).await.unwrap();
     assert_eq!(again.status(), TaskStatus::Cancelled);
     assert_eq!(again.finished_at, cancelled.finished_at);
+    // The gateway ended it, so the gateway counts it, once.
+    let text = metrics.render();
+    assert!(
+        text.contains("dalc_tasks_finished_total{status=\"CANCELLED\"} 1\n"),
+        "{text}"
+    );
 
     stack.start_worker("late-worker", 4);
     for task in &backlog {
@@ -506,7 +519,7 @@ async fn an_idempotent_retry_returns_the_same_task_and_runs_it_once() {
 /// Refuses the first `failures` publishes, then hands them to the in-process queue.
 struct FlakyPublisher {
     failures: std::sync::atomic::AtomicUsize,
-    queue: std::sync::Arc<dalc_queue::memory::MemoryBroker>,
+    queue: Arc<dalc_queue::memory::MemoryBroker>,
 }
 
 #[async_trait::async_trait]

@@ -1,8 +1,11 @@
 //! Prometheus metrics: one [`Metrics`] per process, served as text on `/metrics` by [`serve`].
 //!
-//! Gateways count submissions and waiting calls; workers count finished tasks by status, time
-//! evaluations and end-to-end latency, and track tasks in flight; both count broker reconnects
-//! and time publisher confirms; the request queue's depth is sampled periodically.
+//! Gateways count submissions and waiting calls; workers time evaluations and end-to-end latency
+//! and track tasks in flight; both count broker reconnects and time publisher confirms; the
+//! request queue's depth is sampled periodically. Finished tasks are counted, by status, by the
+//! process that ended them: a worker for the tasks it ran, a gateway for those it ended itself
+//! (cancelled, expired by its sweeper or a dead letter, failed to queue), so the sum over all
+//! processes counts every terminal task once.
 
 use std::sync::Arc;
 
