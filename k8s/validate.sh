@@ -219,12 +219,16 @@ for path in sorted(work.glob("*.yaml")):
                 err(f"ScaledObject/{name} targets missing Deployment {target}")
             if ("HorizontalPodAutoscaler", target) in by:
                 err(f"ScaledObject/{name}: the CPU HPA for {target} must be removed (KEDA owns one)")
+            watched = set()
             for t in o["spec"]["triggers"]:
                 auth = t.get("authenticationRef", {}).get("name")
                 if auth and ("TriggerAuthentication", auth) not in by:
                     err(f"ScaledObject/{name} uses missing TriggerAuthentication {auth}")
-                if t["type"] == "rabbitmq" and t["metadata"].get("queueName") != "dalc.tasks":
-                    err(f"ScaledObject/{name}: rabbitmq trigger must watch dalc.tasks")
+                if t["type"] == "rabbitmq":
+                    watched.add(t["metadata"].get("queueName"))
+            # Both request queues: quorum queues put priorities 5 and up in the interactive one.
+            if watched != {"dalc.tasks", "dalc.tasks.interactive"}:
+                err(f"ScaledObject/{name}: rabbitmq triggers must watch dalc.tasks and dalc.tasks.interactive, not {sorted(watched)}")
             if not 1 <= o["spec"]["minReplicaCount"] <= o["spec"]["maxReplicaCount"]:
                 err(f"ScaledObject/{name}: bad replica bounds")
 
