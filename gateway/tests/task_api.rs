@@ -290,6 +290,32 @@ async fn cancel(stack: &mut Stack, id: &str) -> Result<Task, tonic::Status> {
 }
 
 #[tokio::test]
+async fn a_task_the_gateway_expires_is_counted_by_the_gateway() {
+    let metrics = Arc::new(dalc_telemetry::Metrics::default());
+    let gateway_metrics = metrics.clone();
+    let mut stack = start(StackOptions {
+        workers: 0,
+        configure: Box::new(move |config: &mut GatewayConfig| {
+            config.metrics = gateway_metrics;
+            config.sweep_interval = Duration::from_millis(100);
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let mut doomed = request("6 * 7", false);
+    doomed.timeout = Some(Duration::from_millis(300).try_into().unwrap());
+    let task = submit(&mut stack, doomed).await;
+    // No worker: its deadline passes unrun, and the gateway ends it.
+    let ended = await_end(&mut stack, &task.id).await;
+    assert_eq!(ended.status(), TaskStatus::Expired);
+    let text = metrics.render();
+    assert!(
+        text.contains("dalc_tasks_finished_total{status=\"EXPIRED\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_cancelled_task_never_runs_even_behind_a_backlog() {
     let metrics = Arc::new(dalc_telemetry::Metrics::default());
     let gateway_metrics = metrics.clone();
