@@ -280,6 +280,7 @@ fn caller_trace_context(metadata: &MetadataMap) -> BTreeMap<String, String> {
 
 /// The server span of one call, continuing the caller's trace.
 fn server_span(method: &str, caller: &BTreeMap<String, String>) -> Span {
+    // Its name is one of dalc_telemetry::LOG_CONTEXT_SPANS: log lines inside show its fields.
     let span = info_span!(
         "rpc",
         otel.name = format!("dalc.v1.TaskService/{method}"),

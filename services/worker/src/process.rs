@@ -159,6 +159,7 @@ impl Processor {
     /// Decides what to do with one task message, in a consumer span that continues the trace
     /// of the call that submitted it (its context rides in the message headers).
     pub async fn process(&self, message: &TaskMessage, redelivered: bool) -> Settlement {
+        // Its name is one of dalc_telemetry::LOG_CONTEXT_SPANS: log lines inside show its fields.
         let span = info_span!(
             "process",
             otel.name = format!("{} process", self.source.queue),
