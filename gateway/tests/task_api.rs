@@ -289,17 +289,28 @@ async fn cancel(stack: &mut Stack, id: &str) -> Result<Task, tonic::Status> {
         .unwrap())
 }
 
-#[tokio::test]
-async fn a_task_the_gateway_expires_is_counted_by_the_gateway() {
+/// A gateway with no workers, and the metrics it counts into; `configure` adjusts the rest.
+async fn stack_without_workers_counting(
+    configure: impl FnOnce(&mut GatewayConfig) + 'static,
+) -> (Stack, Arc<dalc_telemetry::Metrics>) {
     let metrics = Arc::new(dalc_telemetry::Metrics::default());
     let gateway_metrics = metrics.clone();
-    let mut stack = start(StackOptions {
+    let stack = start(StackOptions {
         workers: 0,
         configure: Box::new(move |config: &mut GatewayConfig| {
             config.metrics = gateway_metrics;
-            config.sweep_interval = Duration::from_millis(100);
+            configure(config);
         }),
         ..StackOptions::default()
+    })
+    .await;
+    (stack, metrics)
+}
+
+#[tokio::test]
+async fn a_task_the_gateway_expires_is_counted_by_the_gateway() {
+    let (mut stack, metrics) = stack_without_workers_counting(|config| {
+        config.sweep_interval = Duration::from_millis(100);
     })
     .await;
     let mut doomed = request("6 * 7", false);
@@ -317,14 +328,7 @@ async fn a_task_the_gateway_expires_is_counted_by_the_gateway() {
 
 #[tokio::test]
 async fn a_cancelled_task_never_runs_even_behind_a_backlog() {
-    let metrics = Arc::new(dalc_telemetry::Metrics::default());
-    let gateway_metrics = metrics.clone();
-    let mut stack = start(StackOptions {
-        workers: 0,
-        configure: Box::new(move |config: &mut GatewayConfig| config.metrics = gateway_metrics),
-        ..StackOptions::default()
-    })
-    .await;
+    let (mut stack, metrics) = stack_without_workers_counting(|_| {}).await;
     let mut backlog = Vec::new();
     for n in 0..200 {
         backlog.push(submit(&mut stack, request(&format!("{n} * 2"), false)).await);
