@@ -250,9 +250,9 @@ pub struct TopologyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// Serve Prometheus metrics on this address at /metrics (off when unset; port 0 picks a
-    /// free port, and the bound address is printed).
-    #[arg(long, env = "DALC_METRICS_LISTEN")]
+    /// Serve Prometheus metrics on this address at /metrics (port 0 picks a free port, and the
+    /// bound address is printed); off when unset, empty or `off`.
+    #[arg(long, env = "DALC_METRICS_LISTEN", value_name = "ADDR|off")]
     pub metrics_listen: Option<String>,
     /// On SIGTERM, how long in-flight calls and tasks may take to finish.
     #[arg(long, env = "DALC_SHUTDOWN_GRACE", default_value_t = HumanDuration(GatewayConfig::DEFAULT_SHUTDOWN_GRACE))]

@@ -89,7 +89,11 @@ where
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let metrics = Arc::new(Metrics::new());
-    if let Some(listen) = &common.metrics_listen {
+    if let Some(listen) = common
+        .metrics_listen
+        .as_deref()
+        .filter(|listen| !listen.is_empty() && *listen != "off")
+    {
         serve::metrics(listen, metrics.clone(), shutdown.clone()).await?;
     }
     let result = service(shutdown, metrics).await;

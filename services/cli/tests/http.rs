@@ -67,6 +67,19 @@ fn up_with_no_workers_keeps_tasks_pending_for_a_cancel() {
 }
 
 #[test]
+fn up_with_metrics_off_serves_tasks_and_no_metrics() {
+    // `off` reads the same for every listener (it was taken for an address, and start failed).
+    let (gateway, dir) = up("http-metrics-off", &["--metrics-listen", "off"]);
+    assert_eq!(gateway.metrics_addr, None);
+    let tasks = format!("{}/tasks", gateway.http_url());
+    let (code, body) = curl(&["-d", r#"{"expression": "6 * 7", "wait": true}"#, &tasks]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["task"]["result"], "42");
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn curl_speaks_the_original_http_api() {
     let (gateway, dir) = up("http-curl", &[]);
     let base = gateway.http_url();

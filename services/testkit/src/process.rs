@@ -78,9 +78,14 @@ impl DalcProcess {
                 }
             }
         });
-        let wants_metrics = args.contains(&"--metrics-listen");
-        let http_off = args.windows(2).any(|pair| pair == ["--http-listen", "off"])
-            || envs.contains(&("DALC_HTTP_LISTEN", "off"));
+        let flag = |name: &str| {
+            args.windows(2)
+                .find(|pair| pair[0] == name)
+                .map(|pair| pair[1])
+        };
+        let wants_metrics = flag("--metrics-listen").is_some_and(|listen| listen != "off");
+        let http_off =
+            flag("--http-listen") == Some("off") || envs.contains(&("DALC_HTTP_LISTEN", "off"));
         let wants_http = serves_grpc && !http_off;
         let (mut addr, mut metrics_addr, mut http_addr) = (None, None, None);
         while (serves_grpc && addr.is_none())
