@@ -8,6 +8,7 @@ mod checkpoint;
 pub mod entity;
 mod error;
 mod group;
+mod held;
 pub mod migration;
 mod pg;
 mod reads;

@@ -204,7 +204,7 @@ impl TaskStore {
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let rows = Tasks::find()
                 .filter(self.id_in(chunk))
-                .all(&self.db)
+                .all(&self.conn())
                 .await?;
             for row in rows {
                 tasks.push(row.into_task()?);

@@ -25,6 +25,7 @@ use crate::{
     checkpoint::{self, Checkpoints},
     entity::{self, Column, Entity as Tasks},
     group::{GroupCommit, WriteBatch},
+    held::{Conn, HeldConnection, TEST_IF_IDLE_FOR},
     migration::Migrator,
     pg, sqlite,
 };
@@ -114,27 +115,27 @@ struct Batches {
 impl Batches {
     /// `direct` writes each batch (it has no batches of its own).
     fn start(direct: &TaskStore) -> Self {
-        let store = direct.clone();
+        let store = direct.keeping_a_connection();
         let inserts: WriteBatch<InsertItem, ()> = Arc::new(move |items| {
             let store = store.clone();
             Box::pin(async move { store.insert_batch(items).await })
         });
-        let store = direct.clone();
+        let store = direct.keeping_a_connection();
         let starts: WriteBatch<StartItem, Option<Task>> = Arc::new(move |items| {
             let store = store.clone();
             Box::pin(async move { store.start_batch(items).await })
         });
-        let store = direct.clone();
+        let store = direct.keeping_a_connection();
         let finishes: WriteBatch<FinishItem, Option<Task>> = Arc::new(move |items| {
             let store = store.clone();
             Box::pin(async move { store.finish_batch(items).await })
         });
-        let store = direct.clone();
+        let store = direct.keeping_a_connection();
         let quick_attempts: WriteBatch<QuickItem, Option<Task>> = Arc::new(move |items| {
             let store = store.clone();
             Box::pin(async move { store.quick_attempt_batch(items).await })
         });
-        let store = direct.clone();
+        let store = direct.keeping_a_connection();
         let rereads: WriteBatch<TaskId, Option<Task>> = Arc::new(move |ids| {
             let store = store.clone();
             Box::pin(async move { store.reread_batch(ids).await })
@@ -176,6 +177,9 @@ pub struct TaskStore {
     /// batched way is what every call takes, and its state is what thousands of calls in
     /// flight hold.)
     batches: Option<Arc<Batches>>,
+    /// A PostgreSQL group-commit writer's own connection (see `held`), for the statements of
+    /// its batches; `None` elsewhere, where statements take a pooled connection.
+    held: Option<Arc<HeldConnection>>,
     /// The longest any statement (so any write) may take.
     statement_timeout: Duration,
     /// SQLite on a file: the task that checkpoints its write-ahead log. Only held: it stops
@@ -234,7 +238,7 @@ impl TaskStore {
             .acquire_timeout(options.connect_timeout)
             // A connection is checked (a round trip) only after a second unused, when the
             // server or a proxy may have dropped it: not before every statement of a busy pool.
-            .test_before_acquire_if_idle_for(Duration::from_secs(1))
+            .test_before_acquire_if_idle_for(TEST_IF_IDLE_FOR)
             .sqlx_logging(false)
             .map_sqlx_postgres_opts(move |opts| {
                 opts.options([
@@ -285,6 +289,7 @@ impl TaskStore {
         let direct = TaskStore {
             db,
             batches: None,
+            held: None,
             statement_timeout: options.statement_timeout,
             _checkpointer: None,
         };
@@ -294,6 +299,28 @@ impl TaskStore {
             _checkpointer: checkpointer,
             ..direct
         })
+    }
+
+    /// A handle for one group-commit writer: on PostgreSQL its statements go to a connection
+    /// of its own (see `held`); a SQLite database has one connection, which every statement
+    /// of the process shares.
+    fn keeping_a_connection(&self) -> TaskStore {
+        let held = (self.backend() == DatabaseBackend::Postgres).then(|| {
+            let pool = self.db.get_postgres_connection_pool().clone();
+            Arc::new(HeldConnection::new(pool))
+        });
+        TaskStore {
+            held,
+            ..self.clone()
+        }
+    }
+
+    /// Where this handle's batched statements go: its writer's connection, or the pool.
+    pub(crate) fn conn(&self) -> Conn<'_> {
+        match &self.held {
+            Some(held) => Conn::Held(held),
+            None => Conn::Pool(&self.db),
+        }
     }
 
     /// The connection pool, for tests and diagnostics (`SHOW`, `PRAGMA`): everything else goes
@@ -419,7 +446,7 @@ impl TaskStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.db.execute_raw(self.insert_tasks(&items)).await?;
+        self.conn().execute_raw(self.insert_tasks(&items)).await?;
         Ok(vec![(); items.len()])
     }
 
@@ -623,7 +650,7 @@ impl TaskStore {
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
             // PENDING, or an attempt whose lease ran out: never a live attempt.
             .filter(self.abandoned())
-            .exec_with_returning(&self.db)
+            .exec_with_returning(&self.conn())
             .await?;
         updated.into_iter().map(entity::Model::into_task).collect()
     }
@@ -793,7 +820,7 @@ impl TaskStore {
     async fn returning(&self, statement: sea_orm::Statement) -> Result<Vec<Task>, StorageError> {
         Tasks::find()
             .from_raw_sql(statement)
-            .all(&self.db)
+            .all(&self.conn())
             .await?
             .into_iter()
             .map(entity::Model::into_task)

@@ -1,0 +1,308 @@
+//! The PostgreSQL connection a group-commit writer keeps for its own statements.
+//!
+//! A pooled connection costs a round trip every time it goes back: sqlx tests each returned
+//! connection with a ping before anyone may take it again, and the ping is a spawned task and
+//! a wake-up of the server's backend. A writer runs its statements one after another, so it
+//! keeps one connection instead, taken from the pool on first use. Measured side by side
+//! (gateway + 2 workers, the inserts and quick attempts on kept connections): 4–6 % more sync
+//! calls per second at 64 in flight, and a 5–8 % lower median at 1.
+//!
+//! The pool's safeguards hold for it too: a connection unused for a while is tested before
+//! a statement, one that failed other than by a database error (a broken socket, a protocol
+//! error) is dropped, and none is kept longer than a pooled one lives.
+
+use std::time::{Duration, Instant};
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
+    Statement, Values,
+    sqlx::{
+        self, Connection, Executor, PgPool, Postgres,
+        pool::PoolConnection,
+        postgres::{PgDatabaseError, PgSeverity},
+    },
+};
+use sea_query_sqlx::SqlxValues;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// A connection unused this long is tested before a statement (the pool's own rule, see
+/// `TaskStore::connect_with`): the server or a proxy may have dropped it meanwhile.
+pub(crate) const TEST_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+/// The longest a connection is kept: sqlx's default lifetime of a pooled one.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// One writer's connection, taken from `pool` when first needed and again after a fault.
+#[derive(Debug)]
+pub(crate) struct HeldConnection {
+    pool: PgPool,
+    slot: Mutex<Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    connection: Option<PoolConnection<Postgres>>,
+    taken_at: Instant,
+    used_at: Instant,
+}
+
+impl HeldConnection {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        let now = Instant::now();
+        HeldConnection {
+            pool,
+            slot: Mutex::new(Slot {
+                connection: None,
+                taken_at: now,
+                used_at: now,
+            }),
+        }
+    }
+
+    /// The kept connection (tested first when it sat idle), or a new one when there is none.
+    async fn checkout(&self) -> Result<Checkout<'_>, DbErr> {
+        let mut slot = self.slot.lock().await;
+        let now = Instant::now();
+        let kept = match slot.connection.take() {
+            // Dropped: back to the pool, which retires it.
+            Some(_) if now.duration_since(slot.taken_at) >= MAX_LIFETIME => None,
+            Some(mut connection) if now.duration_since(slot.used_at) >= TEST_IF_IDLE_FOR => {
+                connection.ping().await.ok().map(|()| connection)
+            }
+            kept => kept,
+        };
+        let connection = match kept {
+            Some(connection) => connection,
+            None => {
+                let connection = self.pool.acquire().await.map_err(connect_error)?;
+                slot.taken_at = Instant::now();
+                connection
+            }
+        };
+        slot.used_at = now;
+        Ok(Checkout { slot, connection })
+    }
+}
+
+/// The connection out of its slot for one statement. Dropped without [`Checkout::settle`] (a
+/// statement cut off half way), it goes back to the pool, which tests it, and the slot stays
+/// empty.
+struct Checkout<'a> {
+    slot: MutexGuard<'a, Slot>,
+    connection: PoolConnection<Postgres>,
+}
+
+impl Checkout<'_> {
+    /// Keeps the connection for the next statement unless `result` ended it.
+    fn settle<T>(self, result: &Result<T, sqlx::Error>) {
+        let Checkout {
+            mut slot,
+            connection,
+        } = self;
+        let sound = match result {
+            Ok(_) => true,
+            Err(err) => statement_refused(err),
+        };
+        if sound {
+            slot.connection = Some(connection);
+        }
+    }
+}
+
+/// The server refused the statement (a duplicate key, a bad value) and the session goes on.
+/// Anything else ends the connection: a broken socket or protocol, or an error the server sends
+/// as it closes the session (FATAL, e.g. when an administrator ends it or the server shuts
+/// down).
+fn statement_refused(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(err) => err
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|err| matches!(err.severity(), PgSeverity::Error)),
+        _ => false,
+    }
+}
+
+fn query(statement: &Statement) -> sqlx::query::Query<'_, Postgres, SqlxValues> {
+    let values = statement
+        .values
+        .clone()
+        .unwrap_or_else(|| Values(Vec::new()));
+    sqlx::query_with(
+        sqlx::AssertSqlSafe(statement.sql.as_str()),
+        SqlxValues(values),
+    )
+}
+
+// sqlx's errors as SeaORM's pool reports them, so `StorageError` sorts them the same way.
+fn connect_error(err: sqlx::Error) -> DbErr {
+    DbErr::Conn(RuntimeErr::SqlxError(err.into()))
+}
+
+fn exec_error(err: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(err.into()))
+}
+
+fn query_error(err: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(err.into()))
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for HeldConnection {
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
+        let mut checkout = self.checkout().await?;
+        let result = query(&statement).execute(&mut *checkout.connection).await;
+        checkout.settle(&result);
+        result.map(Into::into).map_err(exec_error)
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        let mut checkout = self.checkout().await?;
+        let result = checkout.connection.execute(sqlx::AssertSqlSafe(sql)).await;
+        checkout.settle(&result);
+        result.map(Into::into).map_err(exec_error)
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        let mut checkout = self.checkout().await?;
+        let result = query(&statement)
+            .fetch_optional(&mut *checkout.connection)
+            .await;
+        checkout.settle(&result);
+        result.map(|row| row.map(Into::into)).map_err(query_error)
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let mut checkout = self.checkout().await?;
+        let result = query(&statement).fetch_all(&mut *checkout.connection).await;
+        checkout.settle(&result);
+        result
+            .map(|rows| rows.into_iter().map(Into::into).collect())
+            .map_err(query_error)
+    }
+}
+
+/// Where a store handle's statements go: the pool, or the connection its writer keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Conn<'a> {
+    Pool(&'a DatabaseConnection),
+    Held(&'a HeldConnection),
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Conn<'_> {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Conn::Pool(pool) => pool.get_database_backend(),
+            Conn::Held(held) => held.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Conn::Pool(pool) => pool.execute_raw(statement).await,
+            Conn::Held(held) => held.execute_raw(statement).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Conn::Pool(pool) => pool.execute_unprepared(sql).await,
+            Conn::Held(held) => held.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Conn::Pool(pool) => pool.query_one_raw(statement).await,
+            Conn::Held(held) => held.query_one_raw(statement).await,
+        }
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Conn::Pool(pool) => pool.query_all_raw(statement).await,
+            Conn::Held(held) => held.query_all_raw(statement).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn backend_pid(conn: &impl ConnectionTrait) -> Result<i32, DbErr> {
+        let row = conn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_backend_pid() AS pid",
+            ))
+            .await?;
+        row.unwrap().try_get("", "pid")
+    }
+
+    async fn held() -> (HeldConnection, PgPool) {
+        let url = dalc_testkit::fresh_postgres_database().await;
+        let pool = PgPool::connect(&url).await.unwrap();
+        (HeldConnection::new(pool.clone()), pool)
+    }
+
+    async fn terminate(pool: &PgPool, pid: i32) {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn statements_one_after_another_share_one_server_backend() {
+        let (held, _pool) = held().await;
+        let first = backend_pid(&held).await.unwrap();
+        for _ in 0..5 {
+            assert_eq!(backend_pid(&held).await.unwrap(), first);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_statement_leaves_the_connection_kept() {
+        let (held, _pool) = held().await;
+        let before = backend_pid(&held).await.unwrap();
+        let refused = held.execute_unprepared("SELECT 1 / 0").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("division by zero"),
+            "{refused}"
+        );
+        assert_eq!(backend_pid(&held).await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_by_the_server_while_idle_is_replaced_unseen() {
+        let (held, pool) = held().await;
+        let before = backend_pid(&held).await.unwrap();
+        terminate(&pool, before).await;
+        // Idle long enough to be tested first: the next statement never sees the dead socket.
+        tokio::time::sleep(TEST_IF_IDLE_FOR + Duration::from_millis(100)).await;
+        let after = backend_pid(&held).await.unwrap();
+        assert_ne!(after, before);
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_fails_one_statement_and_the_next_gets_a_new_one() {
+        let (held, pool) = held().await;
+        let before = backend_pid(&held).await.unwrap();
+        terminate(&pool, before).await;
+        // Straight away (not idle): the statement meets the closed connection, a connection
+        // fault a caller may retry, and the connection is not kept.
+        let broken = backend_pid(&held).await.unwrap_err();
+        assert!(
+            crate::StorageError::from(broken.clone()).is_unavailable(),
+            "{broken}"
+        );
+        let after = backend_pid(&held).await.unwrap();
+        assert_ne!(after, before);
+    }
+}
