@@ -123,15 +123,10 @@ fn statement_refused(err: &sqlx::Error) -> bool {
     }
 }
 
-fn query(statement: &Statement) -> sqlx::query::Query<'_, Postgres, SqlxValues> {
-    let values = statement
-        .values
-        .clone()
-        .unwrap_or_else(|| Values(Vec::new()));
-    sqlx::query_with(
-        sqlx::AssertSqlSafe(statement.sql.as_str()),
-        SqlxValues(values),
-    )
+/// `statement` as sqlx runs it, its values moved rather than copied (a batch's arrays).
+fn query(statement: Statement) -> sqlx::query::Query<'static, Postgres, SqlxValues> {
+    let values = statement.values.unwrap_or_else(|| Values(Vec::new()));
+    sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), SqlxValues(values))
 }
 
 // sqlx's errors as SeaORM's pool reports them, so `StorageError` sorts them the same way.
@@ -155,7 +150,7 @@ impl ConnectionTrait for HeldConnection {
 
     async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
         let mut checkout = self.checkout().await?;
-        let result = query(&statement).execute(&mut *checkout.connection).await;
+        let result = query(statement).execute(&mut *checkout.connection).await;
         checkout.settle(&result);
         result.map(Into::into).map_err(exec_error)
     }
@@ -169,7 +164,7 @@ impl ConnectionTrait for HeldConnection {
 
     async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
         let mut checkout = self.checkout().await?;
-        let result = query(&statement)
+        let result = query(statement)
             .fetch_optional(&mut *checkout.connection)
             .await;
         checkout.settle(&result);
@@ -178,7 +173,7 @@ impl ConnectionTrait for HeldConnection {
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let mut checkout = self.checkout().await?;
-        let result = query(&statement).fetch_all(&mut *checkout.connection).await;
+        let result = query(statement).fetch_all(&mut *checkout.connection).await;
         checkout.settle(&result);
         result
             .map(|rows| rows.into_iter().map(Into::into).collect())
