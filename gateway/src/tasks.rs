@@ -467,7 +467,7 @@ impl Tasks {
 
     /// The task `id` if it is the tenant's: another tenant's task is as good as missing.
     pub(crate) async fn read_owned(&self, tenant: &Tenant, id: TaskId) -> Result<Task, ApiError> {
-        match self.store.get(id).await? {
+        match self.store.read(id).await? {
             Some(task) if task.tenant == tenant.0 => Ok(task),
             _ => Err(not_found(id)),
         }
@@ -601,8 +601,8 @@ impl Tasks {
                 }
                 // A lost reply or event must not make us wait for nothing: the database has
                 // the truth. Boxed: rare, and kept out of the state every waiting call holds.
-                let reread = Box::pin(tokio::time::timeout_at(until, self.store.reread(task.id)));
-                match reread.await {
+                let read = Box::pin(tokio::time::timeout_at(until, self.store.read(task.id)));
+                match read.await {
                     Ok(Ok(Some(stored))) => task = stored,
                     Ok(Ok(None)) => {}
                     Ok(Err(err)) => warn!(error = %err, "cannot re-read a waited-for task"),
@@ -702,7 +702,7 @@ impl Watch {
                 () = tokio::time::sleep(self.polls.peek()) => {
                     self.polls.next_delay();
                     // A lost event must not stall the watch: the database has the truth.
-                    match self.tasks.store.reread(self.last.id).await {
+                    match self.tasks.store.read(self.last.id).await {
                         Ok(stored) => stored,
                         Err(err) => {
                             warn!(error = %err, "cannot re-read a watched task");

@@ -46,7 +46,7 @@ on_both_backends!(
     finished_tasks_are_counted_since_a_watermark_and_open_ones_by_status,
     insert_then_get_round_trips,
     unknown_id_is_none,
-    many_rereads_at_once_each_get_their_own_task,
+    many_reads_at_once_each_get_their_own_task,
     start_moves_pending_to_running,
     a_live_lease_keeps_duplicates_out,
     an_attempt_whose_lease_ran_out_is_taken_over,
@@ -105,7 +105,7 @@ async fn unknown_id_is_none(store: TaskStore) {
     assert_eq!(store.get(TaskId::new()).await.unwrap(), None);
 }
 
-async fn many_rereads_at_once_each_get_their_own_task(store: TaskStore) {
+async fn many_reads_at_once_each_get_their_own_task(store: TaskStore) {
     let mut stored = Vec::new();
     for n in 0..40 {
         stored.push(stored_pending(&store, &n.to_string()).await);
@@ -118,7 +118,7 @@ async fn many_rereads_at_once_each_get_their_own_task(store: TaskStore) {
     let reads = wanted.iter().map(|task| {
         let store = store.clone();
         let id = task.map_or_else(TaskId::new, |task| task.id);
-        async move { store.reread(id).await.unwrap() }
+        async move { store.read(id).await.unwrap() }
     });
     let read = futures::future::join_all(reads).await;
     for (got, want) in read.iter().zip(&wanted) {
