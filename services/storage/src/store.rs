@@ -38,8 +38,9 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
     /// PostgreSQL cancels any statement that runs longer (SQLite waits this long for a lock).
     pub statement_timeout: Duration,
-    /// Connections in the PostgreSQL pool: enough for the group-commit writers, the reads of
-    /// waiting calls and the sweeper. (A SQLite database gets one: see `connect_with`.)
+    /// Connections in the PostgreSQL pool: enough for the group-commit writers (each of the
+    /// five kinds keeps one once used: see `held`), the other reads and the sweeper. (A SQLite
+    /// database gets one: see `connect_with`.)
     pub max_connections: u32,
 }
 
@@ -468,8 +469,8 @@ impl TaskStore {
             .transpose()
     }
 
-    /// [`TaskStore::get`], read together with the other reads waiting at the time, on a
-    /// connection kept for them: how calls (GetTask, long polls, watches) read their tasks, a
+    /// [`TaskStore::get`], read together with the other reads waiting at the time (on
+    /// PostgreSQL, on a connection kept for them): how calls (GetTask, long polls, watches) read their tasks, a
     /// few statements for thousands of them rather than one statement and one pooled connection
     /// each. Side by side, 64 GetTask calls in flight: 34,024–36,750 against 13,409–16,345
     /// calls/s on PostgreSQL, 30,861–33,815 against 7,603–7,952 on `dalc up`'s SQLite; one at a
