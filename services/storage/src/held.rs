@@ -9,7 +9,7 @@
 //! 4,058–4,530 calls/s; at 1 in flight the median was 1.64–1.66 against 1.66–1.72 ms.
 //!
 //! The pool's safeguards hold for it too: a connection unused for a while is tested before
-//! a statement, one whose statement failed other than by the server refusing it (a broken
+//! a statement (for no longer than the pool's acquire timeout), one whose statement failed other than by the server refusing it (a broken
 //! socket, the server ending the session) is dropped, and none is kept longer than a pooled
 //! one lives.
 
@@ -68,7 +68,13 @@ impl HeldConnection {
             // Dropped: back to the pool, which retires it.
             Some(_) if now.duration_since(slot.taken_at) >= MAX_LIFETIME => None,
             Some(mut connection) if now.duration_since(slot.used_at) >= TEST_IF_IDLE_FOR => {
-                connection.ping().await.ok().map(|()| connection)
+                // As long as the pool's own test may take (its acquire timeout): a connection
+                // to a server gone silent must not hold the writer.
+                let patience = self.pool.options().get_acquire_timeout();
+                match tokio::time::timeout(patience, connection.ping()).await {
+                    Ok(Ok(())) => Some(connection),
+                    _ => None,
+                }
             }
             kept => kept,
         };
@@ -228,7 +234,7 @@ impl ConnectionTrait for Conn<'_> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     async fn backend_pid(conn: &impl ConnectionTrait) -> Result<i32, DbErr> {
@@ -253,6 +259,38 @@ mod tests {
             .execute(pool)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_gone_silent_fails_a_statement_in_bounded_time() {
+        use std::str::FromStr;
+        let url = dalc_testkit::fresh_postgres_database().await;
+        let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
+        let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
+        let through_proxy = options
+            .host(&proxy.addr().ip().to_string())
+            .port(proxy.addr().port());
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_with(through_proxy)
+            .await
+            .unwrap();
+        let held = HeldConnection::new(pool);
+        backend_pid(&held).await.unwrap();
+        // The server stops answering without closing anything: only a timeout can tell.
+        proxy.blackhole();
+        tokio::time::sleep(TEST_IF_IDLE_FOR + Duration::from_millis(100)).await;
+        let statement = tokio::time::timeout(Duration::from_secs(10), backend_pid(&held));
+        let failed = statement.await.expect("the idle test gave up").unwrap_err();
+        assert!(
+            crate::StorageError::from(failed.clone()).is_unavailable(),
+            "{failed}"
+        );
     }
 
     #[tokio::test]
