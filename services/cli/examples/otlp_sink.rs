@@ -1,6 +1,9 @@
 //! A minimal OTLP/gRPC trace sink for measuring tracing overhead without a real Jaeger:
 //! `cargo run --release -p dalc-cli --example otlp_sink -- 127.0.0.1:4317` accepts spans,
-//! counts them, and prints the count every few seconds.
+//! counts them, and prints the count every few seconds. With `--spans` after the address it
+//! also prints each span as a tab-separated line (`span`, trace id, span id, parent span id,
+//! name, start and end in Unix nanoseconds), which `benches/span_breakdown.py` turns into
+//! where a call's time goes.
 
 use std::sync::{
     Arc,
@@ -16,6 +19,12 @@ use tonic::{Request, Response, Status};
 #[derive(Default, Clone)]
 struct Sink {
     spans: Arc<AtomicU64>,
+    /// Print every span, not only the count.
+    print: bool,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[tonic::async_trait]
@@ -24,13 +33,27 @@ impl TraceService for Sink {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let count: usize = request
-            .into_inner()
+        let request = request.into_inner();
+        let spans = request
             .resource_spans
             .iter()
             .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+            .flat_map(|s| &s.spans);
+        let mut count = 0;
+        for span in spans {
+            count += 1;
+            if self.print {
+                println!(
+                    "span\t{}\t{}\t{}\t{}\t{}\t{}",
+                    hex(&span.trace_id),
+                    hex(&span.span_id),
+                    hex(&span.parent_span_id),
+                    span.name.replace(['\t', '\n'], " "),
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano
+                );
+            }
+        }
         self.spans.fetch_add(count as u64, Ordering::Relaxed);
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
@@ -42,7 +65,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:4317".to_owned())
         .parse()?;
-    let sink = Sink::default();
+    let sink = Sink {
+        print: std::env::args().nth(2).as_deref() == Some("--spans"),
+        ..Sink::default()
+    };
     let spans = sink.spans.clone();
     tokio::spawn(async move {
         loop {
