@@ -8,10 +8,12 @@
 //! backends used 78–83 instead of 89–95 µs of CPU per task, for 4,432–4,624 against
 //! 4,058–4,530 calls/s; at 1 in flight the median was 1.64–1.66 against 1.66–1.72 ms.
 //!
-//! The pool's safeguards hold for it too: a connection unused for a while is tested before
-//! a statement (for no longer than the pool's acquire timeout), one whose statement failed other than by the server refusing it (a broken
-//! socket, the server ending the session) is dropped, and none is kept longer than a pooled
-//! one lives.
+//! The pool's safeguards hold for it too: a connection unused for a while is tested before a
+//! statement (for no longer than the pool's acquire timeout); one whose statement failed other
+//! than by the server refusing it (a broken socket, the server ending the session) is dropped;
+//! none is kept longer than a pooled one lives. And a statement that outlasts the server's own
+//! statement timeout by a second fails, its connection dropped: a server gone silent must not
+//! hold a writer, and with it every caller of its kind, until TCP gives up.
 
 use std::time::{Duration, Instant};
 
@@ -32,11 +34,16 @@ use tokio::sync::{Mutex, MutexGuard};
 pub(crate) const TEST_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// The longest a connection is kept: sqlx's default lifetime of a pooled one.
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// How much longer than the server's statement timeout a statement may take before its
+/// connection is taken for dead: time for the server's own cancellation to arrive.
+const CANCELLATION_GRACE: Duration = Duration::from_secs(1);
 
 /// One writer's connection, taken from `pool` when first needed and again after a fault.
 #[derive(Debug)]
 pub(crate) struct HeldConnection {
     pool: PgPool,
+    /// The longest one statement may take (see `CANCELLATION_GRACE`).
+    statement_limit: Duration,
     slot: Mutex<Slot>,
 }
 
@@ -48,10 +55,12 @@ struct Slot {
 }
 
 impl HeldConnection {
-    pub(crate) fn new(pool: PgPool) -> Self {
+    /// `statement_timeout`: the server's, set on every connection of `pool`.
+    pub(crate) fn new(pool: PgPool, statement_timeout: Duration) -> Self {
         let now = Instant::now();
         HeldConnection {
             pool,
+            statement_limit: statement_timeout + CANCELLATION_GRACE,
             slot: Mutex::new(Slot {
                 connection: None,
                 taken_at: now,
@@ -71,10 +80,10 @@ impl HeldConnection {
                 // As long as the pool's own test may take (its acquire timeout): a connection
                 // to a server gone silent must not hold the writer.
                 let patience = self.pool.options().get_acquire_timeout();
-                match tokio::time::timeout(patience, connection.ping()).await {
-                    Ok(Ok(())) => Some(connection),
-                    _ => None,
-                }
+                within(patience, connection.ping())
+                    .await
+                    .ok()
+                    .map(|()| connection)
             }
             kept => kept,
         };
@@ -129,6 +138,20 @@ fn statement_refused(err: &sqlx::Error) -> bool {
     }
 }
 
+/// `work` on a connection, failed as an I/O timeout (a connection fault: the connection is
+/// dropped, and the caller hears UNAVAILABLE) past `limit`.
+async fn within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the database within {limit:?}"),
+        )))
+    })
+}
+
 /// `statement` as sqlx runs it, its values moved rather than copied (a batch's arrays).
 fn query(statement: Statement) -> sqlx::query::Query<'static, Postgres, SqlxValues> {
     let values = statement.values.unwrap_or_else(|| Values(Vec::new()));
@@ -156,30 +179,32 @@ impl ConnectionTrait for HeldConnection {
 
     async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
         let mut checkout = self.checkout().await?;
-        let result = query(statement).execute(&mut *checkout.connection).await;
+        let run = query(statement).execute(&mut *checkout.connection);
+        let result = within(self.statement_limit, run).await;
         checkout.settle(&result);
         result.map(Into::into).map_err(exec_error)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         let mut checkout = self.checkout().await?;
-        let result = checkout.connection.execute(sqlx::AssertSqlSafe(sql)).await;
+        let run = checkout.connection.execute(sqlx::AssertSqlSafe(sql));
+        let result = within(self.statement_limit, run).await;
         checkout.settle(&result);
         result.map(Into::into).map_err(exec_error)
     }
 
     async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
         let mut checkout = self.checkout().await?;
-        let result = query(statement)
-            .fetch_optional(&mut *checkout.connection)
-            .await;
+        let run = query(statement).fetch_optional(&mut *checkout.connection);
+        let result = within(self.statement_limit, run).await;
         checkout.settle(&result);
         result.map(|row| row.map(Into::into)).map_err(query_error)
     }
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let mut checkout = self.checkout().await?;
-        let result = query(statement).fetch_all(&mut *checkout.connection).await;
+        let run = query(statement).fetch_all(&mut *checkout.connection);
+        let result = within(self.statement_limit, run).await;
         checkout.settle(&result);
         result
             .map(|rows| rows.into_iter().map(Into::into).collect())
@@ -250,7 +275,10 @@ mod tests {
     async fn held() -> (HeldConnection, PgPool) {
         let url = dalc_testkit::fresh_postgres_database().await;
         let pool = PgPool::connect(&url).await.unwrap();
-        (HeldConnection::new(pool.clone()), pool)
+        (
+            HeldConnection::new(pool.clone(), Duration::from_secs(10)),
+            pool,
+        )
     }
 
     async fn terminate(pool: &PgPool, pid: i32) {
@@ -261,8 +289,9 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn a_server_gone_silent_fails_a_statement_in_bounded_time() {
+    /// A kept connection through a proxy that can go silent; the pool's acquire timeout and
+    /// the server's statement timeout are half a second each.
+    async fn held_through_proxy() -> (HeldConnection, dalc_testkit::proxy::TcpProxy) {
         use std::str::FromStr;
         let url = dalc_testkit::fresh_postgres_database().await;
         let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
@@ -280,17 +309,39 @@ mod tests {
             .connect_with(through_proxy)
             .await
             .unwrap();
-        let held = HeldConnection::new(pool);
+        let held = HeldConnection::new(pool, Duration::from_millis(500));
         backend_pid(&held).await.unwrap();
-        // The server stops answering without closing anything: only a timeout can tell.
-        proxy.blackhole();
-        tokio::time::sleep(TEST_IF_IDLE_FOR + Duration::from_millis(100)).await;
-        let statement = tokio::time::timeout(Duration::from_secs(10), backend_pid(&held));
-        let failed = statement.await.expect("the idle test gave up").unwrap_err();
+        (held, proxy)
+    }
+
+    /// A statement's error, which must come (within 10 s) and be an outage to retry.
+    async fn fails_as_unavailable(held: &HeldConnection) {
+        let statement = tokio::time::timeout(Duration::from_secs(10), backend_pid(held));
+        let failed = statement.await.expect("the statement hung").unwrap_err();
         assert!(
             crate::StorageError::from(failed.clone()).is_unavailable(),
             "{failed}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_server_gone_silent_while_the_connection_is_idle_fails_its_test_in_time() {
+        let (held, proxy) = held_through_proxy().await;
+        // The server stops answering without closing anything: only a timeout can tell.
+        proxy.blackhole();
+        tokio::time::sleep(TEST_IF_IDLE_FOR + Duration::from_millis(100)).await;
+        fails_as_unavailable(&held).await;
+    }
+
+    #[tokio::test]
+    async fn a_server_gone_silent_during_a_statement_fails_it_in_time() {
+        let (held, proxy) = held_through_proxy().await;
+        // Straight away: the connection is fresh, so no test comes first.
+        proxy.blackhole();
+        fails_as_unavailable(&held).await;
+        // The connection that timed out is not kept: once the server answers, so does this.
+        proxy.restore();
+        backend_pid(&held).await.unwrap();
     }
 
     #[tokio::test]

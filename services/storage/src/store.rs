@@ -308,7 +308,7 @@ impl TaskStore {
     fn keeping_a_connection(&self) -> TaskStore {
         let held = (self.backend() == DatabaseBackend::Postgres).then(|| {
             let pool = self.db.get_postgres_connection_pool().clone();
-            Arc::new(HeldConnection::new(pool))
+            Arc::new(HeldConnection::new(pool, self.statement_timeout))
         });
         TaskStore {
             held,
@@ -470,11 +470,12 @@ impl TaskStore {
     }
 
     /// [`TaskStore::get`], read together with the other reads waiting at the time (on
-    /// PostgreSQL, on a connection kept for them): how calls (GetTask, long polls, watches) read their tasks, a
-    /// few statements for thousands of them rather than one statement and one pooled connection
-    /// each. Side by side, 64 GetTask calls in flight: 34,024–36,750 against 13,409–16,345
-    /// calls/s on PostgreSQL, 30,861–33,815 against 7,603–7,952 on `dalc up`'s SQLite; one at a
-    /// time (PostgreSQL): a median of 0.17–0.18 against 0.26–0.27 ms.
+    /// PostgreSQL, on a connection kept for them): how calls (GetTask, long polls, watches)
+    /// read their tasks, a few statements for thousands of them rather than one statement and
+    /// one pooled connection each. Side by side, 64 GetTask calls in flight: 34,024–36,750
+    /// against 13,409–16,345 calls/s on PostgreSQL, 30,861–33,815 against 7,603–7,952 on
+    /// `dalc up`'s SQLite; one at a time (PostgreSQL): a median of 0.17–0.18 against
+    /// 0.26–0.27 ms.
     pub async fn read(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
         match &self.batches {
             Some(batches) => batches.reads.submit(id).await,
