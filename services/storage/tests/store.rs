@@ -502,6 +502,57 @@ async fn concurrent_sweepers_never_claim_the_same_task_on_postgres() {
     assert_eq!(distinct.len(), 200, "none claimed twice");
 }
 
+/// Two workers (each its own store, as two processes) take every task at the same moment, one
+/// task at a time: each write is a batch of one row, which takes no lock before its own (see
+/// `pg::ByRows`). Exactly one of each pair records the task, and its own outcome stands.
+#[tokio::test]
+async fn two_workers_racing_one_row_at_a_time_record_each_task_once_on_postgres() {
+    let url = dalc_testkit::fresh_postgres_database().await;
+    let stores = [store(&url).await, store(&url).await];
+    let tasks: Vec<Task> = (0..100).map(|n| Task::new(n.to_string(), None)).collect();
+    stores[0].insert_all(&tasks, NOW).await.unwrap();
+    let ids: Vec<TaskId> = tasks.iter().map(|task| task.id).collect();
+    let racers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(worker, store)| {
+            let (store, ids) = (store.clone(), ids.clone());
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for (n, id) in ids.into_iter().enumerate() {
+                    let outcome = Outcome::Succeeded {
+                        result: format!("{n} by w{worker}"),
+                    };
+                    let name = format!("w{worker}");
+                    let ran = store
+                        .record_quick_attempt(
+                            id,
+                            &name,
+                            &n.to_string(),
+                            &outcome,
+                            StdDuration::ZERO,
+                        )
+                        .await
+                        .unwrap();
+                    won.extend(ran.map(|task| (n, name, task)));
+                }
+                won
+            })
+        })
+        .collect();
+    let mut recorded = vec![0; tasks.len()];
+    for racer in racers {
+        for (n, worker, task) in racer.await.unwrap() {
+            recorded[n] += 1;
+            assert_eq!(task.worker_id.as_deref(), Some(worker.as_str()));
+            assert_eq!(task.result, Some(format!("{n} by {worker}")));
+            assert_eq!(task.attempts, 1);
+            assert_eq!(stores[0].get(task.id).await.unwrap(), Some(task));
+        }
+    }
+    assert!(recorded.iter().all(|&count| count == 1), "{recorded:?}");
+}
+
 #[tokio::test]
 async fn a_statement_timeout_on_postgres_is_an_outage_not_a_bug() {
     let options = StoreOptions {
