@@ -10,10 +10,12 @@
 //!
 //! The pool's safeguards hold for it too: a connection unused for a while is tested before a
 //! statement (for no longer than the pool's acquire timeout); one whose statement failed other
-//! than by the server refusing it (a broken socket, the server ending the session) is dropped;
-//! none is kept longer than a pooled one lives. And a statement that outlasts the server's own
-//! statement timeout by a second fails, its connection dropped: a server gone silent must not
-//! hold a writer, and with it every caller of its kind, until TCP gives up.
+//! than by the server refusing it (a broken socket, the server ending the session) is closed;
+//! none is kept longer than the pool lets a connection live (counted from when the writer took
+//! it). And a statement that outlasts the server's own statement timeout by a second fails, its
+//! connection closed: a server gone silent must not hold a writer, and with it every caller of
+//! its kind, until TCP gives up. Closed, not handed back: the pool would test a connection
+//! handed back with a ping of no time limit, and count it against its size until that ended.
 
 use std::time::{Duration, Instant};
 
@@ -32,8 +34,6 @@ use tokio::sync::{Mutex, MutexGuard};
 /// A connection unused this long is tested before a statement (the pool's own rule, see
 /// `TaskStore::connect_with`): the server or a proxy may have dropped it meanwhile.
 pub(crate) const TEST_IF_IDLE_FOR: Duration = Duration::from_secs(1);
-/// The longest a connection is kept: sqlx's default lifetime of a pooled one.
-const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// How much longer than the server's statement timeout a statement may take before its
 /// connection is taken for dead: time for the server's own cancellation to arrive.
 const CANCELLATION_GRACE: Duration = Duration::from_secs(1);
@@ -42,8 +42,9 @@ const CANCELLATION_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct HeldConnection {
     pool: PgPool,
-    /// The longest one statement may take (see `CANCELLATION_GRACE`).
-    statement_limit: Duration,
+    /// The longest one statement may take (see `CANCELLATION_GRACE`); none when the server's
+    /// statement timeout is off.
+    statement_limit: Option<Duration>,
     slot: Mutex<Slot>,
 }
 
@@ -55,12 +56,14 @@ struct Slot {
 }
 
 impl HeldConnection {
-    /// `statement_timeout`: the server's, set on every connection of `pool`.
+    /// `statement_timeout`: the server's, set on every connection of `pool` in whole
+    /// milliseconds, where 0 turns it off.
     pub(crate) fn new(pool: PgPool, statement_timeout: Duration) -> Self {
         let now = Instant::now();
+        let timeout_is_on = statement_timeout.as_millis() > 0;
         HeldConnection {
             pool,
-            statement_limit: statement_timeout + CANCELLATION_GRACE,
+            statement_limit: timeout_is_on.then(|| statement_timeout + CANCELLATION_GRACE),
             slot: Mutex::new(Slot {
                 connection: None,
                 taken_at: now,
@@ -73,17 +76,26 @@ impl HeldConnection {
     async fn checkout(&self) -> Result<Checkout<'_>, DbErr> {
         let mut slot = self.slot.lock().await;
         let now = Instant::now();
+        let options = self.pool.options();
+        let lived_out = |taken_at: Instant| {
+            options
+                .get_max_lifetime()
+                .is_some_and(|lifetime| now.duration_since(taken_at) >= lifetime)
+        };
         let kept = match slot.connection.take() {
-            // Dropped: back to the pool, which retires it.
-            Some(_) if now.duration_since(slot.taken_at) >= MAX_LIFETIME => None,
+            // Back to the pool, which retires it if it is old by its own count.
+            Some(_) if lived_out(slot.taken_at) => None,
             Some(mut connection) if now.duration_since(slot.used_at) >= TEST_IF_IDLE_FOR => {
                 // As long as the pool's own test may take (its acquire timeout): a connection
                 // to a server gone silent must not hold the writer.
-                let patience = self.pool.options().get_acquire_timeout();
-                within(patience, connection.ping())
-                    .await
-                    .ok()
-                    .map(|()| connection)
+                let patience = options.get_acquire_timeout();
+                match within(Some(patience), connection.ping()).await {
+                    Ok(()) => Some(connection),
+                    Err(_) => {
+                        connection.close_on_drop();
+                        None
+                    }
+                }
             }
             kept => kept,
         };
@@ -113,7 +125,7 @@ impl Checkout<'_> {
     fn settle<T>(self, result: &Result<T, sqlx::Error>) {
         let Checkout {
             mut slot,
-            connection,
+            mut connection,
         } = self;
         let sound = match result {
             Ok(_) => true,
@@ -121,6 +133,8 @@ impl Checkout<'_> {
         };
         if sound {
             slot.connection = Some(connection);
+        } else {
+            connection.close_on_drop();
         }
     }
 }
@@ -139,11 +153,14 @@ fn statement_refused(err: &sqlx::Error) -> bool {
 }
 
 /// `work` on a connection, failed as an I/O timeout (a connection fault: the connection is
-/// dropped, and the caller hears UNAVAILABLE) past `limit`.
+/// closed, and the caller hears UNAVAILABLE) past `limit`, if any.
 async fn within<T>(
-    limit: Duration,
+    limit: Option<Duration>,
     work: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
+    let Some(limit) = limit else {
+        return work.await;
+    };
     tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
         Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -324,6 +341,20 @@ mod tests {
         );
     }
 
+    /// The connection given up on is closed, not handed back to the pool: the pool would test
+    /// it with a ping that waits as long as the server stays silent, and count it against its
+    /// size all the while.
+    async fn given_back_its_place_in_the_pool(held: &HeldConnection) {
+        let closed = async {
+            while held.pool.size() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the connection given up on still counts against the pool");
+    }
+
     #[tokio::test]
     async fn a_server_gone_silent_while_the_connection_is_idle_fails_its_test_in_time() {
         let (held, proxy) = held_through_proxy().await;
@@ -331,6 +362,7 @@ mod tests {
         proxy.blackhole();
         tokio::time::sleep(TEST_IF_IDLE_FOR + Duration::from_millis(100)).await;
         fails_as_unavailable(&held).await;
+        given_back_its_place_in_the_pool(&held).await;
     }
 
     #[tokio::test]
@@ -339,9 +371,25 @@ mod tests {
         // Straight away: the connection is fresh, so no test comes first.
         proxy.blackhole();
         fails_as_unavailable(&held).await;
+        given_back_its_place_in_the_pool(&held).await;
         // The connection that timed out is not kept: once the server answers, so does this.
         proxy.restore();
         backend_pid(&held).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_the_servers_statement_timeout_off_no_statement_is_cut_off() {
+        let url = dalc_testkit::fresh_postgres_database().await;
+        let pool = PgPool::connect(&url).await.unwrap();
+        // PostgreSQL's `statement_timeout = 0`: no limit, so none here either.
+        let held = HeldConnection::new(pool, Duration::ZERO);
+        let longer_than_the_grace = format!(
+            "SELECT pg_sleep({})",
+            (CANCELLATION_GRACE + Duration::from_millis(300)).as_secs_f64()
+        );
+        held.execute_unprepared(&longer_than_the_grace)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
