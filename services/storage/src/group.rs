@@ -6,6 +6,11 @@
 //! themselves (whatever arrives during one write forms the next), so the database sees a
 //! commit per batch instead of one per call; alone, a call is written at once, with no wait
 //! for a batch to fill. No guarantee is weakened: nobody is answered before its row is durable.
+//!
+//! While the database is away, a batch takes as long to fail as the pool waits for a connection
+//! (seconds), and callers queued behind it would each wait for a batch of their own to fail the
+//! same way, one after another: so a batch that failed for an outage fails what queued behind
+//! it at once.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -98,11 +103,16 @@ async fn write_batches<I: Clone, O>(
         let (items, answers): (Vec<I>, Vec<_>) =
             jobs.drain(..).map(|job| (job.item, job.answer)).unzip();
         let results = match write(items.clone()).await {
-            // One bad item must not fail the others: write them one by one to find it.
+            // One bad item must not fail the others: write them one by one to find it (for
+            // the callers still waiting).
             Err(err) if !err.is_unavailable() && items.len() > 1 => {
                 let mut results = Vec::with_capacity(items.len());
-                for item in items {
-                    results.push(one_result(write(vec![item]).await));
+                for (item, answer) in items.into_iter().zip(&answers) {
+                    results.push(if answer.is_closed() {
+                        Err(StorageError::Closed)
+                    } else {
+                        one_result(write(vec![item]).await)
+                    });
                 }
                 results
             }
@@ -115,11 +125,27 @@ async fn write_batches<I: Clone, O>(
                 vec_of_errors(&err, answers.len())
             }
             Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(err) => vec_of_errors(&err, answers.len()),
+            Err(err) => {
+                if err.is_unavailable() {
+                    fail_the_queued(&queue, &err);
+                }
+                vec_of_errors(&err, answers.len())
+            }
         };
         for (answer, result) in answers.into_iter().zip(results) {
             let _ = answer.send(result);
         }
+    }
+}
+
+/// Answers every job queued right now with `err`, the outage its batch just met. Not when
+/// another writer holds the queue: that writer is taking the jobs to write them itself.
+fn fail_the_queued<I, O>(queue: &Mutex<mpsc::Receiver<Job<I, O>>>, err: &StorageError) {
+    let Ok(mut queued) = queue.try_lock() else {
+        return;
+    };
+    while let Ok(job) = queued.try_recv() {
+        let _ = job.answer.send(Err(err.clone()));
     }
 }
 
@@ -188,6 +214,44 @@ mod tests {
             let (n, result) = call.await.unwrap();
             assert_eq!(result.is_err(), n == 13, "{n}");
         }
+    }
+
+    fn outage() -> StorageError {
+        use sea_orm::{DbErr, RuntimeErr};
+        StorageError::Unavailable(DbErr::Conn(RuntimeErr::Internal("down".into())))
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_meets_an_outage_fails_what_queued_behind_it_at_once() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = batches.clone();
+        let write: WriteBatch<u32, u32> = Arc::new(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async {
+                // As long as a pool waits for a connection to a database that is away.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Err(outage())
+            })
+        });
+        let group = Arc::new(GroupCommit::start(1, 64, write));
+        let first = tokio::spawn({
+            let group = group.clone();
+            async move { group.submit(1).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Queued while the first batch runs: answered when it fails, with no batch of their
+        // own (which would take as long again to fail).
+        let behind: Vec<_> = (2..10)
+            .map(|n| {
+                let group = group.clone();
+                tokio::spawn(async move { group.submit(n).await })
+            })
+            .collect();
+        for call in behind {
+            assert!(call.await.unwrap().unwrap_err().is_unavailable());
+        }
+        assert!(first.await.unwrap().unwrap_err().is_unavailable());
+        assert_eq!(batches.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
