@@ -476,6 +476,26 @@ impl BenchMode {
     }
 }
 
+/// A `--*-listen` setting: one reading for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen<'a> {
+    /// Not set, or set empty: the setting's default.
+    Unset,
+    /// `off`: not served.
+    Off,
+    At(&'a str),
+}
+
+impl<'a> Listen<'a> {
+    pub fn of(setting: Option<&'a str>) -> Self {
+        match setting {
+            None | Some("") => Listen::Unset,
+            Some("off") => Listen::Off,
+            Some(address) => Listen::At(address),
+        }
+    }
+}
+
 /// A task status as users write it: `pending`, `PENDING` or `TASK_STATUS_PENDING`.
 pub fn parse_status(text: &str) -> Result<dalc_proto::v1::TaskStatus, String> {
     let status = dalc_proto::status_by_name(text)
@@ -528,6 +548,14 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn a_listen_setting_is_an_address_off_or_unset() {
+        assert_eq!(Listen::of(None), Listen::Unset);
+        assert_eq!(Listen::of(Some("")), Listen::Unset);
+        assert_eq!(Listen::of(Some("off")), Listen::Off);
+        assert_eq!(Listen::of(Some("127.0.0.1:0")), Listen::At("127.0.0.1:0"));
+    }
 
     #[test]
     fn the_cli_is_well_formed() {

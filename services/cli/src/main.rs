@@ -26,7 +26,7 @@ use dalc_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::args::{Cli, Command, CommonArgs};
+use crate::args::{Cli, Command, CommonArgs, Listen};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -89,11 +89,8 @@ where
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let metrics = Arc::new(Metrics::new());
-    if let Some(listen) = common
-        .metrics_listen
-        .as_deref()
-        .filter(|listen| !listen.is_empty() && *listen != "off")
-    {
+    // Off unless an address is given.
+    if let Listen::At(listen) = Listen::of(common.metrics_listen.as_deref()) {
         serve::metrics(listen, metrics.clone(), shutdown.clone()).await?;
     }
     let result = service(shutdown, metrics).await;

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::args::{
-    ApiArgs, BrokerArgs, CommonArgs, GatewayArgs, StoreArgs, TopologyArgs, UpArgs, WorkArgs,
-    WorkerArgs,
+    ApiArgs, BrokerArgs, CommonArgs, GatewayArgs, Listen, StoreArgs, TopologyArgs, UpArgs,
+    WorkArgs, WorkerArgs,
 };
 
 /// Every queue role at once: what the in-process queue and RabbitMQ both are.
@@ -333,16 +333,12 @@ const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 /// Binds the gRPC listener and (unless `off`) the HTTP one.
 async fn bind_listeners(args: &ApiArgs) -> Result<Listeners> {
     let grpc = bind(&args.listen, "dalc gateway").await?;
-    let http = match args
-        .http_listen
-        .as_deref()
-        .filter(|listen| !listen.is_empty())
-    {
-        Some("off") => None,
-        Some(listen) => Some(bind(listen, "dalc http").await?),
+    let http = match Listen::of(args.http_listen.as_deref()) {
+        Listen::Off => None,
+        Listen::At(listen) => Some(bind(listen, "dalc http").await?),
         // The default port is a convenience, not a requirement: a second gateway on this host
         // (or anything else on 8080) must not stop this one from starting.
-        None => match bind(DEFAULT_HTTP_LISTEN, "dalc http").await {
+        Listen::Unset => match bind(DEFAULT_HTTP_LISTEN, "dalc http").await {
             Ok(listener) => Some(listener),
             Err(err) => {
                 warn!(error = %format!("{err:#}"), "the default HTTP port is taken; serving HTTP on a free port (set --http-listen to choose)");
