@@ -11,6 +11,10 @@
 //!   for the reply on the client's own reply queue, routed to it by correlation id. A reply
 //!   whose body differs from the request is a `wrong result`.
 //!
+//! With `--task-messages`, each request carries what a dalc task message must (see
+//! `task_message`): the floor of the same round trip once the contract's message features are
+//! paid for.
+//!
 //! It prints the report `dalc bench` prints, in the same JSON shape with `--json`:
 //!
 //! ```sh
@@ -97,9 +101,67 @@ struct Args {
     /// How long a call may take before it counts as `DeadlineExceeded`.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     deadline: Duration,
+    /// Send each request as dalc sends a task: on a priority queue with a dead-letter target,
+    /// with a per-message TTL, mandatory, a message id, a content type and a trace header.
+    #[arg(long)]
+    task_messages: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// What a dalc task message has that a bare request does not (dalc_queue's `publish_task` and
+/// its task queue's arguments), each paid for by the broker on every message.
+mod task_message {
+    use std::time::Duration;
+
+    use lapin::{
+        BasicProperties,
+        types::{AMQPValue, FieldTable, ShortString},
+    };
+
+    /// A trace context as a gateway's propagator writes it.
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// A priority queue whose expired messages are dead-lettered.
+    pub(crate) fn queue_arguments(queue: &str, args: &mut FieldTable) {
+        args.insert(
+            "x-max-priority".into(),
+            AMQPValue::ShortShortUInt(dalc_domain::Priority::MAX),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(format!("{queue}.dead").into()),
+        );
+    }
+
+    /// A request with a content type, a message id, a trace header and a TTL (a task's comes
+    /// from its call's deadline).
+    pub(crate) fn request(
+        properties: BasicProperties,
+        id: &ShortString,
+        ttl: Duration,
+    ) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(TRACEPARENT.into()),
+        );
+        properties
+            .with_content_type("application/json".into())
+            .with_message_id(id.clone())
+            .with_headers(headers)
+            .with_expiration(ttl.as_millis().to_string().into())
+    }
+
+    /// A reply with a content type.
+    pub(crate) fn reply(properties: BasicProperties) -> BasicProperties {
+        properties.with_content_type("application/json".into())
+    }
 }
 
 #[tokio::main]
@@ -142,6 +204,9 @@ async fn run(args: Args) -> Result<Finished> {
     let mut queue_args = FieldTable::default();
     // A run killed before its clean-up leaves no queue for long.
     queue_args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+    if args.task_messages {
+        task_message::queue_arguments(&requests, &mut queue_args);
+    }
     setup
         .queue_declare(
             requests.as_str().into(),
@@ -171,7 +236,7 @@ async fn run(args: Args) -> Result<Finished> {
                 FieldTable::default(),
             )
             .await?;
-        tokio::spawn(echo(channel, consumer));
+        tokio::spawn(echo(channel, consumer, args.task_messages));
     }
 
     let client = Arc::new(Client::start(&client_side, requests.clone(), replies, &args).await?);
@@ -232,6 +297,7 @@ async fn run(args: Args) -> Result<Finished> {
         ("warmup", args.warmup.into()),
         ("workers", args.workers.into()),
         ("prefetch", args.prefetch.into()),
+        ("task_messages", args.task_messages.into()),
         (
             "latency_of",
             "persistent publish + confirm, echo with confirm, reply".into(),
@@ -259,23 +325,30 @@ async fn connect(url: &str, name: &str) -> Result<Connection> {
 
 /// One echo consumer. Each request is answered in a task of its own, so a consumer has up to
 /// its prefetch in progress at once, as a dalc worker does.
-async fn echo(channel: Channel, mut consumer: Consumer) {
+async fn echo(channel: Channel, mut consumer: Consumer, task_messages: bool) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let channel = channel.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(&channel, delivery).await {
+            if let Err(err) = answer(&channel, delivery, task_messages).await {
                 eprintln!("rpc_floor: echo failed: {err}");
             }
         });
     }
 }
 
-async fn answer(channel: &Channel, delivery: Delivery) -> Result<(), lapin::Error> {
+async fn answer(
+    channel: &Channel,
+    delivery: Delivery,
+    task_messages: bool,
+) -> Result<(), lapin::Error> {
     let request = &delivery.properties;
     if let Some(reply_to) = request.reply_to() {
         let mut properties = BasicProperties::default()
             // Transient, as dalc's replies: the request is the durable part.
             .with_delivery_mode(1);
+        if task_messages {
+            properties = task_message::reply(properties);
+        }
         if let Some(id) = request.correlation_id() {
             properties = properties.with_correlation_id(id.clone());
         }
@@ -306,6 +379,7 @@ struct Client {
     next_id: AtomicU64,
     payload: Vec<u8>,
     deadline: Duration,
+    task_messages: bool,
 }
 
 impl Client {
@@ -354,6 +428,7 @@ impl Client {
             next_id: AtomicU64::new(0),
             payload: args.payload.clone().into_bytes(),
             deadline: args.deadline,
+            task_messages: args.task_messages,
         })
     }
 
@@ -371,16 +446,23 @@ impl Client {
     }
 
     async fn round_trip(&self, id: u64, reply: oneshot::Receiver<Vec<u8>>) -> Outcome {
-        let properties = BasicProperties::default()
+        let id: ShortString = id.to_string().into();
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_reply_to(self.reply_to.clone())
-            .with_correlation_id(id.to_string().into());
+            .with_correlation_id(id.clone());
+        let mut options = BasicPublishOptions::default();
+        if self.task_messages {
+            properties = task_message::request(properties, &id, self.deadline);
+            // As every task is published: a missing queue must not swallow it.
+            options.mandatory = true;
+        }
         let published = self
             .publish
             .basic_publish(
                 ShortString::default(),
                 self.requests.clone(),
-                BasicPublishOptions::default(),
+                options,
                 &self.payload,
                 properties,
             )
