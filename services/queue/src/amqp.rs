@@ -25,7 +25,7 @@ use std::{
 
 use async_trait::async_trait;
 use dalc_domain::{Priority, Task};
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     message::Delivery as LapinDelivery,
@@ -486,6 +486,11 @@ impl AmqpBroker {
             mandatory,
             ..Default::default()
         };
+        // Timed to the confirm whoever awaits it: a sync call its task's end answered stops
+        // waiting for the confirm (see `FinishOnDrop`), and the confirms it leaves to finish on
+        // their own are the slow ones, the ones this histogram is for.
+        let started = Instant::now();
+        let confirm_seconds = self.config.metrics.publish_confirm_seconds.clone();
         // Boxed: held by every publish awaiting its confirm, and large (lapin's futures).
         let publish = Box::pin(async {
             let confirm = link
@@ -497,17 +502,13 @@ impl AmqpBroker {
                     body,
                     properties,
                 )
-                .await?;
+                .await?
+                .inspect(move |_| confirm_seconds.observe(started.elapsed().as_secs_f64()));
             // A caller may stop waiting (a sync call its task's end answered, a timeout): the
             // confirm is still awaited, or lapin would keep it as long as the channel lives.
             FinishOnDrop::new(confirm).await
         });
-        let started = Instant::now();
         let confirmed = tokio::time::timeout(self.config.operation_timeout, publish).await;
-        self.config
-            .metrics
-            .publish_confirm_seconds
-            .observe(started.elapsed().as_secs_f64());
         let confirmation = match confirmed {
             Ok(Ok(confirmation)) => confirmation,
             Ok(Err(err)) => return Err(err.into()),

@@ -188,6 +188,61 @@ async fn rabbitmq_dead_letters_rejected_tasks() {
     a.delete_topology().await.unwrap();
 }
 
+#[tokio::test]
+async fn rabbitmq_times_a_confirm_its_caller_stopped_waiting_for() {
+    let (upstream, via_proxy) = rabbitmq_via_a_proxy();
+    let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
+    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
+    let broker = AmqpBroker::connect(AmqpConfig::new(via_proxy(proxy.addr()), names))
+        .await
+        .expect("RabbitMQ is reachable through the proxy");
+    broker.publish_task(&message("1")).await.unwrap();
+    let confirms = || confirms_timed(&broker.config().metrics.render());
+    assert_eq!(confirms(), 1);
+
+    // The broker hears nothing for a while: the caller gives up before the confirm comes, as a
+    // sync call does whose task's end came back first.
+    proxy.blackhole();
+    let gave_up = tokio::time::timeout(QUIET, broker.publish_task(&message("2"))).await;
+    assert!(gave_up.is_err(), "no confirm through a blackhole");
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while confirms() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(confirms(), 2, "the confirm is timed all the same");
+    broker.delete_topology().await.unwrap();
+}
+
+/// How many publish confirms `metrics` (a scrape) timed.
+fn confirms_timed(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("dalc_publish_confirm_seconds_count "))
+        .and_then(|count| count.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no confirm count in\n{metrics}"))
+}
+
+/// The test broker's address, and its URL for a proxy at another address.
+fn rabbitmq_via_a_proxy() -> (
+    std::net::SocketAddr,
+    impl Fn(std::net::SocketAddr) -> String,
+) {
+    let url = dalc_testkit::amqp_url();
+    let uri: lapin::uri::AMQPUri = url.parse().expect("an AMQP URL");
+    let authority = &uri.authority;
+    let upstream =
+        std::net::ToSocketAddrs::to_socket_addrs(&(authority.host.as_str(), authority.port))
+            .expect("the broker's host resolves")
+            .next()
+            .expect("an address");
+    let host_port = format!("{}:{}", authority.host, authority.port);
+    assert!(url.contains(&host_port), "{url} names no {host_port}");
+    (upstream, move |via: std::net::SocketAddr| {
+        url.replacen(&host_port, &via.to_string(), 1)
+    })
+}
+
 async fn dead_letter_depth(names: &QueueNames) -> u32 {
     // A broker configured with the dead-letter queue as its request queue can count it.
     let config = AmqpConfig::new(dalc_testkit::amqp_url(), QueueNames::new(names.prefix()));
