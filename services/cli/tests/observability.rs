@@ -348,20 +348,17 @@ async fn metrics_count_the_work_done() {
     };
     assert!(client.submit_task(bad).await.is_err());
 
-    let gateway_metrics = gateway.scrape_metrics();
-    let worker_metrics = worker.scrape_metrics();
-    let value = |text: &str, series: &str| -> f64 {
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .split(' ')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-    };
+    // A call's answer can outrun what is counted after it (the publish's confirm, the worker's
+    // own confirms and ack): each process's figures are read once those are in.
+    let gateway_metrics = metrics_once(&gateway, |text| {
+        value(text, "dalc_publish_confirm_seconds_count") >= 20.0
+    })
+    .await;
+    let worker_metrics = metrics_once(&worker, |text| {
+        value(text, "dalc_tasks_in_flight") == 0.0
+            && value(text, "dalc_publish_confirm_seconds_count") >= 40.0
+    })
+    .await;
     assert_eq!(value(&gateway_metrics, "dalc_tasks_submitted_total"), 20.0);
     assert_eq!(value(&gateway_metrics, "dalc_waiting_calls"), 0.0);
     assert!(value(&gateway_metrics, "dalc_publish_confirm_seconds_count") >= 20.0);
@@ -393,6 +390,33 @@ async fn metrics_count_the_work_done() {
     assert!(value(&worker_metrics, "dalc_publish_confirm_seconds_count") >= 40.0);
     // Sampled every few seconds, so only its presence is certain here.
     assert!(value(&worker_metrics, "dalc_request_queue_depth") >= 0.0);
+}
+
+/// The value of `series` (name and labels) in a scrape.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// `process`'s metrics once `settled` holds of them, or as they are after 5 s.
+async fn metrics_once(process: &DalcProcess, settled: impl Fn(&str) -> bool) -> String {
+    let mut text = process.scrape_metrics();
+    for _ in 0..100 {
+        if settled(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = process.scrape_metrics();
+    }
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
