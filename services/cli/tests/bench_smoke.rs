@@ -1,8 +1,13 @@
-//! `dalc bench` against a real `dalc up`, a few hundred tasks a run, so that the load tool
-//! cannot rot. Counts only: no test here asserts a timing.
+//! The load tools, a few hundred calls a run, so that they cannot rot: `dalc bench` against a
+//! real `dalc up`, and the floor `benches/compare.sh` measures dalc against
+//! (`examples/rpc_floor.rs`) over the real RabbitMQ, plain and sending task messages. Counts
+//! only: no test here asserts a timing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
 
 use dalc_testkit::process::DalcProcess;
 use serde_json::Value;
@@ -28,14 +33,18 @@ fn bench(args: &[&str]) -> (Option<i32>, Value) {
         .env_remove("DALC_ADDR")
         .output()
         .unwrap();
+    (output.status.code(), report_of(&output))
+}
+
+/// The one JSON object a load tool printed.
+fn report_of(output: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
         panic!(
             "not one JSON object ({err}): {stdout}\nstderr: {}",
             String::from_utf8_lossy(&output.stderr)
         )
-    });
-    (output.status.code(), report)
+    })
 }
 
 const MIX: [&str; 6] = ["--expr", "1 + 1", "--expr", "1 / 0", "--expr", "2^10"];
@@ -186,4 +195,51 @@ fn an_unreachable_gateway_fails_the_run_at_once() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot reach the gateway"), "{stderr}");
+}
+
+/// The floor's binary: `cargo test` builds a package's examples beside its test binaries.
+fn rpc_floor() -> PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    let profile_dir = test_binary.parent().and_then(|deps| deps.parent()).unwrap();
+    let floor = profile_dir.join("examples").join("rpc_floor");
+    assert!(
+        floor.exists(),
+        "{} is missing: `cargo test` builds it with the package's other targets \
+         (alone: cargo build -p dalc-cli --example rpc_floor)",
+        floor.display()
+    );
+    floor
+}
+
+/// 300 round trips of the floor at 8 in flight, with `extra` arguments; its report.
+fn run_floor(extra: &[&str]) -> Value {
+    let amqp_url = dalc_testkit::amqp_url();
+    let output = Command::new(rpc_floor())
+        .args(["--amqp-url", &amqp_url])
+        .args(["--total", "300", "--concurrency", "8"])
+        .args(["--warmup", "20", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let report = report_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["tool"], "rpc_floor", "{report}");
+    assert_eq!(report["ok"], 300, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(report["latency_ms"][key].is_number(), "{report}");
+    }
+    report
+}
+
+#[test]
+fn the_floor_echoes_every_request() {
+    let report = run_floor(&[]);
+    assert_eq!(report["task_messages"], false, "{report}");
+}
+
+#[test]
+fn the_floor_echoes_every_request_sent_as_a_task_message() {
+    let report = run_floor(&["--task-messages"]);
+    assert_eq!(report["task_messages"], true, "{report}");
 }
