@@ -6,7 +6,8 @@
 # see the same machine noise; the table gives the medians of the rounds, dalc's figure, the
 # floor's, their ratio and the target. Figures only: nothing here fails on a timing. One more
 # row, for information: dalc against the same floor sending what a task message must carry
-# (`rpc_floor --task-messages`: a priority queue, a TTL, mandatory, a message id, headers).
+# (`rpc_floor --task-messages`: a priority queue and a priority, a TTL, mandatory, a message
+# id, a header table).
 #
 # After the rounds, two more measurements of the gateway + 2 workers stack:
 #   memory: both workers are paused (SIGSTOP) while WAITING sync calls are made, so that the
@@ -24,7 +25,7 @@
 #   TOTAL_SERIAL=TOTAL/10 tasks per sync run at 1 in flight (at least 300)
 #   DURATION=             e.g. 10s: every sync run lasts this long instead (overrides both)
 #   TOTAL_ASYNC=20000     tasks of the async run (submit all, then wait for all); the issue's
-#                         100000 takes about a minute and a half per round on 2 cores
+#                         100000 took 30–95 s a round on 2 cores
 #   WORKER_CONCURRENCY=32 each worker's --concurrency, and the floor's prefetch per consumer
 #   WARMUP=200            uncounted calls before every run
 #   MEMORY=1              0 skips the memory measurement

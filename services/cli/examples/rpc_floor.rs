@@ -101,8 +101,9 @@ struct Args {
     /// How long a call may take before it counts as `DeadlineExceeded`.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     deadline: Duration,
-    /// Send each request as dalc sends a task: on a priority queue with a dead-letter target,
-    /// with a per-message TTL, mandatory, a message id, a content type and a trace header.
+    /// Send each request as a gateway sends a sync call's task: on a priority queue with a
+    /// dead-letter target, with the interactive priority, a per-message TTL, mandatory, a
+    /// message id, a content type and a header table.
     #[arg(long)]
     task_messages: bool,
     /// Print one JSON object instead of text.
@@ -111,23 +112,23 @@ struct Args {
 }
 
 /// What a dalc task message has that a bare request does not (dalc_queue's `publish_task` and
-/// its task queue's arguments), each paid for by the broker on every message.
+/// its task queue's arguments), each paid for by the broker on every message: as a gateway
+/// sends a sync call's task in `benches/compare.sh`, where no trace is exported and no caller
+/// sends one (so its header table is empty).
 mod task_message {
     use std::time::Duration;
 
+    use dalc_domain::Priority;
     use lapin::{
         BasicProperties,
         types::{AMQPValue, FieldTable, ShortString},
     };
 
-    /// A trace context as a gateway's propagator writes it.
-    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
     /// A priority queue whose expired messages are dead-lettered.
     pub(crate) fn queue_arguments(queue: &str, args: &mut FieldTable) {
         args.insert(
             "x-max-priority".into(),
-            AMQPValue::ShortShortUInt(dalc_domain::Priority::MAX),
+            AMQPValue::ShortShortUInt(Priority::MAX),
         );
         args.insert(
             "x-dead-letter-exchange".into(),
@@ -139,22 +140,18 @@ mod task_message {
         );
     }
 
-    /// A request with a content type, a message id, a trace header and a TTL (a task's comes
-    /// from its call's deadline).
+    /// A request with a content type, a message id, a header table, the priority of a call
+    /// that waits, and a TTL (a task's comes from its call's deadline).
     pub(crate) fn request(
         properties: BasicProperties,
         id: &ShortString,
         ttl: Duration,
     ) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "traceparent".into(),
-            AMQPValue::LongString(TRACEPARENT.into()),
-        );
         properties
             .with_content_type("application/json".into())
             .with_message_id(id.clone())
-            .with_headers(headers)
+            .with_headers(FieldTable::default())
+            .with_priority(Priority::for_submission(Priority::default(), true).get())
             .with_expiration(ttl.as_millis().to_string().into())
     }
 

@@ -201,11 +201,19 @@ fn an_unreachable_gateway_fails_the_run_at_once() {
 fn rpc_floor() -> PathBuf {
     let test_binary = std::env::current_exe().unwrap();
     let profile_dir = test_binary.parent().and_then(|deps| deps.parent()).unwrap();
-    let floor = profile_dir.join("examples").join("rpc_floor");
+    let floor = profile_dir
+        .join("examples")
+        .join(format!("rpc_floor{}", std::env::consts::EXE_SUFFIX));
+    let build = "cargo test builds it with the package's other targets \
+                 (alone: cargo build -p dalc-cli --example rpc_floor)";
+    let built = std::fs::metadata(&floor)
+        .and_then(|binary| binary.modified())
+        .unwrap_or_else(|err| panic!("{}: {err}: {build}", floor.display()));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rpc_floor.rs");
+    let edited = std::fs::metadata(&source).unwrap().modified().unwrap();
     assert!(
-        floor.exists(),
-        "{} is missing: `cargo test` builds it with the package's other targets \
-         (alone: cargo build -p dalc-cli --example rpc_floor)",
+        built >= edited,
+        "{} is older than its source: {build}",
         floor.display()
     );
     floor

@@ -349,7 +349,8 @@ async fn metrics_count_the_work_done() {
     assert!(client.submit_task(bad).await.is_err());
 
     // A call's answer can outrun what is counted after it (the publish's confirm, the worker's
-    // own confirms and ack): each process's figures are read once those are in.
+    // own confirms and ack): each process's figures are read once enough are in (the gateway's
+    // health probes' confirms count too, so its wait is a floor, as its assertion is).
     let gateway_metrics = metrics_once(&gateway, |text| {
         value(text, "dalc_publish_confirm_seconds_count") >= 20.0
     })

@@ -486,9 +486,10 @@ impl AmqpBroker {
             mandatory,
             ..Default::default()
         };
-        // Timed to the confirm whoever awaits it: a sync call its task's end answered stops
-        // waiting for the confirm (see `FinishOnDrop`), and the confirms it leaves to finish on
-        // their own are the slow ones, the ones this histogram is for.
+        // Timed to the broker's verdict (an ack or a nack; a channel that failed first gave
+        // none) whoever awaits it: a sync call its task's end answered stops waiting for the
+        // confirm (see `FinishOnDrop`), and the confirms it leaves to finish on their own are
+        // the slow ones, the ones this histogram is for.
         let started = Instant::now();
         let confirm_seconds = self.config.metrics.publish_confirm_seconds.clone();
         // Boxed: held by every publish awaiting its confirm, and large (lapin's futures).
@@ -503,7 +504,11 @@ impl AmqpBroker {
                     properties,
                 )
                 .await?
-                .inspect(move |_| confirm_seconds.observe(started.elapsed().as_secs_f64()));
+                .inspect(move |verdict| {
+                    if verdict.is_ok() {
+                        confirm_seconds.observe(started.elapsed().as_secs_f64());
+                    }
+                });
             // A caller may stop waiting (a sync call its task's end answered, a timeout): the
             // confirm is still awaited, or lapin would keep it as long as the channel lives.
             FinishOnDrop::new(confirm).await

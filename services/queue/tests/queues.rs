@@ -211,16 +211,31 @@ async fn rabbitmq_times_a_confirm_its_caller_stopped_waiting_for() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(confirms(), 2, "the confirm is timed all the same");
+    // ... to when it came, after the silence.
+    let timed = series(
+        &broker.config().metrics.render(),
+        "dalc_publish_confirm_seconds_sum",
+    );
+    assert!(
+        timed >= QUIET.as_secs_f64(),
+        "confirms timed at {timed} s in all"
+    );
     broker.delete_topology().await.unwrap();
 }
 
 /// How many publish confirms `metrics` (a scrape) timed.
 fn confirms_timed(metrics: &str) -> u64 {
+    // A count: a whole number.
+    series(metrics, "dalc_publish_confirm_seconds_count") as u64
+}
+
+/// The value of the unlabelled series `name` in `metrics` (a scrape).
+fn series(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix("dalc_publish_confirm_seconds_count "))
-        .and_then(|count| count.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no confirm count in\n{metrics}"))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
 }
 
 /// The test broker's address, and its URL for a proxy at another address.

@@ -52,7 +52,7 @@ pub struct Metrics {
     pub waiting_calls: Gauge,
     /// Connections to the broker re-established after a loss.
     pub broker_reconnects: Counter,
-    /// From publish to the broker's confirm.
+    /// From publish to the broker's ack or nack, whether or not its caller still waits for it.
     pub publish_confirm_seconds: Histogram,
     /// Messages ready in the request queue, as last sampled.
     pub request_queue_depth: Gauge,
@@ -124,7 +124,7 @@ impl Metrics {
         );
         registry.register(
             "publish_confirm_seconds",
-            "From publish to the broker's confirm",
+            "From publish to the broker's ack or nack, waited for or not",
             metrics.publish_confirm_seconds.clone(),
         );
         registry.register(
