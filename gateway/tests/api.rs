@@ -290,18 +290,8 @@ async fn a_broker_outage_is_unavailable_and_strands_nothing() {
 }
 
 /// Polls `check` for up to 5 s.
-async fn eventually<F, Fut>(check: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+async fn eventually(check: impl AsyncFnMut() -> bool) -> bool {
+    dalc_testkit::eventually(Duration::from_secs(5), check).await
 }
 
 #[tokio::test]

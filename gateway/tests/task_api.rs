@@ -322,15 +322,9 @@ async fn a_task_the_gateway_expires_is_counted_by_the_gateway() {
     // The long poll may read the stored end (it polls the database too) a moment before the
     // gateway's own path counts it.
     let counted = "dalc_tasks_finished_total{status=\"EXPIRED\"} 1\n";
-    let mut text = metrics.render();
-    for _ in 0..100 {
-        if text.contains(counted) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        text = metrics.render();
-    }
-    assert!(text.contains(counted), "{text}");
+    let patience = Duration::from_secs(5);
+    let seen = dalc_testkit::eventually(patience, async || metrics.render().contains(counted));
+    assert!(seen.await, "{}", metrics.render());
 }
 
 #[tokio::test]

@@ -711,12 +711,9 @@ async fn submit_async(
     task.task.unwrap().id.parse().unwrap()
 }
 
-async fn wait_until(what: &str, patience: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < patience, "{what} within {patience:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, patience: Duration, check: impl AsyncFnMut() -> bool) {
+    let held = dalc_testkit::eventually(patience, check).await;
+    assert!(held, "{what} within {patience:?}");
 }
 
 fn say(line: String) {

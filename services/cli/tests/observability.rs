@@ -11,7 +11,7 @@ use std::{
 };
 
 use dalc_proto::v1::{SubmitTaskRequest, TaskStatus, task_service_client::TaskServiceClient};
-use dalc_testkit::process::DalcProcess;
+use dalc_testkit::{metric as value, process::DalcProcess};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -393,30 +393,14 @@ async fn metrics_count_the_work_done() {
     assert!(value(&worker_metrics, "dalc_request_queue_depth") >= 0.0);
 }
 
-/// The value of `series` (name and labels) in a scrape.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 /// `process`'s metrics once `settled` holds of them, or as they are after 5 s.
 async fn metrics_once(process: &DalcProcess, settled: impl Fn(&str) -> bool) -> String {
-    let mut text = process.scrape_metrics();
-    for _ in 0..100 {
-        if settled(&text) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut text = String::new();
+    dalc_testkit::eventually(Duration::from_secs(5), async || {
         text = process.scrape_metrics();
-    }
+        settled(&text)
+    })
+    .await;
     text
 }
 

@@ -206,13 +206,10 @@ async fn rabbitmq_times_a_confirm_its_caller_stopped_waiting_for() {
     let gave_up = tokio::time::timeout(QUIET, broker.publish_task(&message("2"))).await;
     assert!(gave_up.is_err(), "no confirm through a blackhole");
     proxy.restore();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while confirms() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    dalc_testkit::eventually(PATIENCE, async || confirms() >= 2).await;
     assert_eq!(confirms(), 2, "the confirm is timed all the same");
     // ... to when it came, after the silence.
-    let timed = series(
+    let timed = dalc_testkit::metric(
         &broker.config().metrics.render(),
         "dalc_publish_confirm_seconds_sum",
     );
@@ -223,19 +220,9 @@ async fn rabbitmq_times_a_confirm_its_caller_stopped_waiting_for() {
     broker.delete_topology().await.unwrap();
 }
 
-/// How many publish confirms `metrics` (a scrape) timed.
+/// How many publish confirms `metrics` (a scrape) timed: a count, so a whole number.
 fn confirms_timed(metrics: &str) -> u64 {
-    // A count: a whole number.
-    series(metrics, "dalc_publish_confirm_seconds_count") as u64
-}
-
-/// The value of the unlabelled series `name` in `metrics` (a scrape).
-fn series(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    dalc_testkit::metric(metrics, "dalc_publish_confirm_seconds_count") as u64
 }
 
 /// The test broker's address, and its URL for a proxy at another address.

@@ -91,6 +91,35 @@ pub async fn drop_postgres_database(url: &str) {
     admin.close().await.ok();
 }
 
+/// Whether `check` holds within `patience`, asked every 50 ms: for what a test sees a moment
+/// after the call that caused it (a count made after an answer, a state written in the
+/// background).
+pub async fn eventually(
+    patience: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if started.elapsed() >= patience {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of `series` (a metric's name, with its labels if it has any) in a `/metrics`
+/// scrape; panics if the scrape has none.
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{scrape}"))
+}
+
 /// A SQLite database file in a fresh temporary directory, as a URL that creates it.
 pub fn fresh_sqlite_database() -> String {
     fresh_sqlite_file().0
