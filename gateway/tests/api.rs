@@ -114,6 +114,22 @@ async fn async_submit_is_pending_then_polling_reaches_the_result() {
     assert_eq!(seen.result, "3.5");
 }
 
+/// A task reads the same from the call that made it as from every read after: the
+/// database keeps instants to the microsecond, so the task must not start out finer.
+#[tokio::test]
+async fn a_task_reads_the_same_from_its_submit_as_from_the_database() {
+    let postgres = dalc_testkit::fresh_postgres_database().await;
+    for database in [dalc_testkit::fresh_sqlite_database(), postgres.clone()] {
+        let mut stack = stack_with(&database, false, None).await;
+        for _ in 0..20 {
+            let submitted = submit_ok(&mut stack, submit("6 * 7", false)).await;
+            let read = stack.got(get(&submitted.id, false, None)).await;
+            assert_eq!(submitted, read, "{database}");
+        }
+    }
+    dalc_testkit::drop_postgres_database(&postgres).await;
+}
+
 #[tokio::test]
 async fn get_with_wait_long_polls_to_the_end() {
     let mut stack = stack(true).await;

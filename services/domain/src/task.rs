@@ -2,7 +2,7 @@
 
 use std::{fmt, str::FromStr};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -147,6 +147,12 @@ impl Priority {
     }
 }
 
+/// The time now, to the microsecond: PostgreSQL keeps no finer, so an instant made here reads
+/// the same from the call that made it as from the database afterwards.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
 impl Task {
     /// A new PENDING task for `expression`, created now.
     pub fn new(expression: impl Into<String>, deadline: Option<DateTime<Utc>>) -> Self {
@@ -156,7 +162,7 @@ impl Task {
             status: TaskStatus::Pending,
             result: None,
             error: None,
-            created_at: Utc::now(),
+            created_at: now(),
             started_at: None,
             finished_at: None,
             worker_id: None,
