@@ -43,12 +43,29 @@ pub(crate) fn requested_wait(
     };
     if timeout.seconds < 0 || timeout.nanos < 0 || timeout.nanos >= 1_000_000_000 {
         return Err(ApiError::InvalidArgument(format!(
-            "timeout must be a non-negative duration, got {}s {}ns",
-            timeout.seconds, timeout.nanos
+            "timeout must be a non-negative duration, got {}",
+            shown(&timeout)
         )));
     }
     let duration = Duration::new(timeout.seconds.unsigned_abs(), timeout.nanos.unsigned_abs());
     Ok((!duration.is_zero()).then_some(duration))
+}
+
+/// A Duration as proto3 JSON writes it (`-1s`, `-0.25s`). Not prost's own `Display`, which
+/// overflows on the extreme seconds a client may send.
+fn shown(duration: &prost_types::Duration) -> String {
+    let nanos = i128::from(duration.seconds) * 1_000_000_000 + i128::from(duration.nanos);
+    let sign = if nanos < 0 { "-" } else { "" };
+    let (seconds, fraction) = (
+        nanos.unsigned_abs() / 1_000_000_000,
+        nanos.unsigned_abs() % 1_000_000_000,
+    );
+    if fraction == 0 {
+        format!("{sign}{seconds}s")
+    } else {
+        let fraction = format!("{fraction:09}");
+        format!("{sign}{seconds}.{}s", fraction.trim_end_matches('0'))
+    }
 }
 
 /// When a call must be answered, and until when it waits for its task.
@@ -142,6 +159,22 @@ mod tests {
         for bad in ["", "S", "10", "10x", "-1S", "1234567890S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_negative_timeout_is_refused_in_the_words_a_client_wrote_it() {
+        let refusal =
+            |seconds, nanos| match requested_wait(Some(prost_types::Duration { seconds, nanos })) {
+                Err(ApiError::InvalidArgument(message)) => message,
+                other => panic!("{other:?}"),
+            };
+        assert!(refusal(-1, 0).ends_with("got -1s"));
+        assert!(refusal(0, -250_000_000).ends_with("got -0.25s"));
+        assert!(refusal(i64::MIN, -999_999_999).ends_with("got -9223372036854775808.999999999s"));
+        assert_eq!(
+            requested_wait(Some(prost_types::Duration::default())).ok(),
+            Some(None)
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 //! strings), query parameters (Durations also Go-style, `"500ms"`, `"2m"`), status names.
 //! Anything that does not translate is an `INVALID_ARGUMENT` naming what was wrong.
 
+use std::fmt;
+
 use crate::error::ApiError;
 use dalc_proto::v1::TaskStatus;
 use serde::de::{self, Deserializer};
@@ -40,32 +42,83 @@ pub struct SubmitBatchBody {
 /// Parses a JSON body into `T`. An empty body reads as `{}`: proto3 has no required fields,
 /// and `curl -X POST` with no data is a natural way to send an all-defaults request.
 pub fn body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|byte| !byte.is_ascii_whitespace()) else {
         return Ok(T::default());
+    };
+    // A message is a JSON object in proto3 JSON. serde would also read an array, field by
+    // field in order, which no client means.
+    if *first != b'{' {
+        return Err(ApiError::invalid(
+            "the request body must be a JSON object: the request in the proto3 JSON mapping, \
+             e.g. {\"expression\": \"1 + 1\"}",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|error| {
         ApiError::invalid(format!("the request body is not a valid request: {error}"))
     })
 }
 
-/// A uint32 in proto3 JSON: a JSON number or a string of decimal digits; `null` is the default.
+/// A uint32 in proto3 JSON: a whole number in any JSON notation (`5`, `5.0`, `5e0`), or the
+/// same in a string; `null` is the default.
 fn uint32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Number {
-        Int(u64),
-        Text(String),
+    deserializer.deserialize_option(Uint32)
+}
+
+struct Uint32;
+
+impl<'de> de::Visitor<'de> for Uint32 {
+    type Value = Option<u32>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a whole number from 0 to 4294967295, or one in a string")
     }
-    let value = match Option::<Number>::deserialize(deserializer)? {
-        None => return Ok(None),
-        Some(Number::Int(value)) => value,
-        Some(Number::Text(text)) => text
-            .parse::<u64>()
-            .map_err(|_| de::Error::custom(format!("{text:?} is not a uint32")))?,
-    };
-    u32::try_from(value)
-        .map(Some)
-        .map_err(|_| de::Error::custom(format!("{value} is out of range for a uint32")))
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        u32::try_from(value)
+            .map(Some)
+            .map_err(|_| E::custom(format!("{value} is out of range for a uint32")))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        u64::try_from(value)
+            .map_err(|_| E::custom(format!("{value} is out of range for a uint32")))
+            .and_then(|value| self.visit_u64(value))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        if value.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&value) {
+            return Err(E::custom(format!("{value} is not a uint32")));
+        }
+        // Whole and in range (checked above), so the conversion is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Ok(Some(value as u32))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        let not_a_uint32 = || E::custom(format!("{text:?} is not a uint32"));
+        if let Ok(value) = text.parse::<u64>() {
+            return self.visit_u64(value);
+        }
+        // Rust also reads "inf" and "NaN" as floats; JSON has no such numbers.
+        match text.parse::<f64>() {
+            Ok(value) if value.is_finite() => {
+                self.visit_f64::<E>(value).map_err(|_| not_a_uint32())
+            }
+            _ => Err(not_a_uint32()),
+        }
+    }
 }
 
 /// A Duration in the proto3 JSON form: decimal seconds with at most 9 fractional digits and
@@ -307,5 +360,70 @@ mod tests {
         assert!(body::<SubmitTaskBody>(b"[1]").is_err());
         assert!(body::<SubmitTaskBody>(b"{").is_err());
         assert!(body::<SubmitTaskBody>(b"  ").is_ok());
+    }
+
+    fn message_of<T: DeserializeOwned + Default + std::fmt::Debug>(json: &[u8]) -> String {
+        match body::<T>(json) {
+            Ok(parsed) => panic!("{parsed:?} from {:?}", String::from_utf8_lossy(json)),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_body_is_an_object_never_an_array_read_field_by_field() {
+        for json in [
+            &br#"["1 + 1", true]"#[..],
+            b"[]",
+            b"null",
+            b"\"1 + 1\"",
+            b"7",
+        ] {
+            let message = message_of::<SubmitTaskBody>(json);
+            assert!(message.contains("must be a JSON object"), "{message}");
+        }
+        let message = message_of::<SubmitBatchBody>(br#"[["1"]]"#);
+        assert!(message.contains("must be a JSON object"), "{message}");
+    }
+
+    #[test]
+    fn integers_in_every_notation_proto3_json_allows() {
+        for json in [
+            &br#"{"priority":5}"#[..],
+            br#"{"priority":5.0}"#,
+            br#"{"priority":5e0}"#,
+            br#"{"priority":0.5e1}"#,
+            br#"{"priority":"5"}"#,
+            br#"{"priority":"5.0"}"#,
+            br#"{"priority":"5e0"}"#,
+        ] {
+            let parsed: SubmitTaskBody = body(json).unwrap_or_default();
+            assert_eq!(
+                parsed.priority,
+                Some(5),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+        for json in [
+            &br#"{"priority":5.5}"#[..],
+            br#"{"priority":-1}"#,
+            br#"{"priority":-0.5}"#,
+            br#"{"priority":"5.5"}"#,
+            br#"{"priority":"inf"}"#,
+            br#"{"priority":"NaN"}"#,
+            br#"{"priority":"five"}"#,
+            br#"{"priority":1e10}"#,
+            br#"{"priority":true}"#,
+            br#"{"priority":[5]}"#,
+        ] {
+            let message = message_of::<SubmitTaskBody>(json);
+            // Said in the API's words, not the parser's own type names.
+            assert!(
+                !message.contains("enum") && !message.contains("struct"),
+                "{message}"
+            );
+        }
+        let message = message_of::<SubmitTaskBody>(br#"{"priority":true}"#);
+        assert!(message.contains("a whole number"), "{message}");
     }
 }
