@@ -29,6 +29,7 @@
     connection: $("connection"),
     authDialog: $("auth-dialog"),
     authForm: $("auth-form"),
+    authError: $("auth-error"),
     apiKey: $("api-key"),
     apiKeyCancel: $("api-key-cancel"),
     changeKey: $("change-key"),
@@ -77,7 +78,8 @@
     }
     const code = body && body.code ? body.code : `HTTP_${response.status}`;
     const message = body && body.message ? body.message : response.statusText || "request failed";
-    if (response.status === 401) askForKey();
+    // A key was sent and refused: say why when asking again, not just show an empty prompt.
+    if (response.status === 401) askForKey(apiKey() ? message : "");
     return new ApiError(response.status, code, message);
   }
 
@@ -99,8 +101,10 @@
 
   // --- authentication -----------------------------------------------------------------------
 
-  function askForKey() {
+  function askForKey(refusal) {
     el.changeKey.hidden = false;
+    el.authError.textContent = refusal ? `The key was refused: ${refusal}` : "";
+    el.authError.hidden = !refusal;
     if (el.authDialog.open) return;
     el.apiKey.value = "";
     if (typeof el.authDialog.showModal === "function") {
@@ -127,7 +131,7 @@
     refreshAll();
   });
   el.apiKeyCancel.addEventListener("click", () => el.authDialog.close());
-  el.changeKey.addEventListener("click", askForKey);
+  el.changeKey.addEventListener("click", () => askForKey(""));
 
   // --- formatting ---------------------------------------------------------------------------
 
@@ -148,9 +152,10 @@
     return n;
   }
 
-  function badge(status) {
+  /** A status badge; `field` false where an enclosing element already carries data-field. */
+  function badge(status, field = true) {
     const s = shortStatus(status);
-    return node("span", { class: `badge badge-${s.toLowerCase()}`, "data-field": "status", text: s });
+    return node("span", { class: `badge badge-${s.toLowerCase()}`, "data-field": field ? "status" : null, text: s });
   }
 
   function formatTime(text) {
@@ -247,7 +252,10 @@
     followedId = null;
     if (followAbort) followAbort.abort();
     try {
-      const { task } = await api("POST", "/tasks", { expression, wait, timeout: "30s" });
+      // A sync call waits at most 30 s (the timeout is also the task's deadline); an async
+      // one keeps the server's default deadline, so a queued task is not cut short.
+      const request = wait ? { expression, wait, timeout: "30s" } : { expression, wait };
+      const { task } = await api("POST", "/tasks", request);
       showResult(task);
       refreshTasks();
       if (!TERMINAL.has(shortStatus(task.status))) follow(task.id);
@@ -426,6 +434,17 @@
     } catch (error) {
       el.detail.replaceChildren(node("p", { class: "error-message", role: "alert", text: String(error) }));
     }
+    revealDetail();
+  }
+
+  /** In the one-column layout the detail lies below the list: bring it into view. */
+  function revealDetail() {
+    const card = el.detail.closest("section");
+    const box = card.getBoundingClientRect();
+    if (box.top < 0 || box.top > window.innerHeight - 80) {
+      const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      card.scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "start" });
+    }
   }
 
   let detailShown = null;
@@ -452,7 +471,7 @@
     const list = node("dl", { class: "facts" },
       ...field("Id", "id", node("code", { text: task.id })),
       ...field("Expression", "expression", node("code", { text: task.expression })),
-      ...field("Status", "status", badge(task.status)),
+      ...field("Status", "status", badge(task.status, false)),
       ...(task.result !== undefined ? field("Result", "result", node("strong", { text: task.result })) : []),
       ...(task.error ? field("Error", "error", task.error) : []),
       ...field("Worker", "workerId", task.workerId || "–"),

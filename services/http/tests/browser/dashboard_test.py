@@ -10,8 +10,10 @@ With auth on, set DALC_API_KEY: the test then answers the dashboard's API-key pr
 It submits "1 + 1" (sync) through the form and sees SUCCEEDED with result 2 without a reload,
 sees the task in the list and its detail, sees a worker's total go up on the stats panel,
 follows an async task to its result, submits "1 +" with the keyboard and sees the
-INVALID_ARGUMENT message, and saves screenshots (desktop and phone) into SCREENSHOT_DIR. Any
-console error on the page (a CSP violation, a script error) fails the test.
+INVALID_ARGUMENT message, and saves screenshots (desktop and phone) into SCREENSHOT_DIR. With
+a key, it first types a wrong one and sees the prompt say why it was refused. On a phone, the
+task chosen in the list brings its detail (below the list there) into view. Any console error
+on the page (a CSP violation, a script error) fails the test.
 
 Installs Playwright's Python package from PyPI and Debian's chromium when missing; never runs
 `playwright install` (its browser download does not work here).
@@ -99,15 +101,25 @@ def open_dashboard(browser, base_url, api_key, **context_options):
     if api_key:
         # The first poll answers 401 and the dashboard asks for the key.
         dialog = page.locator("#auth-dialog")
-        try:
-            dialog.wait_for(state="visible", timeout=5_000)
-            # By its label, as a person or a screen reader finds it (strict: one element).
-            page.get_by_label("API key").fill(api_key)
-            page.click("#api-key-save")
-        except Exception:
-            pass  # no prompt: the gateway does not require a key after all
+        dialog.wait_for(state="visible", timeout=5_000)
+        check(page.locator("#auth-error").is_hidden(), "an error shown before any key was sent")
+        # A wrong key first: the prompt comes back and says why.
+        # By its label, as a person or a screen reader finds it (strict: one element).
+        page.get_by_label("API key").fill(api_key + "-wrong")
+        page.click("#api-key-save")
+        page.locator("#auth-error").filter(has_text="unknown API key").wait_for()
+        check(dialog.is_visible(), "the prompt is gone after a refused key")
+        page.get_by_label("API key").fill(api_key)
+        page.click("#api-key-save")
+        page.locator("#auth-error").wait_for(state="hidden")
     page.wait_for_selector("#connection.connection-live")
     return context, page, errors
+
+
+def in_view(page, selector):
+    """Whether the top of `selector` is within the viewport."""
+    top = page.locator(selector).evaluate("e => e.getBoundingClientRect().top")
+    return 0 <= top < page.viewport_size["height"]
 
 
 def worker_total(page):
@@ -126,7 +138,8 @@ def run(base_url, screenshot_dir, api_key):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context, page, errors = open_dashboard(
-                browser, base_url, api_key, viewport={"width": 1366, "height": 900}
+                # Playwright's default size: a laptop's, where list and detail sit side by side.
+                browser, base_url, api_key, viewport={"width": 1280, "height": 720}
             )
             # Give the stats panel its first answer, then note where the workers stand.
             # A locator wait, not wait_for_function: that one evaluates a string in the page,
@@ -166,6 +179,10 @@ def run(base_url, screenshot_dir, api_key):
             for field in ("createdAt", "startedAt", "finishedAt", "workerId", "attempts"):
                 text = detail.locator(f'[data-field="{field}"]').text_content().strip()
                 check(text and text != "–", f"the detail's {field} is empty")
+            # Each documented hook names one element (Playwright's locators are strict).
+            status_text = detail.locator('[data-field="status"]').text_content().strip()
+            check(status_text == "SUCCEEDED", f"the detail's status is {status_text!r}")
+            check(in_view(page, "#task-detail"), "the detail is out of view")
             print("task listed, detail shown")
 
             # 3. A worker's total goes up on the stats panel (live, no reload).
@@ -231,6 +248,10 @@ def run(base_url, screenshot_dir, api_key):
             page.wait_for_selector("#tasks tr[data-task-id]")
             width = page.evaluate("document.documentElement.scrollWidth")
             check(width <= 390, f"the page scrolls sideways on a phone ({width}px wide)")
+            # One column: the detail lies below the list, and choosing a task brings it in view.
+            page.locator("#tasks tr[data-task-id] button").first.click()
+            page.locator('#task-detail [data-field="id"]').wait_for()
+            wait_until(lambda: in_view(page, "#task-detail"), "the detail stays out of view")
             page.screenshot(path=os.path.join(screenshot_dir, "phone.png"), full_page=True)
             page.screenshot(path=os.path.join(screenshot_dir, "phone-viewport.png"))
             check(not errors, f"console errors: {errors}")
