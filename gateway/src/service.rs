@@ -71,7 +71,11 @@ impl TaskService for TaskServiceImpl {
         let changes = async {
             let tenant = self.authenticate(&metadata)?;
             let id = parse_id(&request.id)?;
-            self.tasks.watch(&tenant, id).await
+            // The first read, before anything streams; the stream ends with the call.
+            let budget = self.budget(&metadata, false, None);
+            budget
+                .bound("the database", self.tasks.watch(&tenant, id))
+                .await
         }
         .instrument(span.clone())
         .await
@@ -93,9 +97,11 @@ impl TaskService for TaskServiceImpl {
         let page = async {
             let tenant = self.authenticate(&metadata)?;
             let status = status_filter(request.status)?;
-            self.tasks
-                .list(&tenant, request.page_size, &request.page_token, status)
-                .await
+            let page = self
+                .tasks
+                .list(&tenant, request.page_size, &request.page_token, status);
+            let budget = self.budget(&metadata, false, None);
+            budget.bound("the database", page).await
         }
         .instrument(span.clone())
         .await;
@@ -115,7 +121,10 @@ impl TaskService for TaskServiceImpl {
         let task = async {
             let tenant = self.authenticate(&metadata)?;
             let id = parse_id(&request.id)?;
-            self.tasks.cancel(&tenant, id).await
+            let budget = self.budget(&metadata, false, None);
+            budget
+                .bound("the database", self.tasks.cancel(&tenant, id))
+                .await
         }
         .instrument(span.clone())
         .await;
@@ -168,7 +177,10 @@ impl TaskService for TaskServiceImpl {
         let span = server_span("GetStats", &caller_trace_context(&metadata));
         let stats = async {
             let tenant = self.authenticate(&metadata)?;
-            self.tasks.stats(&tenant).await
+            let budget = self.budget(&metadata, false, None);
+            budget
+                .bound("the database or the broker", self.tasks.stats(&tenant))
+                .await
         }
         .instrument(span.clone())
         .await

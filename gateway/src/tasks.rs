@@ -666,6 +666,11 @@ pub(crate) fn check_idempotency_key(key: Option<&str>, max: usize) -> Result<(),
             "idempotency_key is {} characters long; at most {max} are allowed",
             key.chars().count()
         ))),
+        // A key is stored as text, and PostgreSQL's text cannot hold a NUL; no control
+        // character belongs in a key, so all are refused alike, on every database.
+        Some(key) if key.chars().any(char::is_control) => Err(ApiError::InvalidArgument(
+            "idempotency_key must not contain control characters".into(),
+        )),
         _ => Ok(()),
     }
 }

@@ -41,7 +41,13 @@ pub(crate) fn requested_wait(
     let Some(timeout) = timeout else {
         return Ok(None);
     };
-    if timeout.seconds < 0 || timeout.nanos < 0 || timeout.nanos >= 1_000_000_000 {
+    if timeout.nanos.unsigned_abs() >= 1_000_000_000 {
+        return Err(ApiError::InvalidArgument(format!(
+            "timeout is not a valid duration: its nanos ({}) must be under a second",
+            timeout.nanos
+        )));
+    }
+    if timeout.seconds < 0 || timeout.nanos < 0 {
         return Err(ApiError::InvalidArgument(format!(
             "timeout must be a non-negative duration, got {}",
             shown(&timeout)
@@ -171,6 +177,8 @@ mod tests {
         assert!(refusal(-1, 0).ends_with("got -1s"));
         assert!(refusal(0, -250_000_000).ends_with("got -0.25s"));
         assert!(refusal(i64::MIN, -999_999_999).ends_with("got -9223372036854775808.999999999s"));
+        assert!(refusal(1, 1_000_000_000).contains("must be under a second"));
+        assert!(refusal(0, i32::MIN).contains("must be under a second"));
         assert_eq!(
             requested_wait(Some(prost_types::Duration::default())).ok(),
             Some(None)

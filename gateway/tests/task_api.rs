@@ -38,6 +38,7 @@ macro_rules! on_both_databases {
 on_both_databases!(
     pages_list_every_task_exactly_once_while_new_ones_arrive,
     a_batch_of_five_thousand_answers_every_index_once_correctly,
+    keys_with_control_characters_are_invalid_and_store_nothing,
 );
 
 async fn stack_without_workers() -> Stack {
@@ -547,6 +548,34 @@ async fn an_idempotent_retry_returns_the_same_task_and_runs_it_once() {
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
+/// PostgreSQL's text cannot hold a NUL: such a key was an INTERNAL error there, and stored on
+/// SQLite.
+async fn keys_with_control_characters_are_invalid_and_store_nothing(database_url: String) {
+    let mut stack = start(StackOptions {
+        database_url,
+        ..StackOptions::default()
+    })
+    .await;
+    for key in ["a\0b", "line\nbreak", "\u{7f}"] {
+        let mut keyed = request("1 + 1", true);
+        keyed.idempotency_key = key.into();
+        let status = stack.client.submit_task(keyed).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{key:?}: {status:?}");
+        let batch = SubmitBatchRequest {
+            expressions: vec!["1 + 1".into()],
+            idempotency_key: key.into(),
+            ..Default::default()
+        };
+        let status = stack.client.submit_batch(batch).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{key:?}: {status:?}");
+    }
+    assert!(stack.store.all().await.unwrap().is_empty());
+    // Any other character is a key like any other.
+    let mut keyed = request("1 + 1", true);
+    keyed.idempotency_key = "é/✓ key".into();
+    assert_eq!(submit(&mut stack, keyed).await.result, "2");
+}
+
 /// Refuses the first `failures` publishes, then hands them to the in-process queue.
 struct FlakyPublisher {
     failures: std::sync::atomic::AtomicUsize,
@@ -922,4 +951,109 @@ async fn tenants_see_only_their_own_tasks() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.tasks.len(), 1);
+}
+
+/// Every call answers before its gRPC deadline when the database accepts connections and
+/// then never answers: UNAVAILABLE, not the client's own DEADLINE_EXCEEDED after the gateway
+/// went on waiting.
+#[tokio::test]
+async fn every_call_answers_before_its_deadline_when_the_database_goes_silent() {
+    let database = dalc_testkit::fresh_postgres_database().await;
+    let proxy =
+        dalc_testkit::proxy::TcpProxy::start_new(dalc_testkit::postgres_server_addr()).await;
+    let mut stack = start(StackOptions {
+        database_url: dalc_testkit::postgres_url_at(&database, proxy.addr()),
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await;
+    let id = submit(&mut stack, request("1 + 1", false)).await.id;
+    proxy.blackhole();
+
+    const DEADLINE: Duration = Duration::from_secs(2);
+    fn within_deadline<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(DEADLINE);
+        request
+    }
+    let client = &stack.client;
+    let calls: Vec<(
+        &str,
+        futures::future::BoxFuture<'_, Result<(), tonic::Status>>,
+    )> = vec![
+        ("SubmitTask", {
+            let mut client = client.clone();
+            Box::pin(async move {
+                client
+                    .submit_task(within_deadline(request("2 + 2", true)))
+                    .await
+                    .map(drop)
+            })
+        }),
+        ("GetTask", {
+            let mut client = client.clone();
+            let get = GetTaskRequest {
+                id: id.clone(),
+                ..Default::default()
+            };
+            Box::pin(async move { client.get_task(within_deadline(get)).await.map(drop) })
+        }),
+        ("WatchTask", {
+            let mut client = client.clone();
+            let watch = WatchTaskRequest { id: id.clone() };
+            Box::pin(async move { client.watch_task(within_deadline(watch)).await.map(drop) })
+        }),
+        ("ListTasks", {
+            let mut client = client.clone();
+            Box::pin(async move {
+                client
+                    .list_tasks(within_deadline(ListTasksRequest::default()))
+                    .await
+                    .map(drop)
+            })
+        }),
+        ("CancelTask", {
+            let mut client = client.clone();
+            let cancel = CancelTaskRequest { id: id.clone() };
+            Box::pin(async move { client.cancel_task(within_deadline(cancel)).await.map(drop) })
+        }),
+        ("SubmitBatch", {
+            let mut client = client.clone();
+            let batch = SubmitBatchRequest {
+                expressions: vec!["3 + 3".into()],
+                ..Default::default()
+            };
+            Box::pin(async move {
+                let mut answers = client
+                    .submit_batch(within_deadline(batch))
+                    .await?
+                    .into_inner();
+                while answers.message().await?.is_some() {}
+                Ok(())
+            })
+        }),
+        ("GetStats", {
+            let mut client = client.clone();
+            Box::pin(async move {
+                client
+                    .get_stats(within_deadline(GetStatsRequest {}))
+                    .await
+                    .map(drop)
+            })
+        }),
+    ];
+    for (name, call) in calls {
+        let started = std::time::Instant::now();
+        let status = call.await.expect_err(name);
+        let took = started.elapsed();
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "{name}: {status:?} after {took:?}"
+        );
+        assert!(took < DEADLINE, "{name} answered after {took:?}");
+    }
+    proxy.restore();
+    drop(stack);
+    dalc_testkit::drop_postgres_database(&database).await;
 }

@@ -46,7 +46,7 @@ impl fmt::Display for PageCursor {
     }
 }
 
-/// A page token this server did not write.
+/// A page token that is not as this server writes them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "malformed page token: pass back a next_page_token exactly as a ListTasks response gave it"
@@ -60,10 +60,16 @@ impl FromStr for PageCursor {
         let (nanos, id) = text.split_once('.').ok_or(MalformedCursor)?;
         let nanos: i64 = nanos.parse().map_err(|_| MalformedCursor)?;
         let id = Uuid::try_parse(id).map_err(|_| MalformedCursor)?;
-        Ok(PageCursor {
+        let cursor = PageCursor {
             created_at: DateTime::from_timestamp_nanos(nanos),
             id,
-        })
+        };
+        // Only the one spelling this server writes (no sign, lower-case hex without hyphens)
+        // and no instant before any task: anything else was edited or made up.
+        if nanos < 0 || cursor.to_string() != text {
+            return Err(MalformedCursor);
+        }
+        Ok(cursor)
     }
 }
 
@@ -256,7 +262,22 @@ mod tests {
         let task = Task::new("1", None);
         let cursor = PageCursor::after(&task);
         assert_eq!(cursor.to_string().parse::<PageCursor>(), Ok(cursor));
-        for bad in ["", "x", "1.2", "abc.67e5504410b1426f9247bb680e5fe0c8", "1"] {
+        let written = cursor.to_string();
+        let (nanos, id) = written.split_once('.').unwrap();
+        let hyphenated = Uuid::try_parse(id).unwrap().hyphenated().to_string();
+        for bad in [
+            "",
+            "x",
+            "1.2",
+            "abc.67e5504410b1426f9247bb680e5fe0c8",
+            "1",
+            "-1.67e5504410b1426f9247bb680e5fe0c8",
+            &format!("+{written}"),
+            &format!("0{written}"),
+            &format!("{nanos}.{}", id.to_uppercase()),
+            &format!("{nanos}.{hyphenated}"),
+            &format!("{written} "),
+        ] {
             assert_eq!(bad.parse::<PageCursor>(), Err(MalformedCursor), "{bad}");
         }
     }

@@ -23,6 +23,39 @@ pub fn postgres_server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
+/// The PostgreSQL server's address, for a fault proxy to forward to.
+pub fn postgres_server_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = postgres_server_url();
+    let (_, server) = split_postgres_url(&url);
+    server
+        .to_socket_addrs()
+        .expect("the PostgreSQL server's address resolves")
+        .next()
+        .expect("an address")
+}
+
+/// `database_url` with its server's address replaced by `server` (a fault proxy's).
+pub fn postgres_url_at(database_url: &str, server: std::net::SocketAddr) -> String {
+    let (before, old) = split_postgres_url(database_url);
+    let after = &database_url[before.len() + old.len()..];
+    format!("{before}{server}{after}")
+}
+
+/// A PostgreSQL URL's text up to its `host:port`, and that `host:port`.
+fn split_postgres_url(url: &str) -> (&str, &str) {
+    let authority_at = url.find("://").expect("a URL") + 3;
+    let host_at = url[authority_at..]
+        .split('/')
+        .next()
+        .and_then(|authority| authority.rfind('@'))
+        .map_or(authority_at, |at| authority_at + at + 1);
+    let host_end = url[host_at..]
+        .find('/')
+        .map_or(url.len(), |end| host_at + end);
+    (&url[..host_at], &url[host_at..host_end])
+}
+
 /// A short random token to keep names apart between tests and runs.
 pub fn unique_token() -> String {
     Uuid::new_v4().simple().to_string()[..12].to_owned()
