@@ -71,10 +71,10 @@ impl TaskService for TaskServiceImpl {
         let changes = async {
             let tenant = self.authenticate(&metadata)?;
             let id = parse_id(&request.id)?;
-            // The first read, before anything streams; the stream ends with the call.
-            let budget = self.budget(&metadata, false, None);
-            budget
-                .bound("the database", self.tasks.watch(&tenant, id))
+            // The first read (and the broker's binding for events), before anything streams;
+            // the stream itself ends with the call.
+            let first = self.tasks.watch(&tenant, id);
+            self.bounded(&metadata, "the task database or queue", first)
                 .await
         }
         .instrument(span.clone())
@@ -100,8 +100,7 @@ impl TaskService for TaskServiceImpl {
             let page = self
                 .tasks
                 .list(&tenant, request.page_size, &request.page_token, status);
-            let budget = self.budget(&metadata, false, None);
-            budget.bound("the database", page).await
+            self.bounded(&metadata, "the task database", page).await
         }
         .instrument(span.clone())
         .await;
@@ -122,9 +121,7 @@ impl TaskService for TaskServiceImpl {
             let tenant = self.authenticate(&metadata)?;
             let id = parse_id(&request.id)?;
             let budget = self.budget(&metadata, false, None);
-            budget
-                .bound("the database", self.tasks.cancel(&tenant, id))
-                .await
+            self.tasks.cancel(&tenant, id, budget).await
         }
         .instrument(span.clone())
         .await;
@@ -177,9 +174,8 @@ impl TaskService for TaskServiceImpl {
         let span = server_span("GetStats", &caller_trace_context(&metadata));
         let stats = async {
             let tenant = self.authenticate(&metadata)?;
-            let budget = self.budget(&metadata, false, None);
-            budget
-                .bound("the database or the broker", self.tasks.stats(&tenant))
+            let stats = self.tasks.stats(&tenant);
+            self.bounded(&metadata, "the task database or queue", stats)
                 .await
         }
         .instrument(span.clone())
@@ -238,6 +234,17 @@ impl TaskServiceImpl {
             Some(keys) => keys.authenticate(metadata),
             None => Ok(Tenant::default()),
         }
+    }
+
+    /// `step` of a call that does not wait, cut off at the call's deadline (see
+    /// [`CallBudget::bound`]).
+    async fn bounded<T>(
+        &self,
+        metadata: &MetadataMap,
+        what: &str,
+        step: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        self.budget(metadata, false, None).bound(what, step).await
     }
 
     /// The call's time, fixed on arrival.

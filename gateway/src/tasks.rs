@@ -430,10 +430,33 @@ impl Tasks {
         Ok((tasks, next))
     }
 
-    /// Cancels a PENDING task; a CANCELLED one is returned as it is.
+    /// Cancels a PENDING task; a CANCELLED one is returned as it is. Both steps are bounded by
+    /// the call's deadline, but once the cancel is sent it runs to its end on a task of its own
+    /// (the write, the metric, waiters here and watchers at other gateways), whether or not
+    /// the call is still there to be told.
     #[instrument(skip_all, fields(task_id = %id))]
-    pub(crate) async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<Task, ApiError> {
-        self.read_owned(tenant, id).await?;
+    pub(crate) async fn cancel(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        id: TaskId,
+        budget: CallBudget,
+    ) -> Result<Task, ApiError> {
+        budget
+            .bound("the task database", self.read_owned(tenant, id))
+            .await?;
+        let tasks = Arc::clone(self);
+        let cancelling =
+            tokio::spawn(async move { tasks.cancel_owned(id).await }.in_current_span());
+        let cancelled = async {
+            cancelling
+                .await
+                .unwrap_or_else(|err| Err(ApiError::Internal(format!("the cancel failed: {err}"))))
+        };
+        budget.bound("the task database", cancelled).await
+    }
+
+    /// [`Tasks::cancel`] of a task known to be the caller's.
+    async fn cancel_owned(&self, id: TaskId) -> Result<Task, ApiError> {
         match self.store.cancel(id).await? {
             Cancelled::Now(task) => {
                 self.config.metrics.task_finished(task.status.as_str());
@@ -659,17 +682,17 @@ fn not_found(id: TaskId) -> ApiError {
     ApiError::NotFound(format!("no task with id {id}"))
 }
 
-/// An idempotency key is optional; a given one is 1 to `max` characters.
+/// An idempotency key is optional; a given one is 1 to `max` characters, none of them NUL.
 pub(crate) fn check_idempotency_key(key: Option<&str>, max: usize) -> Result<(), ApiError> {
     match key {
         Some(key) if key.chars().count() > max => Err(ApiError::InvalidArgument(format!(
             "idempotency_key is {} characters long; at most {max} are allowed",
             key.chars().count()
         ))),
-        // A key is stored as text, and PostgreSQL's text cannot hold a NUL; no control
-        // character belongs in a key, so all are refused alike, on every database.
-        Some(key) if key.chars().any(char::is_control) => Err(ApiError::InvalidArgument(
-            "idempotency_key must not contain control characters".into(),
+        // A key is stored as text, and PostgreSQL's text cannot hold a NUL: refused alike on
+        // every database, so a key means the same on both.
+        Some(key) if key.contains('\0') => Err(ApiError::InvalidArgument(
+            "idempotency_key must not contain a NUL character".into(),
         )),
         _ => Ok(()),
     }

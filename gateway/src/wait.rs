@@ -41,37 +41,20 @@ pub(crate) fn requested_wait(
     let Some(timeout) = timeout else {
         return Ok(None);
     };
-    if timeout.nanos.unsigned_abs() >= 1_000_000_000 {
+    let Some(written) = dalc_proto::duration_json(&timeout) else {
         return Err(ApiError::InvalidArgument(format!(
-            "timeout is not a valid duration: its nanos ({}) must be under a second",
-            timeout.nanos
+            "timeout is not a valid duration: {}s and {}ns (nanos must be under a second and \
+             share the sign of the seconds)",
+            timeout.seconds, timeout.nanos
         )));
-    }
+    };
     if timeout.seconds < 0 || timeout.nanos < 0 {
         return Err(ApiError::InvalidArgument(format!(
-            "timeout must be a non-negative duration, got {}",
-            shown(&timeout)
+            "timeout must be a non-negative duration, got {written}"
         )));
     }
     let duration = Duration::new(timeout.seconds.unsigned_abs(), timeout.nanos.unsigned_abs());
     Ok((!duration.is_zero()).then_some(duration))
-}
-
-/// A Duration as proto3 JSON writes it (`-1s`, `-0.25s`). Not prost's own `Display`, which
-/// overflows on the extreme seconds a client may send.
-fn shown(duration: &prost_types::Duration) -> String {
-    let nanos = i128::from(duration.seconds) * 1_000_000_000 + i128::from(duration.nanos);
-    let sign = if nanos < 0 { "-" } else { "" };
-    let (seconds, fraction) = (
-        nanos.unsigned_abs() / 1_000_000_000,
-        nanos.unsigned_abs() % 1_000_000_000,
-    );
-    if fraction == 0 {
-        format!("{sign}{seconds}s")
-    } else {
-        let fraction = format!("{fraction:09}");
-        format!("{sign}{seconds}.{}s", fraction.trim_end_matches('0'))
-    }
 }
 
 /// When a call must be answered, and until when it waits for its task.
@@ -175,10 +158,11 @@ mod tests {
                 other => panic!("{other:?}"),
             };
         assert!(refusal(-1, 0).ends_with("got -1s"));
-        assert!(refusal(0, -250_000_000).ends_with("got -0.25s"));
+        assert!(refusal(0, -250_000_000).ends_with("got -0.250s"));
         assert!(refusal(i64::MIN, -999_999_999).ends_with("got -9223372036854775808.999999999s"));
-        assert!(refusal(1, 1_000_000_000).contains("must be under a second"));
-        assert!(refusal(0, i32::MIN).contains("must be under a second"));
+        assert!(refusal(1, 1_000_000_000).contains("not a valid duration"));
+        assert!(refusal(0, i32::MIN).contains("not a valid duration"));
+        assert!(refusal(1, -1).contains("not a valid duration"));
         assert_eq!(
             requested_wait(Some(prost_types::Duration::default())).ok(),
             Some(None)

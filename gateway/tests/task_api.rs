@@ -38,7 +38,7 @@ macro_rules! on_both_databases {
 on_both_databases!(
     pages_list_every_task_exactly_once_while_new_ones_arrive,
     a_batch_of_five_thousand_answers_every_index_once_correctly,
-    keys_with_control_characters_are_invalid_and_store_nothing,
+    keys_with_a_nul_are_invalid_and_store_nothing,
 );
 
 async fn stack_without_workers() -> Stack {
@@ -550,13 +550,13 @@ async fn an_idempotent_retry_returns_the_same_task_and_runs_it_once() {
 
 /// PostgreSQL's text cannot hold a NUL: such a key was an INTERNAL error there, and stored on
 /// SQLite.
-async fn keys_with_control_characters_are_invalid_and_store_nothing(database_url: String) {
+async fn keys_with_a_nul_are_invalid_and_store_nothing(database_url: String) {
     let mut stack = start(StackOptions {
         database_url,
         ..StackOptions::default()
     })
     .await;
-    for key in ["a\0b", "line\nbreak", "\u{7f}"] {
+    for key in ["a\0b", "\0"] {
         let mut keyed = request("1 + 1", true);
         keyed.idempotency_key = key.into();
         let status = stack.client.submit_task(keyed).await.unwrap_err();
@@ -570,10 +570,17 @@ async fn keys_with_control_characters_are_invalid_and_store_nothing(database_url
         assert_eq!(status.code(), Code::InvalidArgument, "{key:?}: {status:?}");
     }
     assert!(stack.store.all().await.unwrap().is_empty());
-    // Any other character is a key like any other.
-    let mut keyed = request("1 + 1", true);
-    keyed.idempotency_key = "é/✓ key".into();
-    assert_eq!(submit(&mut stack, keyed).await.result, "2");
+    // Any other character, control characters too, makes a key like any other.
+    for (n, key) in ["é/✓ key", "tab\tand\nline", "\u{7f}\u{1}"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut keyed = request(&format!("{n} + 1"), true);
+        keyed.idempotency_key = key.into();
+        let first = submit(&mut stack, keyed.clone()).await;
+        assert_eq!(first.result, (n + 1).to_string());
+        assert_eq!(submit(&mut stack, keyed).await.id, first.id, "{key:?}");
+    }
 }
 
 /// Refuses the first `failures` publishes, then hands them to the in-process queue.
@@ -1042,6 +1049,8 @@ async fn every_call_answers_before_its_deadline_when_the_database_goes_silent() 
             })
         }),
     ];
+    // The gateway's own answer, UNAVAILABLE: past the deadline the client would have given up
+    // with a code of its own (CANCELLED or DEADLINE_EXCEEDED).
     for (name, call) in calls {
         let started = std::time::Instant::now();
         let status = call.await.expect_err(name);
@@ -1051,7 +1060,6 @@ async fn every_call_answers_before_its_deadline_when_the_database_goes_silent() 
             Code::Unavailable,
             "{name}: {status:?} after {took:?}"
         );
-        assert!(took < DEADLINE, "{name} answered after {took:?}");
     }
     proxy.restore();
     drop(stack);

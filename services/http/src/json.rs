@@ -125,7 +125,7 @@ fn worker(stats: &WorkerStats) -> Value {
         ("meanRunTime", &stats.mean_run_time),
         ("p99RunTime", &stats.p99_run_time),
     ] {
-        if let Some(text) = value.as_ref().and_then(duration) {
+        if let Some(text) = value.as_ref().and_then(dalc_proto::duration_json) {
             object.insert(key.into(), text.into());
         }
     }
@@ -148,30 +148,6 @@ pub fn timestamp(at: &prost_types::Timestamp) -> Option<String> {
     let nanos = u32::try_from(at.nanos).ok()?;
     let at = chrono::DateTime::from_timestamp(at.seconds, nanos)?;
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-}
-
-/// A Duration as proto3 JSON writes it: seconds with 0, 3, 6 or 9 fractional digits and `s`.
-/// `None` for an invalid value (seconds and nanos of opposite signs, nanos out of range).
-pub fn duration(value: &prost_types::Duration) -> Option<String> {
-    let (seconds, nanos) = (value.seconds, value.nanos);
-    if nanos.unsigned_abs() >= 1_000_000_000
-        || (seconds > 0 && nanos < 0)
-        || (seconds < 0 && nanos > 0)
-    {
-        return None;
-    }
-    let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
-    let (seconds, nanos) = (seconds.unsigned_abs(), nanos.unsigned_abs());
-    let fraction = if nanos == 0 {
-        String::new()
-    } else if nanos % 1_000_000 == 0 {
-        format!(".{:03}", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
-        format!(".{:06}", nanos / 1_000)
-    } else {
-        format!(".{nanos:09}")
-    };
-    Some(format!("{sign}{seconds}{fraction}s"))
 }
 
 #[cfg(test)]
@@ -211,18 +187,6 @@ mod tests {
                 "attempts": 1,
             })
         );
-    }
-
-    #[test]
-    fn durations_use_three_six_or_nine_digits() {
-        let d = |seconds, nanos| duration(&Duration { seconds, nanos });
-        assert_eq!(d(10, 0).as_deref(), Some("10s"));
-        assert_eq!(d(1, 500_000_000).as_deref(), Some("1.500s"));
-        assert_eq!(d(0, 1_500).as_deref(), Some("0.000001500s"));
-        assert_eq!(d(0, 25_000).as_deref(), Some("0.000025s"));
-        assert_eq!(d(-1, -500_000_000).as_deref(), Some("-1.500s"));
-        assert_eq!(d(0, -1_000_000).as_deref(), Some("-0.001s"));
-        assert_eq!(d(1, -1), None);
     }
 
     #[test]

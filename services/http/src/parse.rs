@@ -1,6 +1,7 @@
 //! Reading requests into proto messages: JSON bodies in the proto3 JSON mapping (lowerCamelCase
-//! or the original snake_case names, Durations as `"10s"`, integers as numbers or decimal
-//! strings), query parameters (Durations also Go-style, `"500ms"`, `"2m"`), status names.
+//! or the original snake_case names, Durations as `"10s"`, integers as whole numbers in any
+//! JSON notation or the same in strings), query parameters (Durations also Go-style,
+//! `"500ms"`, `"2m"`), status names.
 //! Anything that does not translate is an `INVALID_ARGUMENT` naming what was wrong.
 
 use std::fmt;

@@ -62,14 +62,15 @@
     }
   }
 
-  function headers(extra) {
+  /** Request headers with `key` (the one in storage when the request is made) as credentials. */
+  function headers(key, extra) {
     const h = Object.assign({ Accept: "application/json" }, extra || {});
-    const key = apiKey();
     if (key) h.Authorization = `Bearer ${key}`;
     return h;
   }
 
-  async function errorFrom(response) {
+  /** The API's error in `response`, to a request made with `sentKey`. */
+  async function errorFrom(response, sentKey) {
     let body = null;
     try {
       body = await response.json();
@@ -79,23 +80,25 @@
     const code = body && body.code ? body.code : `HTTP_${response.status}`;
     const message = body && body.message ? body.message : response.statusText || "request failed";
     // A key was sent and refused: say why when asking again, not just show an empty prompt.
-    if (response.status === 401) askForKey(apiKey() ? message : "");
+    // An answer to a request made before the key changed says nothing of the new key.
+    if (response.status === 401 && sentKey === apiKey()) askForKey(sentKey ? message : "");
     return new ApiError(response.status, code, message);
   }
 
   async function api(method, path, body) {
+    const key = apiKey();
     let response;
     try {
       response = await fetch(path, {
         method,
-        headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }),
+        headers: headers(key, body === undefined ? {} : { "Content-Type": "application/json" }),
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: "no-store",
       });
     } catch (e) {
       throw new ApiError(0, "UNAVAILABLE", "the server cannot be reached");
     }
-    if (!response.ok) throw await errorFrom(response);
+    if (!response.ok) throw await errorFrom(response, key);
     return response.json();
   }
 
@@ -286,12 +289,13 @@
   }
 
   async function followEvents(id, signal) {
+    const key = apiKey();
     const response = await fetch(`/tasks/${encodeURIComponent(id)}/events`, {
-      headers: headers({ Accept: "text/event-stream" }),
+      headers: headers(key, { Accept: "text/event-stream" }),
       cache: "no-store",
       signal,
     });
-    if (!response.ok) throw await errorFrom(response);
+    if (!response.ok) throw await errorFrom(response, key);
     if (!response.body) throw new ApiError(0, "UNAVAILABLE", "streaming not supported");
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
@@ -437,7 +441,7 @@
     revealDetail();
   }
 
-  /** In the one-column layout the detail lies below the list: bring it into view. */
+  /** Brings the detail into view when it is out of it (in one column it lies below the list). */
   function revealDetail() {
     const card = el.detail.closest("section");
     const box = card.getBoundingClientRect();

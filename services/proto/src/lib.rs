@@ -22,6 +22,30 @@ pub fn status_by_name(text: &str) -> Option<v1::TaskStatus> {
     v1::TaskStatus::from_str_name(&name)
 }
 
+/// A Duration as proto3 JSON writes it: seconds with 0, 3, 6 or 9 fractional digits and `s`.
+/// `None` for an invalid value (seconds and nanos of opposite signs, nanos out of range).
+pub fn duration_json(value: &prost_types::Duration) -> Option<String> {
+    let (seconds, nanos) = (value.seconds, value.nanos);
+    if nanos.unsigned_abs() >= 1_000_000_000
+        || (seconds > 0 && nanos < 0)
+        || (seconds < 0 && nanos > 0)
+    {
+        return None;
+    }
+    let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
+    let (seconds, nanos) = (seconds.unsigned_abs(), nanos.unsigned_abs());
+    let fraction = if nanos == 0 {
+        String::new()
+    } else if nanos % 1_000_000 == 0 {
+        format!(".{:03}", nanos / 1_000_000)
+    } else if nanos % 1_000 == 0 {
+        format!(".{:06}", nanos / 1_000)
+    } else {
+        format!(".{nanos:09}")
+    };
+    Some(format!("{sign}{seconds}{fraction}s"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +66,23 @@ mod tests {
             Some(v1::TaskStatus::Unspecified)
         );
         assert_eq!(status_by_name("DONE"), None);
+    }
+
+    #[test]
+    fn durations_use_three_six_or_nine_digits() {
+        let d = |seconds, nanos| duration_json(&prost_types::Duration { seconds, nanos });
+        assert_eq!(d(10, 0).as_deref(), Some("10s"));
+        assert_eq!(d(1, 500_000_000).as_deref(), Some("1.500s"));
+        assert_eq!(d(0, 1_500).as_deref(), Some("0.000001500s"));
+        assert_eq!(d(0, 25_000).as_deref(), Some("0.000025s"));
+        assert_eq!(d(-1, -500_000_000).as_deref(), Some("-1.500s"));
+        assert_eq!(d(0, -1_000_000).as_deref(), Some("-0.001s"));
+        assert_eq!(
+            d(i64::MIN, -999_999_999).as_deref(),
+            Some("-9223372036854775808.999999999s")
+        );
+        assert_eq!(d(1, -1), None);
+        assert_eq!(d(0, 1_000_000_000), None);
+        assert_eq!(d(0, i32::MIN), None);
     }
 }

@@ -28,6 +28,15 @@ pub fn postgres_server_addr() -> std::net::SocketAddr {
     use std::net::ToSocketAddrs;
     let url = postgres_server_url();
     let (_, server) = split_postgres_url(&url);
+    // PostgreSQL's own port when the URL names none.
+    let server = if server
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        server.to_owned()
+    } else {
+        format!("{server}:5432")
+    };
     server
         .to_socket_addrs()
         .expect("the PostgreSQL server's address resolves")

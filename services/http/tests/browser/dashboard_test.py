@@ -182,7 +182,7 @@ def run(base_url, screenshot_dir, api_key):
             # Each documented hook names one element (Playwright's locators are strict).
             status_text = detail.locator('[data-field="status"]').text_content().strip()
             check(status_text == "SUCCEEDED", f"the detail's status is {status_text!r}")
-            check(in_view(page, "#task-detail"), "the detail is out of view")
+            wait_until(lambda: in_view(page, "#task-detail"), "the detail is out of view")
             print("task listed, detail shown")
 
             # 3. A worker's total goes up on the stats panel (live, no reload).
