@@ -122,6 +122,12 @@ impl GatewayConfig {
     pub const DEFAULT_MAX_WAITING_CALLS: usize = 10_000;
     pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+    /// The smallest `max_message_bytes` that holds any one task these limits allow: below it
+    /// some task could be neither answered nor listed.
+    pub fn min_message_bytes(&self) -> usize {
+        tasks::min_message_bytes(&self.limits)
+    }
+
     pub fn new(gateway_id: impl Into<String>) -> Self {
         GatewayConfig {
             gateway_id: gateway_id.into(),

@@ -409,7 +409,7 @@ impl Tasks {
         tasks.truncate(usize::try_from(size).unwrap_or(usize::MAX));
         // A page of long expressions and results is cut short rather than refused: the response
         // must fit in one message, with room for the encoding's own bytes.
-        let budget = self.config.max_message_bytes / 4 * 3;
+        let budget = page_budget(self.config.max_message_bytes);
         let mut used = 0usize;
         let fit = tasks
             .iter()
@@ -760,10 +760,32 @@ impl Watch {
     }
 }
 
+/// The bytes of a message of `max_message_bytes` that a list page fills with tasks: the rest
+/// is room for the encoding's own bytes.
+fn page_budget(max_message_bytes: usize) -> usize {
+    max_message_bytes / 4 * 3
+}
+
+/// The smallest `max_message_bytes` whose page holds the largest task `limits` allow (by
+/// [`approximate_size`]): its longest expression and result (an integer of the most digits,
+/// and a sign), an error (a sentence, well under a KiB) and a worker id of up to 256 bytes.
+/// Below it, some task could be neither answered nor listed.
+pub(crate) fn min_message_bytes(limits: &dalc_calc::Limits) -> usize {
+    const ERROR_AND_WORKER: usize = 1024 + 256;
+    let largest = APPROXIMATE_FIXED_SIZE
+        + limits.max_expression_bytes
+        + limits.max_integer_digits
+        + 1
+        + ERROR_AND_WORKER;
+    largest.div_ceil(3) * 4
+}
+
+/// [`approximate_size`]'s allowance for the id, timestamps and numbers.
+const APPROXIMATE_FIXED_SIZE: usize = 256;
+
 /// About how many bytes `task` takes in a response: its texts, and a generous allowance for the
 /// id, timestamps, worker and numbers.
 fn approximate_size(task: &Task) -> usize {
-    const FIXED: usize = 256;
     let texts = [
         task.expression.len(),
         task.result.as_deref().map_or(0, str::len),
@@ -772,5 +794,5 @@ fn approximate_size(task: &Task) -> usize {
     ];
     texts
         .iter()
-        .fold(FIXED, |sum, len| sum.saturating_add(*len))
+        .fold(APPROXIMATE_FIXED_SIZE, |sum, len| sum.saturating_add(*len))
 }

@@ -157,7 +157,8 @@ pub struct ApiArgs {
     /// batches); past it calls are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "DALC_MAX_WAITING_CALLS", default_value_t = GatewayConfig::DEFAULT_MAX_WAITING_CALLS)]
     pub max_waiting_calls: usize,
-    /// The largest gRPC message accepted or sent, in bytes (larger: RESOURCE_EXHAUSTED).
+    /// The largest gRPC message accepted or sent, in bytes (larger: RESOURCE_EXHAUSTED). At
+    /// least the largest task the limits allow (20,844 with the default expression limit).
     #[arg(long, env = "DALC_MAX_MESSAGE_BYTES", default_value_t = GatewayConfig::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// TEST ONLY: abort after storing a task, before publishing it (proves the sweeper).

@@ -387,6 +387,15 @@ fn gateway_config(
     config.max_batch_size = args.max_batch_size;
     config.max_waiting_calls = args.max_waiting_calls;
     config.max_message_bytes = args.max_message_bytes;
+    anyhow::ensure!(
+        config.max_message_bytes >= config.min_message_bytes(),
+        "--max-message-bytes {} is too small: the largest task (an expression of \
+         --max-expression-bytes {}, a result of up to {} digits) needs at least {}",
+        config.max_message_bytes,
+        config.limits.max_expression_bytes,
+        config.limits.max_integer_digits,
+        config.min_message_bytes()
+    );
     if let Some(path) = &args.api_keys_file {
         config.api_keys = Some(ApiKeys::load(path)?);
     }

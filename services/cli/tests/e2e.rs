@@ -336,6 +336,31 @@ async fn a_raised_expression_limit_reaches_the_workers_too() {
     assert_eq!(task.result, "3000");
 }
 
+/// A message limit that cannot hold the largest task these limits allow is a start-up error,
+/// not a task that can never be answered or listed.
+#[test]
+fn a_message_limit_too_small_for_one_task_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("dalc-small-{}", dalc_testkit::unique_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = |limit: &str| {
+        std::process::Command::new(dalc())
+            .args(["up", "--listen", "127.0.0.1:0", "--http-listen", "off"])
+            .args(["--max-message-bytes", limit])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let refused = start("10000");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("--max-message-bytes 10000 is too small")
+            && stderr.contains("needs at least 20844"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_health_turns_not_serving_while_calls_are_still_accepted() {
     use tonic_health::pb::{
