@@ -14,4 +14,4 @@ pub use backoff::Backoff;
 pub use outcome::Outcome;
 pub use run_times::RunTimes;
 pub use status::{TaskStatus, UnknownStatus};
-pub use task::{InvalidTaskId, Priority, Task, TaskId};
+pub use task::{InvalidTaskId, Priority, Task, TaskId, task_instant};

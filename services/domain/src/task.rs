@@ -147,10 +147,11 @@ impl Priority {
     }
 }
 
-/// The time now, to the microsecond: PostgreSQL keeps no finer, so an instant made here reads
-/// the same from the call that made it as from the database afterwards.
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+/// An instant of a task as every database keeps it and every answer shows it: to the
+/// microsecond, PostgreSQL's precision. So a task reads the same from the call that made it,
+/// from its reply and from the database afterwards, on PostgreSQL and on SQLite alike.
+pub fn task_instant(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
 }
 
 impl Task {
@@ -162,7 +163,7 @@ impl Task {
             status: TaskStatus::Pending,
             result: None,
             error: None,
-            created_at: now(),
+            created_at: task_instant(Utc::now()),
             started_at: None,
             finished_at: None,
             worker_id: None,

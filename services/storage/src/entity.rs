@@ -1,7 +1,7 @@
 //! The `tasks` table as a SeaORM entity, and its translation to and from [`dalc_domain::Task`].
 
 use chrono::{DateTime, Utc};
-use dalc_domain::{Priority, Task, TaskStatus};
+use dalc_domain::{Priority, Task, TaskStatus, task_instant};
 use sea_orm::entity::prelude::*;
 
 use crate::StorageError;
@@ -59,9 +59,11 @@ impl Model {
             status,
             result: self.result,
             error: self.error,
+            // Already to the microsecond since `Task::new` made it (and exact as stored: page
+            // cursors are made from it); the attempt's instants come from SQLite's clock finer.
             created_at: self.created_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
+            started_at: self.started_at.map(task_instant),
+            finished_at: self.finished_at.map(task_instant),
             worker_id: self.worker_id,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             deadline: self.deadline,
