@@ -41,14 +41,16 @@ pub(crate) fn requested_wait(
     let Some(timeout) = timeout else {
         return Ok(None);
     };
-    let Some(written) = dalc_proto::duration_json(&timeout) else {
+    if !dalc_proto::duration_is_valid(&timeout) {
         return Err(ApiError::InvalidArgument(format!(
             "timeout is not a valid duration: {}s and {}ns (nanos must be under a second and \
              share the sign of the seconds)",
             timeout.seconds, timeout.nanos
         )));
-    };
+    }
     if timeout.seconds < 0 || timeout.nanos < 0 {
+        // Formatted only here: every submission and long poll with a timeout passes above.
+        let written = dalc_proto::duration_json(&timeout).unwrap_or_default();
         return Err(ApiError::InvalidArgument(format!(
             "timeout must be a non-negative duration, got {written}"
         )));

@@ -22,16 +22,22 @@ pub fn status_by_name(text: &str) -> Option<v1::TaskStatus> {
     v1::TaskStatus::from_str_name(&name)
 }
 
-/// A Duration as proto3 JSON writes it: seconds with 0, 3, 6 or 9 fractional digits and `s`.
-/// `None` for an invalid value (seconds and nanos of opposite signs, nanos out of range).
-pub fn duration_json(value: &prost_types::Duration) -> Option<String> {
+/// Whether `value` is a Duration proto3 allows: nanos under a second, with the sign of the
+/// seconds.
+pub fn duration_is_valid(value: &prost_types::Duration) -> bool {
     let (seconds, nanos) = (value.seconds, value.nanos);
-    if nanos.unsigned_abs() >= 1_000_000_000
-        || (seconds > 0 && nanos < 0)
-        || (seconds < 0 && nanos > 0)
-    {
+    nanos.unsigned_abs() < 1_000_000_000
+        && !(seconds > 0 && nanos < 0)
+        && !(seconds < 0 && nanos > 0)
+}
+
+/// A Duration as proto3 JSON writes it: seconds with 0, 3, 6 or 9 fractional digits and `s`.
+/// `None` for an invalid value (see [`duration_is_valid`]).
+pub fn duration_json(value: &prost_types::Duration) -> Option<String> {
+    if !duration_is_valid(value) {
         return None;
     }
+    let (seconds, nanos) = (value.seconds, value.nanos);
     let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
     let (seconds, nanos) = (seconds.unsigned_abs(), nanos.unsigned_abs());
     let fraction = if nanos == 0 {

@@ -25,44 +25,22 @@ pub fn postgres_server_url() -> String {
 
 /// The PostgreSQL server's address, for a fault proxy to forward to.
 pub fn postgres_server_addr() -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    let url = postgres_server_url();
-    let (_, server) = split_postgres_url(&url);
+    let url = url::Url::parse(&postgres_server_url()).expect("DALC_TEST_POSTGRES_URL is a URL");
     // PostgreSQL's own port when the URL names none.
-    let server = if server
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-    {
-        server.to_owned()
-    } else {
-        format!("{server}:5432")
-    };
-    server
-        .to_socket_addrs()
+    url.socket_addrs(|| Some(5432))
         .expect("the PostgreSQL server's address resolves")
+        .into_iter()
         .next()
         .expect("an address")
 }
 
 /// `database_url` with its server's address replaced by `server` (a fault proxy's).
 pub fn postgres_url_at(database_url: &str, server: std::net::SocketAddr) -> String {
-    let (before, old) = split_postgres_url(database_url);
-    let after = &database_url[before.len() + old.len()..];
-    format!("{before}{server}{after}")
-}
-
-/// A PostgreSQL URL's text up to its `host:port`, and that `host:port`.
-fn split_postgres_url(url: &str) -> (&str, &str) {
-    let authority_at = url.find("://").expect("a URL") + 3;
-    let host_at = url[authority_at..]
-        .split('/')
-        .next()
-        .and_then(|authority| authority.rfind('@'))
-        .map_or(authority_at, |at| authority_at + at + 1);
-    let host_end = url[host_at..]
-        .find('/')
-        .map_or(url.len(), |end| host_at + end);
-    (&url[..host_at], &url[host_at..host_end])
+    let mut url = url::Url::parse(database_url).expect("a database URL");
+    url.set_ip_host(server.ip()).expect("a URL with a host");
+    url.set_port(Some(server.port()))
+        .expect("a URL with a host");
+    url.into()
 }
 
 /// A short random token to keep names apart between tests and runs.
