@@ -5,9 +5,11 @@
 //! reduced exactly enough by `x - k·π/2` with a cached high-precision π, and
 //! the reduced argument (|r| <= π/4) is passed to astro-float's sin/cos at
 //! 256 bits. If the reduction cancelled too many bits (x very close to a
-//! multiple of π/2) the precision is raised and the reduction redone, so the
-//! result always has well over 34 correct digits; it is then rounded to 34
-//! digits (within one unit of the last digit, as the spec requires).
+//! multiple of π/2, like the numerators of π's continued fraction: an integer
+//! of 3,000 digits can lie within 10^-3000 of one) the precision is raised
+//! and the reduction redone, so the result always has well over 34 correct
+//! digits; it is then rounded to 34 digits (within one unit of the last
+//! digit, as the spec requires).
 //!
 //! Reducing ourselves rather than calling astro-float's `sin` on the huge
 //! argument matters for speed: its series would run at the full 20,000-bit
@@ -96,8 +98,12 @@ fn trig(x: &Value, kind: Kind) -> Result<D34, CalcError> {
             (format!("{sign}{coefficient}e{exponent}"), bits)
         }
     };
+    // An integer of b bits comes within about 2^-b of a multiple of π/2 (the numerators of
+    // π's continued fraction do), so cancellation never needs more than about b extra bits;
+    // twice that, plus a margin, is a bound no accepted argument reaches.
+    let most_extra = int_bits.saturating_mul(2).saturating_add(4096);
     let mut extra = 0usize;
-    for _ in 0..8 {
+    while extra <= most_extra {
         let p = int_bits.saturating_add(GUARD_BITS).saturating_add(extra);
         let mut cc = Consts::new().map_err(|_| internal())?;
         let xb = BigFloat::parse(&text, Radix::Dec, p, RoundingMode::ToEven, &mut cc);
@@ -123,12 +129,20 @@ fn trig(x: &Value, kind: Kind) -> Result<D34, CalcError> {
             // about the same absolute error: 2^(int_bits + 4 - p) bounds both.
             let error_exp =
                 i64::try_from(int_bits).unwrap_or(i64::MAX) + 4 - i64::try_from(p).unwrap_or(0);
-            let r_exp = r.exponent().map_or(i64::MIN, i64::from);
-            if r.is_zero() || r_exp - 1 - error_exp < NEEDED_BITS {
-                let deficit = NEEDED_BITS - (r_exp.max(-1_000_000) - 1 - error_exp);
+            // Bits of r that are right; none when everything cancelled (r is 0, whose
+            // exponent says nothing).
+            let correct_bits = match r.exponent() {
+                Some(r_exp) if !r.is_zero() => i64::from(r_exp) - 1 - error_exp,
+                _ => 0,
+            };
+            if correct_bits < NEEDED_BITS {
+                // At least the bits missing, and at least twice as many as the last try, so
+                // even a cancellation of tens of thousands of bits takes a dozen tries at most.
+                let missing = usize::try_from(NEEDED_BITS - correct_bits.max(0)).unwrap_or(0);
                 extra = extra
-                    .saturating_add(usize::try_from(deficit).unwrap_or(0))
-                    .saturating_add(128);
+                    .saturating_add(missing)
+                    .saturating_add(128)
+                    .max(extra.saturating_mul(2));
                 continue;
             }
             (r, quadrant(&k)?)

@@ -163,6 +163,25 @@ fn trigonometry() {
     ]);
 }
 
+/// Integers within 10^-digits of a multiple of π: the reduction cancels about as many bits as
+/// the integer has, and must raise its precision until what is left is right. (They failed
+/// with "trigonometric computation failed" from 347 digits on, when a reduction that cancelled
+/// everything counted as short of only a few bits.)
+#[test]
+fn trigonometry_of_integers_closest_to_multiples_of_pi() {
+    let table = include_str!("data/near_pi_multiples.tsv");
+    let cases: Vec<(&str, &str)> = table
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let mut fields = line.split('\t').skip(1);
+            (fields.next().unwrap(), fields.next().unwrap())
+        })
+        .collect();
+    assert_eq!(cases.len(), 6);
+    check(&cases);
+}
+
 #[test]
 fn integers_stay_exact() {
     let big = eval("2^1000 - 1");
