@@ -100,6 +100,12 @@
 //!
 //! ## Known deviations from Python's `decimal`
 //!
+//! * A decimal literal (one with a point or an exponent) longer than 34
+//!   digits is rounded to 34 when it is read, as `Context.create_decimal`
+//!   does, since a decimal value holds 34 digits; Python's `Decimal("...")`
+//!   keeps every digit of its argument and rounds only results. So
+//!   `1.00000000000000000000000000000000000001 - 1` is `0` (Python: `1E-38`).
+//!   An integer literal is exact at any length.
 //! * `x % y` on decimals returns the exact remainder (rounded to 34 digits)
 //!   where Python raises `DivisionImpossible` because the integer quotient has
 //!   more than 34 digits.
