@@ -180,8 +180,9 @@ pub struct WorkArgs {
     /// Attempts before a task is given up on (FAILED, dead-lettered).
     #[arg(long, env = "DALC_MAX_ATTEMPTS", default_value_t = WorkerConfig::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
-    /// How long a running attempt owns its task; a duplicate or redelivered message takes the
-    /// task over only after this (its worker died). Bounds how late a dead worker's task ends.
+    /// How long a running attempt owns its task, renewed while its worker evaluates; a duplicate
+    /// or redelivered message takes the task over only after this (its worker died). Bounds how
+    /// late a dead worker's task ends.
     #[arg(long, env = "DALC_LEASE", default_value_t = HumanDuration(WorkerConfig::DEFAULT_LEASE))]
     pub lease: HumanDuration,
     /// TEST ONLY: evaluation panics for expressions containing this text (proves that a

@@ -641,16 +641,11 @@ impl TaskStore {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Task>, StorageError> {
-        let updated = self
+        let attempt = self
             .new_attempt(Tasks::update_many(), worker_id)
-            .col_expr(Column::Status, Expr::value(TaskStatus::Running.as_str()))
-            .col_expr(Column::LeaseUntil, self.db_now_plus(lease))
-            // A sweeper looks again one lease after this one runs out, should the attempt
-            // vanish with its message.
-            .col_expr(
-                Column::SweepAfter,
-                self.db_now_plus(lease.saturating_mul(2)),
-            )
+            .col_expr(Column::Status, Expr::value(TaskStatus::Running.as_str()));
+        let updated = self
+            .leased(attempt, lease)
             .filter(self.id_among(self.rows_locked(ids, false, |_| {})))
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
             // PENDING, or an attempt whose lease ran out: never a live attempt.
@@ -674,6 +669,18 @@ impl TaskStore {
             )
     }
 
+    /// What a lease of `lease` from now writes, for a new attempt or a renewed one.
+    fn leased(&self, update: UpdateMany<Tasks>, lease: Duration) -> UpdateMany<Tasks> {
+        update
+            .col_expr(Column::LeaseUntil, self.db_now_plus(lease))
+            // A sweeper looks again one lease after this one runs out, should the attempt
+            // vanish with its message.
+            .col_expr(
+                Column::SweepAfter,
+                self.db_now_plus(lease.saturating_mul(2)),
+            )
+    }
+
     /// What ending a task with `outcome` writes: its status, result or reason, and end time.
     fn ended(&self, update: UpdateMany<Tasks>, outcome: &Outcome) -> UpdateMany<Tasks> {
         update
@@ -681,6 +688,26 @@ impl TaskStore {
             .col_expr(Column::Result, Expr::value(outcome.result()))
             .col_expr(Column::Error, Expr::value(outcome.error()))
             .col_expr(Column::FinishedAt, self.db_now())
+    }
+
+    /// Renews the lease of attempt number `attempt` for `lease` from now, while its worker still
+    /// evaluates: an evaluation longer than one lease is not taken over while its worker lives.
+    /// `false`: the attempt no longer holds the task (another took over after a lapse).
+    #[instrument(skip_all, fields(task_id = %id, attempt))]
+    pub async fn renew_lease(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        lease: Duration,
+    ) -> Result<bool, StorageError> {
+        let renewed = self
+            .leased(Tasks::update_many(), lease)
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(status_is(TaskStatus::Running))
+            .filter(Column::Attempts.eq(attempt_number(attempt)))
+            .exec(&self.db)
+            .await?;
+        Ok(renewed.rows_affected == 1)
     }
 
     /// Gives up attempt number `attempt` without ending the task (its worker hands the message

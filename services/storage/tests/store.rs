@@ -51,6 +51,7 @@ on_both_backends!(
     a_live_lease_keeps_duplicates_out,
     an_attempt_whose_lease_ran_out_is_taken_over,
     a_released_lease_is_taken_over_at_once,
+    a_renewed_lease_holds_the_task_past_its_first_term,
     terminal_tasks_are_never_started_again,
     only_the_current_attempt_may_finish,
     unstarted_tasks_can_expire_once,
@@ -196,6 +197,31 @@ async fn a_released_lease_is_taken_over_at_once(store: TaskStore) {
         store.start_attempt(task.id, "w2", LEASE).await.unwrap(),
         StartOutcome::Started(t) if t.attempts == 2
     ));
+}
+
+async fn a_renewed_lease_holds_the_task_past_its_first_term(store: TaskStore) {
+    let short = StdDuration::from_millis(400);
+    let task = Task::new("1", None);
+    store.insert(&task, NOW).await.unwrap();
+    store.start_attempt(task.id, "w1", short).await.unwrap();
+    tokio::time::sleep(short / 2).await;
+    assert!(store.renew_lease(task.id, 1, LEASE).await.unwrap());
+    tokio::time::sleep(short).await;
+    assert!(
+        matches!(
+            store.start_attempt(task.id, "w2", short).await.unwrap(),
+            StartOutcome::Busy(_)
+        ),
+        "the first term is over, the renewed one is not"
+    );
+    // A stale attempt number renews nothing.
+    assert!(!store.renew_lease(task.id, 7, LEASE).await.unwrap());
+    store.release_lease(task.id, 1).await.unwrap();
+    store.start_attempt(task.id, "w2", LEASE).await.unwrap();
+    assert!(
+        !store.renew_lease(task.id, 1, LEASE).await.unwrap(),
+        "an attempt taken over renews nothing"
+    );
 }
 
 async fn terminal_tasks_are_never_started_again(store: TaskStore) {

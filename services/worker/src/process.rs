@@ -12,7 +12,7 @@ use dalc_domain::{Backoff, Outcome, Task};
 use dalc_queue::{Delivery, Destination, QueueError, TaskMessage, UpdatePublisher};
 use dalc_storage::{StartOutcome, StorageError, TaskStore, WorkerFigures};
 use dalc_telemetry::metrics::GaugeGuard;
-use futures::FutureExt;
+use futures::{FutureExt, future::Either};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 
@@ -312,10 +312,43 @@ impl Processor {
                 .end_attempt(task, &gave_up, reply_to, Settlement::DeadLetter)
                 .await;
         }
-        let outcome = self.evaluate(task).await;
+        let outcome = self.holding_lease(task, self.evaluate(task)).await;
         drop(slot);
         self.end_attempt(task, &outcome?, reply_to, Settlement::Ack)
             .await
+    }
+
+    /// Runs `work` (the attempt's evaluation) while renewing the attempt's lease every third of
+    /// it: an evaluation that outlasts one lease (possible with a raised
+    /// `--max-expression-bytes`) is not taken over while this worker lives. Should this
+    /// worker die, or lose the database, the lease runs out as before.
+    async fn holding_lease<T>(&self, task: &Task, work: impl Future<Output = T>) -> T {
+        let work = std::pin::pin!(work);
+        let renewing = std::pin::pin!(self.renew_lease(task));
+        match futures::future::select(work, renewing).await {
+            Either::Left((done, _)) => done,
+            // The attempt lost the task (another took over after a lapse): its result will be
+            // refused by the compare-and-set, but the evaluation still runs to its end.
+            Either::Right(((), work)) => work.await,
+        }
+    }
+
+    /// Renews `task`'s lease every third of it, until the attempt no longer holds the task. A
+    /// failed renewal is tried again at the next turn (the lease has two more thirds to go).
+    async fn renew_lease(&self, task: &Task) {
+        let lease = self.config.lease;
+        let mut turns = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+        turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is now, when the lease is fresh.
+        turns.tick().await;
+        loop {
+            turns.tick().await;
+            match self.store.renew_lease(task.id, task.attempts, lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => debug!(error = %err, "cannot renew the lease; trying again"),
+            }
+        }
     }
 
     /// The first delivery of a task the engine predicts takes microseconds: evaluated at once,

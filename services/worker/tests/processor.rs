@@ -453,3 +453,38 @@ async fn a_delivery_in_hand_holds_little() {
     let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!(done.result.as_deref(), Some("2"));
 }
+
+/// An evaluation that outlasts its lease keeps its task: its worker renews the lease while it
+/// evaluates, so another worker's start finds the attempt live, and the task runs once.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evaluation_longer_than_its_lease_keeps_its_task() {
+    const STALL: &str = "4242424242";
+    let lease = Duration::from_millis(500);
+    let mut config = WorkerConfig::new("w1");
+    config.lease = lease;
+    config.fault_stall_on = Some((STALL.into(), lease * 5));
+    let Setup {
+        store, processor, ..
+    } = setup_with(config).await;
+    let (task, message) = stored(&store, &format!("{STALL} * 0 + 7")).await;
+    let evaluating = tokio::spawn(async move { processor.process(&message, false).await });
+
+    tokio::time::sleep(lease * 4).await;
+    let other = store.start_attempt(task.id, "w2", lease).await.unwrap();
+    assert!(
+        matches!(other, StartOutcome::Busy(_)),
+        "four leases into its evaluation the attempt still holds the task: {other:?}"
+    );
+    assert_eq!(evaluating.await.unwrap(), Settlement::Ack);
+    let done = store.get(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            done.status,
+            done.attempts,
+            done.worker_id.as_deref(),
+            done.result.as_deref()
+        ),
+        (TaskStatus::Succeeded, 1, Some("w1"), Some("7"))
+    );
+}
