@@ -17,8 +17,8 @@ use std::{
     collections::BTreeMap,
     str::FromStr,
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -159,8 +159,9 @@ impl AmqpConfig {
 /// simply travels in several frames.
 const FRAME_MAX: u32 = 16 * 1024;
 
-/// After a failed connect, callers within this window fail fast instead of queueing up behind
-/// another connect attempt: a client hears UNAVAILABLE at once while the broker is away.
+/// After a failed connect, publishes within this window fail fast instead of queueing up
+/// behind another connect attempt (calls are refused at once for as long as the broker is
+/// known to be down: see [`AmqpBroker::ready_to_publish`]).
 const FAIL_FAST_WINDOW: Duration = Duration::from_millis(500);
 
 /// Where health probes are published: a routing key no queue has, so the broker drops them.
@@ -187,6 +188,28 @@ pub struct AmqpBroker {
 struct Lane {
     role: Role,
     state: Mutex<LinkState>,
+    /// Why the last connect failed, while none has succeeded since: the broker is known to be
+    /// down. Outside `state`, whose lock a connect holds for as long as it takes.
+    down: std::sync::Mutex<Option<QueueError>>,
+    /// Whether a reconnect that `ready_to_publish` started is under way.
+    reconnecting: AtomicBool,
+}
+
+impl Lane {
+    fn known_down(&self) -> Option<QueueError> {
+        self.down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records how a connect ended: a failure makes the broker known to be down until a
+    /// connect succeeds.
+    fn connected(&self, state: &mut LinkState, outcome: Result<&Link, &QueueError>) {
+        let failure = outcome.err().cloned();
+        state.last_failure = failure.clone().map(|err| (Instant::now(), err));
+        *self.down.lock().unwrap_or_else(PoisonError::into_inner) = failure;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +247,8 @@ impl AmqpBroker {
             Arc::new(Lane {
                 role,
                 state: Mutex::new(LinkState::default()),
+                down: std::sync::Mutex::new(None),
+                reconnecting: AtomicBool::new(false),
             })
         };
         let broker = AmqpBroker {
@@ -241,20 +266,44 @@ impl AmqpBroker {
     }
 
     /// Whether a publish has a chance right now, without waiting: `Err` while the broker blocks
-    /// publishing or just refused a connection. Lets a gateway refuse a call before writing it.
+    /// publishing, or is known to be down (the last connect failed and none has succeeded
+    /// since). Lets a gateway refuse a call before writing it. While the broker is down, the
+    /// reconnecting happens off the callers' path, so none of them waits on a connect.
     pub fn ready_to_publish(&self) -> Result<(), QueueError> {
+        if let Some(err) = self.publishing.known_down() {
+            self.reconnect_in_background();
+            return Err(err);
+        }
         let Ok(state) = self.publishing.state.try_lock() else {
-            // Someone is connecting: the publish will find out.
+            // A publish is taking the link: it will find out.
             return Ok(());
         };
-        match (&state.link, &state.last_failure) {
-            (Some(link), _) if link.is_live() && link.connection.status().blocked() => {
+        match &state.link {
+            Some(link) if link.is_live() && link.connection.status().blocked() => {
                 Err(QueueError::Blocked)
             }
-            (Some(link), _) if link.is_live() => Ok(()),
-            (_, Some((at, err))) if at.elapsed() < FAIL_FAST_WINDOW => Err(err.clone()),
             _ => Ok(()),
         }
+    }
+
+    /// Tries to reconnect the publishing lane on a task of its own, one attempt at a time (and
+    /// at most one per [`FAIL_FAST_WINDOW`]): the first call after the broker is back finds it
+    /// connected.
+    fn reconnect_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.publishing.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let broker = self.clone();
+        runtime.spawn(async move {
+            let _ = broker.link(&broker.publishing).await;
+            broker
+                .publishing
+                .reconnecting
+                .store(false, Ordering::Release);
+        });
     }
 
     /// The lane's live connection, re-established (topology included) if it was lost.
@@ -306,17 +355,17 @@ impl AmqpBroker {
                     self.config.metrics.broker_reconnects.inc();
                 }
                 state.connected_before = true;
-                state.last_failure = None;
+                lane.connected(state, Ok(&link));
                 state.link = Some(link.clone());
                 Ok(link)
             }
             Ok(Err(err)) => {
-                state.last_failure = Some((Instant::now(), err.clone()));
+                lane.connected(state, Err(&err));
                 Err(err)
             }
             Err(_) => {
                 let err = QueueError::Unavailable("timed out connecting to the broker".into());
-                state.last_failure = Some((Instant::now(), err.clone()));
+                lane.connected(state, Err(&err));
                 Err(err)
             }
         }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use dalc_domain::{Task, TaskStatus};
 use dalc_queue::{
-    DeadLetterConsumer, QueueNames, TaskConsumer, TaskMessage, TaskPublisher, UpdateConsumer,
-    UpdatePublisher,
+    DeadLetterConsumer, QueueError, QueueNames, TaskConsumer, TaskMessage, TaskPublisher,
+    UpdateConsumer, UpdatePublisher,
     amqp::{AmqpBroker, AmqpConfig},
     memory::MemoryBroker,
 };
@@ -217,6 +217,55 @@ async fn rabbitmq_times_a_confirm_its_caller_stopped_waiting_for() {
         timed >= QUIET.as_secs_f64(),
         "confirms timed at {timed} s in all"
     );
+    broker.delete_topology().await.unwrap();
+}
+
+/// Once a connect has failed, the broker is known to be down: every call is refused at once (a
+/// gateway then writes nothing), not only for a moment after the failure, and never waits on a
+/// connect; the reconnecting happens meanwhile off the callers' path, and the first call after
+/// the broker is back finds it connected.
+#[tokio::test]
+async fn a_broker_known_to_be_down_refuses_at_once_until_it_is_back() {
+    let (upstream, via_proxy) = rabbitmq_via_a_proxy();
+    let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
+    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
+    let mut config = AmqpConfig::new(via_proxy(proxy.addr()), names);
+    config.operation_timeout = Duration::from_secs(1);
+    let broker = AmqpBroker::connect(config)
+        .await
+        .expect("RabbitMQ is reachable through the proxy");
+    broker.publish_task(&message("1")).await.unwrap();
+    assert!(broker.ready().is_ok());
+
+    // The broker accepts connections and never answers; the one we had is cut.
+    proxy.blackhole();
+    proxy.sever();
+    let known_down = dalc_testkit::eventually(PATIENCE, async || {
+        let lost = broker.publish_task(&message("2")).await;
+        assert!(lost.is_err(), "no publish through a blackhole");
+        broker.ready().is_err()
+    })
+    .await;
+    assert!(
+        known_down,
+        "a failed connect makes the broker known to be down"
+    );
+    // Seconds later, through several background connects that time out, still refused at once.
+    for _ in 0..20 {
+        let asked = std::time::Instant::now();
+        let ready = broker.ready();
+        assert!(
+            matches!(ready, Err(QueueError::Unavailable(_))),
+            "known to be down: {ready:?}"
+        );
+        assert!(asked.elapsed() < Duration::from_millis(50), "at once");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    proxy.restore();
+    let back = dalc_testkit::eventually(PATIENCE, async || broker.ready().is_ok()).await;
+    assert!(back, "reconnected without a publish");
+    broker.publish_task(&message("3")).await.unwrap();
     broker.delete_topology().await.unwrap();
 }
 
