@@ -594,6 +594,7 @@ async fn fault_scenario_a_poison_task_ends_while_others_complete() {
         .unwrap();
     assert_eq!(poisoned.status, Status::Failed);
     assert_eq!(poisoned.error.as_deref(), Some("gave up after 3 attempts"));
+    assert_eq!(poisoned.attempts, 3);
     // Only the poison task was retried.
     report.run_twice -= 1;
     report.conclude("poison task among 100");

@@ -23,6 +23,14 @@ impl Outcome {
         }
     }
 
+    /// FAILED, for a task whose `max_attempts` attempts all ended without a result (each
+    /// crashed its handler, or died with its worker).
+    pub fn gave_up(max_attempts: u32) -> Self {
+        Outcome::Failed {
+            error: format!("gave up after {max_attempts} attempts"),
+        }
+    }
+
     /// EXPIRED, for a task whose attempt stopped answering and whose deadline then passed.
     pub fn expired_abandoned() -> Self {
         Outcome::Expired {

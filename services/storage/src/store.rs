@@ -85,6 +85,7 @@ struct StartItem {
     id: TaskId,
     worker_id: Arc<str>,
     lease: Duration,
+    max_attempts: u32,
 }
 
 /// An attempt that ended.
@@ -164,6 +165,9 @@ pub enum StartOutcome {
     AlreadyTerminal(Task),
     /// Another attempt holds a live lease on the task: it must not run twice at once.
     Busy(Task),
+    /// The task's attempts had run out (each ended without a result): it is now FAILED, given
+    /// up on by this call, and its message belongs with the dead letters.
+    GaveUp(Task),
     /// No such task (e.g. its row was never committed).
     Missing,
 }
@@ -576,17 +580,21 @@ impl TaskStore {
     /// previous attempt's lease ran out (its worker died), with `attempts + 1`, as one
     /// compare-and-set (group-committed with other workers' starts). A RUNNING task whose lease
     /// is live is [`StartOutcome::Busy`]: a duplicate message never runs a task twice at once.
+    /// No attempt past `max_attempts` starts: a task whose attempts ran out is given up on
+    /// instead ([`StartOutcome::GaveUp`]), so its `attempts` stays `max_attempts`.
     #[instrument(skip_all, fields(task_id = %id, worker_id))]
     pub async fn start_attempt(
         &self,
         id: TaskId,
         worker_id: &str,
         lease: Duration,
+        max_attempts: u32,
     ) -> Result<StartOutcome, StorageError> {
         let item = StartItem {
             id,
             worker_id: worker_id.into(),
             lease,
+            max_attempts,
         };
         let started = match &self.batches {
             Some(batches) => batches.starts.submit(item).await?,
@@ -598,7 +606,23 @@ impl TaskStore {
         if let Some(task) = started {
             return Ok(StartOutcome::Started(task));
         }
-        match self.get(id).await? {
+        let mut task = self.get(id).await?;
+        if task
+            .as_ref()
+            .is_some_and(|task| task.attempts >= max_attempts)
+        {
+            // Unless an attempt is live: a worker may be running the last one right now.
+            let guard = Condition::all()
+                .add(self.abandoned())
+                .add(Column::Attempts.gte(attempt_number(max_attempts)));
+            let outcome = Outcome::gave_up(max_attempts);
+            if let Some(given_up) = self.set_terminal(Some(id), &outcome, guard).await?.pop() {
+                return Ok(StartOutcome::GaveUp(given_up));
+            }
+            // A live attempt holds it, or it ended meanwhile.
+            task = self.get(id).await?;
+        }
+        match task {
             None => Ok(StartOutcome::Missing),
             Some(task) if task.is_terminal() => Ok(StartOutcome::AlreadyTerminal(task)),
             Some(task) if task.status == TaskStatus::Running => Ok(StartOutcome::Busy(task)),
@@ -615,16 +639,19 @@ impl TaskStore {
     /// copies of one message) starts once: only the copy of the worker the row now names gets the
     /// task, the other `None` (Busy).
     async fn start_batch(&self, items: Vec<StartItem>) -> Result<Vec<Option<Task>>, StorageError> {
-        let mut by_worker: HashMap<(Arc<str>, Duration), Vec<TaskId>> = HashMap::new();
+        let mut by_worker: HashMap<(Arc<str>, Duration, u32), Vec<TaskId>> = HashMap::new();
         for item in &items {
             by_worker
-                .entry((item.worker_id.clone(), item.lease))
+                .entry((item.worker_id.clone(), item.lease, item.max_attempts))
                 .or_default()
                 .push(item.id);
         }
         let mut started = Vec::with_capacity(items.len());
-        for ((worker_id, lease), ids) in by_worker {
-            started.extend(self.start_all(&ids, &worker_id, lease).await?);
+        for ((worker_id, lease, max_attempts), ids) in by_worker {
+            started.extend(
+                self.start_all(&ids, &worker_id, lease, max_attempts)
+                    .await?,
+            );
         }
         Ok(answer_by_id(
             &items,
@@ -640,6 +667,7 @@ impl TaskStore {
         ids: &[TaskId],
         worker_id: &str,
         lease: Duration,
+        max_attempts: u32,
     ) -> Result<Vec<Task>, StorageError> {
         let attempt = self
             .new_attempt(Tasks::update_many(), worker_id)
@@ -650,6 +678,7 @@ impl TaskStore {
             .filter(status_in(TaskStatus::sources_of(TaskStatus::Running)))
             // PENDING, or an attempt whose lease ran out: never a live attempt.
             .filter(self.abandoned())
+            .filter(Column::Attempts.lt(attempt_number(max_attempts)))
             .exec_with_returning(&self.conn())
             .await?;
         updated.into_iter().map(entity::Model::into_task).collect()

@@ -9,6 +9,8 @@ use dalc_storage::{StartOutcome, StoreOptions, TaskStore};
 
 /// Long enough that nothing runs out during a test.
 const LEASE: StdDuration = StdDuration::from_secs(60);
+/// Attempts a task gets before it is given up on (the workers' default).
+const ATTEMPTS: u32 = 3;
 /// No grace: the sweeper may claim at once.
 const NOW: StdDuration = StdDuration::ZERO;
 
@@ -52,6 +54,7 @@ on_both_backends!(
     an_attempt_whose_lease_ran_out_is_taken_over,
     a_released_lease_is_taken_over_at_once,
     a_renewed_lease_holds_the_task_past_its_first_term,
+    a_task_whose_attempts_ran_out_is_given_up_not_started,
     terminal_tasks_are_never_started_again,
     only_the_current_attempt_may_finish,
     unstarted_tasks_can_expire_once,
@@ -133,7 +136,10 @@ async fn many_reads_at_once_each_get_their_own_task(store: TaskStore) {
 async fn start_moves_pending_to_running(store: TaskStore) {
     let task = Task::new("2 * 3", None);
     store.insert(&task, NOW).await.unwrap();
-    let StartOutcome::Started(running) = store.start_attempt(task.id, "w1", LEASE).await.unwrap()
+    let StartOutcome::Started(running) = store
+        .start_attempt(task.id, "w1", LEASE, ATTEMPTS)
+        .await
+        .unwrap()
     else {
         panic!("expected the task to start");
     };
@@ -157,9 +163,16 @@ async fn start_moves_pending_to_running(store: TaskStore) {
 async fn a_live_lease_keeps_duplicates_out(store: TaskStore) {
     let task = Task::new("1", None);
     store.insert(&task, NOW).await.unwrap();
-    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     // A duplicate message reaches w2 while w1's attempt is alive: it must not run.
-    let StartOutcome::Busy(busy) = store.start_attempt(task.id, "w2", LEASE).await.unwrap() else {
+    let StartOutcome::Busy(busy) = store
+        .start_attempt(task.id, "w2", LEASE, ATTEMPTS)
+        .await
+        .unwrap()
+    else {
         panic!("a live attempt is not superseded");
     };
     assert_eq!((busy.attempts, busy.worker_id.as_deref()), (1, Some("w1")));
@@ -169,12 +182,15 @@ async fn an_attempt_whose_lease_ran_out_is_taken_over(store: TaskStore) {
     let task = Task::new("1", None);
     store.insert(&task, NOW).await.unwrap();
     store
-        .start_attempt(task.id, "w1", StdDuration::from_millis(50))
+        .start_attempt(task.id, "w1", StdDuration::from_millis(50), ATTEMPTS)
         .await
         .unwrap();
     // w1 dies; once its lease runs out, the redelivery to w2 takes over.
     tokio::time::sleep(StdDuration::from_millis(120)).await;
-    let StartOutcome::Started(second) = store.start_attempt(task.id, "w2", LEASE).await.unwrap()
+    let StartOutcome::Started(second) = store
+        .start_attempt(task.id, "w2", LEASE, ATTEMPTS)
+        .await
+        .unwrap()
     else {
         panic!("a RUNNING task whose lease ran out is taken over");
     };
@@ -185,16 +201,22 @@ async fn an_attempt_whose_lease_ran_out_is_taken_over(store: TaskStore) {
 async fn a_released_lease_is_taken_over_at_once(store: TaskStore) {
     let task = Task::new("1", None);
     store.insert(&task, NOW).await.unwrap();
-    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     // A stale attempt number releases nothing.
     store.release_lease(task.id, 7).await.unwrap();
     assert!(matches!(
-        store.start_attempt(task.id, "w2", LEASE).await.unwrap(),
+        store
+            .start_attempt(task.id, "w2", LEASE, ATTEMPTS)
+            .await
+            .unwrap(),
         StartOutcome::Busy(_)
     ));
     store.release_lease(task.id, 1).await.unwrap();
     assert!(matches!(
-        store.start_attempt(task.id, "w2", LEASE).await.unwrap(),
+        store.start_attempt(task.id, "w2", LEASE, ATTEMPTS).await.unwrap(),
         StartOutcome::Started(t) if t.attempts == 2
     ));
 }
@@ -203,13 +225,19 @@ async fn a_renewed_lease_holds_the_task_past_its_first_term(store: TaskStore) {
     let short = StdDuration::from_millis(400);
     let task = Task::new("1", None);
     store.insert(&task, NOW).await.unwrap();
-    store.start_attempt(task.id, "w1", short).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", short, ATTEMPTS)
+        .await
+        .unwrap();
     tokio::time::sleep(short / 2).await;
     assert!(store.renew_lease(task.id, 1, LEASE).await.unwrap());
     tokio::time::sleep(short).await;
     assert!(
         matches!(
-            store.start_attempt(task.id, "w2", short).await.unwrap(),
+            store
+                .start_attempt(task.id, "w2", short, ATTEMPTS)
+                .await
+                .unwrap(),
             StartOutcome::Busy(_)
         ),
         "the first term is over, the renewed one is not"
@@ -217,17 +245,71 @@ async fn a_renewed_lease_holds_the_task_past_its_first_term(store: TaskStore) {
     // A stale attempt number renews nothing.
     assert!(!store.renew_lease(task.id, 7, LEASE).await.unwrap());
     store.release_lease(task.id, 1).await.unwrap();
-    store.start_attempt(task.id, "w2", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "w2", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     assert!(
         !store.renew_lease(task.id, 1, LEASE).await.unwrap(),
         "an attempt taken over renews nothing"
     );
 }
 
+async fn a_task_whose_attempts_ran_out_is_given_up_not_started(store: TaskStore) {
+    let task = Task::new("1", None);
+    store.insert(&task, NOW).await.unwrap();
+    for attempt in 1..=ATTEMPTS {
+        let worker = format!("w{attempt}");
+        let started = store.start_attempt(task.id, &worker, LEASE, ATTEMPTS).await;
+        assert!(matches!(started.unwrap(), StartOutcome::Started(t) if t.attempts == attempt));
+        if attempt < ATTEMPTS {
+            // Its worker died: the lease ran out.
+            store.release_lease(task.id, attempt).await.unwrap();
+        }
+    }
+    // The last attempt is live: a duplicate neither starts a fourth nor gives up on it.
+    assert!(matches!(
+        store.start_attempt(task.id, "w4", LEASE, ATTEMPTS).await.unwrap(),
+        StartOutcome::Busy(t) if t.attempts == ATTEMPTS
+    ));
+    // It dies too: the next message gives up on the task, without counting another attempt.
+    store.release_lease(task.id, ATTEMPTS).await.unwrap();
+    let StartOutcome::GaveUp(given_up) = store
+        .start_attempt(task.id, "w4", LEASE, ATTEMPTS)
+        .await
+        .unwrap()
+    else {
+        panic!("the attempts ran out");
+    };
+    assert_eq!(
+        (
+            given_up.status,
+            given_up.attempts,
+            given_up.error.as_deref()
+        ),
+        (
+            TaskStatus::Failed,
+            ATTEMPTS,
+            Some("gave up after 3 attempts")
+        )
+    );
+    assert_eq!(store.get(task.id).await.unwrap(), Some(given_up.clone()));
+    assert_eq!(
+        store
+            .start_attempt(task.id, "w5", LEASE, ATTEMPTS)
+            .await
+            .unwrap(),
+        StartOutcome::AlreadyTerminal(given_up)
+    );
+}
+
 async fn terminal_tasks_are_never_started_again(store: TaskStore) {
     let task = Task::new("1 / 0", None);
     store.insert(&task, NOW).await.unwrap();
-    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     let failed = Outcome::Failed {
         error: "division by zero".into(),
     };
@@ -237,7 +319,10 @@ async fn terminal_tasks_are_never_started_again(store: TaskStore) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        store.start_attempt(task.id, "w2", LEASE).await.unwrap(),
+        store
+            .start_attempt(task.id, "w2", LEASE, ATTEMPTS)
+            .await
+            .unwrap(),
         StartOutcome::AlreadyTerminal(done.clone())
     );
     assert_eq!(store.get(task.id).await.unwrap().unwrap().attempts, 1);
@@ -246,10 +331,16 @@ async fn terminal_tasks_are_never_started_again(store: TaskStore) {
 async fn only_the_current_attempt_may_finish(store: TaskStore) {
     let task = Task::new("7", None);
     store.insert(&task, NOW).await.unwrap();
-    store.start_attempt(task.id, "slow", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "slow", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     // The slow attempt is presumed dead (its lease released) and a second one takes over.
     store.release_lease(task.id, 1).await.unwrap();
-    store.start_attempt(task.id, "fast", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "fast", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     let fast = Outcome::Succeeded { result: "7".into() };
     let stale = Outcome::Failed {
         error: "stale".into(),
@@ -300,7 +391,10 @@ async fn unstarted_tasks_can_expire_once(store: TaskStore) {
 async fn finishing_from_outside_never_overwrites_a_live_attempt(store: TaskStore) {
     let task = Task::new("6 * 7", Some(Utc::now() - Duration::seconds(1)));
     store.insert(&task, NOW).await.unwrap();
-    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     let late = Outcome::expired_unstarted();
     // A late duplicate past its deadline, a gateway abandoning a publish, a dead letter, the
     // sweeper: none of them may end a task a live attempt is running.
@@ -317,7 +411,7 @@ async fn finishing_from_outside_never_overwrites_a_live_attempt(store: TaskStore
 async fn missing_tasks_cannot_start(store: TaskStore) {
     assert_eq!(
         store
-            .start_attempt(TaskId::new(), "w1", LEASE)
+            .start_attempt(TaskId::new(), "w1", LEASE, ATTEMPTS)
             .await
             .unwrap(),
         StartOutcome::Missing
@@ -382,7 +476,7 @@ async fn the_sweeper_claims_running_tasks_whose_attempt_vanished(store: TaskStor
     let task = Task::new("1", None);
     store.insert(&task, NOW).await.unwrap();
     store
-        .start_attempt(task.id, "w1", StdDuration::from_millis(50))
+        .start_attempt(task.id, "w1", StdDuration::from_millis(50), ATTEMPTS)
         .await
         .unwrap();
     assert!(
@@ -417,7 +511,7 @@ async fn overdue_running_tasks_expire_only_once_their_lease_ran_out(store: TaskS
     let task = Task::new("1", Some(Utc::now() + Duration::milliseconds(100)));
     store.insert(&task, NOW).await.unwrap();
     store
-        .start_attempt(task.id, "w1", StdDuration::from_millis(300))
+        .start_attempt(task.id, "w1", StdDuration::from_millis(300), ATTEMPTS)
         .await
         .unwrap();
     tokio::time::sleep(StdDuration::from_millis(150)).await;
@@ -472,7 +566,10 @@ async fn the_state_machine_is_enforced_by_the_store(store: TaskStore) {
     let task = Task::new("1", None);
     store.insert(&task, NOW).await.unwrap();
     let mut seen = vec![TaskStatus::Pending];
-    store.start_attempt(task.id, "w1", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "w1", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     seen.push(store.get(task.id).await.unwrap().unwrap().status);
     let ok = Outcome::Succeeded { result: "1".into() };
     store.finish_attempt(task.id, 1, &ok).await.unwrap();
@@ -485,7 +582,10 @@ async fn the_state_machine_is_enforced_by_the_store(store: TaskStore) {
         store.finish_abandoned(task.id, &outcome).await.unwrap();
         store.finish_attempt(task.id, 1, &outcome).await.unwrap();
     }
-    store.start_attempt(task.id, "w2", LEASE).await.unwrap();
+    store
+        .start_attempt(task.id, "w2", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     seen.push(store.get(task.id).await.unwrap().unwrap().status);
     for pair in seen.windows(2) {
         assert!(
@@ -683,7 +783,7 @@ async fn many_attempts_start_and_end_at_once_each_with_its_own_outcome(store: Ta
         .iter()
         .map(|task| {
             let (store, id) = (store.clone(), task.id);
-            tokio::spawn(async move { store.start_attempt(id, "w1", LEASE).await })
+            tokio::spawn(async move { store.start_attempt(id, "w1", LEASE, ATTEMPTS).await })
         })
         .collect();
     for start in starts {
@@ -794,7 +894,10 @@ async fn a_quick_attempt_only_ends_a_pending_task(store: TaskStore) {
     assert_eq!(ran, chrono::TimeDelta::microseconds(250));
     // RUNNING under a live attempt: left to that attempt.
     let running = stored_pending(&store, "1 + 1").await;
-    store.start_attempt(running.id, "w1", LEASE).await.unwrap();
+    store
+        .start_attempt(running.id, "w1", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     assert_eq!(quick(&store, running.id, "w2", "1 + 1", &ok).await, None);
     assert_eq!(
         status(store.get(running.id).await.unwrap()),
@@ -881,8 +984,14 @@ async fn finished_tasks_are_counted_since_a_watermark_and_open_ones_by_status(st
         store.insert(&task, NOW).await.unwrap();
         ids.push(task.id);
     }
-    store.start_attempt(ids[0], "w", LEASE).await.unwrap();
-    store.start_attempt(ids[1], "w", LEASE).await.unwrap();
+    store
+        .start_attempt(ids[0], "w", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
+    store
+        .start_attempt(ids[1], "w", LEASE, ATTEMPTS)
+        .await
+        .unwrap();
     let done = Outcome::Succeeded { result: "1".into() };
     store.finish_attempt(ids[1], 1, &done).await.unwrap();
     store.cancel(ids[2]).await.unwrap();

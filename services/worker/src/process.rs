@@ -243,6 +243,16 @@ impl Processor {
                 debug!(attempt = task.attempts, worker = ?task.worker_id, "a live attempt holds the task; dropping the duplicate");
                 return Ok(Settlement::Ack);
             }
+            StartOutcome::GaveUp(task) => {
+                drop(slot);
+                // Its attempts ran out (each crashed its handler or died with its worker).
+                warn!(
+                    attempts = task.attempts,
+                    "giving up on the task; dead-lettering its message"
+                );
+                self.announce_end(&task, reply_to).await?;
+                return Ok(Settlement::DeadLetter);
+            }
             StartOutcome::Missing => {
                 warn!("no such task in the database; dropping the message");
                 return Ok(Settlement::Ack);
@@ -282,7 +292,12 @@ impl Processor {
             }
             let started = self
                 .store
-                .start_attempt(message.task_id, &self.config.worker_id, lease)
+                .start_attempt(
+                    message.task_id,
+                    &self.config.worker_id,
+                    lease,
+                    self.config.max_attempts,
+                )
                 .await?;
             match started {
                 StartOutcome::Busy(_) if redelivered && waited < patience => {
@@ -303,19 +318,9 @@ impl Processor {
         reply_to: Option<&str>,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Settlement, Transient> {
-        if task.attempts > self.config.max_attempts {
-            drop(slot);
-            let gave_up = Outcome::Failed {
-                error: format!("gave up after {} attempts", self.config.max_attempts),
-            };
-            return self
-                .end_attempt(task, &gave_up, reply_to, Settlement::DeadLetter)
-                .await;
-        }
         let outcome = self.holding_lease(task, self.evaluate(task)).await;
         drop(slot);
-        self.end_attempt(task, &outcome?, reply_to, Settlement::Ack)
-            .await
+        self.end_attempt(task, &outcome?, reply_to).await
     }
 
     /// Runs `work` (the attempt's evaluation) while renewing the attempt's lease every third of
@@ -456,14 +461,13 @@ impl Processor {
         }
     }
 
-    /// Records the end of this attempt, replies, and settles as `then`. The work is done, so
+    /// Records the end of this attempt and replies (then the message is acked). The work is done, so
     /// a database or broker outage here is waited out in place rather than redoing the task.
     async fn end_attempt(
         &self,
         task: &Task,
         outcome: &Outcome,
         reply_to: Option<&str>,
-        then: Settlement,
     ) -> Result<Settlement, Transient> {
         let recorded = self
             .hold_through_outage(|| self.store.finish_attempt(task.id, task.attempts, outcome))
@@ -471,7 +475,7 @@ impl Processor {
         match recorded {
             Some(finished) => {
                 self.announce_end(&finished, reply_to).await?;
-                Ok(then)
+                Ok(Settlement::Ack)
             }
             None => {
                 // A newer attempt owns the task now; its worker records and replies.

@@ -11,6 +11,9 @@ use dalc_worker::{Processor, Settlement, WorkerConfig};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+/// Attempts a task gets before it is given up on.
+const ATTEMPTS: u32 = WorkerConfig::DEFAULT_MAX_ATTEMPTS;
+
 struct Setup {
     store: TaskStore,
     broker: Arc<MemoryBroker>,
@@ -121,7 +124,7 @@ async fn a_duplicate_message_never_runs_a_task_a_live_attempt_holds() {
     } = setup().await;
     let (task, message) = stored(&store, "1 + 1").await;
     store
-        .start_attempt(task.id, "alive", Duration::from_secs(60))
+        .start_attempt(task.id, "alive", Duration::from_secs(60), ATTEMPTS)
         .await
         .unwrap();
     assert_eq!(processor.process(&message, false).await, Settlement::Ack);
@@ -142,7 +145,7 @@ async fn a_redelivery_waits_for_the_live_attempt_and_never_reruns_its_result() {
     } = setup_with(config).await;
     let (task, message) = stored(&store, "3 + 4").await;
     store
-        .start_attempt(task.id, "alive", Duration::from_secs(5))
+        .start_attempt(task.id, "alive", Duration::from_secs(5), ATTEMPTS)
         .await
         .unwrap();
     // The first worker lost the broker, not its life: it finishes while the redelivery waits.
@@ -169,7 +172,7 @@ async fn a_redelivery_takes_over_once_the_dead_attempts_lease_runs_out() {
     } = setup_with(config).await;
     let (task, message) = stored(&store, "3 + 4").await;
     store
-        .start_attempt(task.id, "killed", Duration::from_millis(200))
+        .start_attempt(task.id, "killed", Duration::from_millis(200), ATTEMPTS)
         .await
         .unwrap();
     assert_eq!(processor.process(&message, true).await, Settlement::Ack);
@@ -188,7 +191,7 @@ async fn a_late_message_past_its_deadline_leaves_a_live_attempt_alone() {
     let task = Task::new("1", Some(Utc::now() + chrono::Duration::milliseconds(100)));
     store.insert(&task, Duration::ZERO).await.unwrap();
     store
-        .start_attempt(task.id, "alive", Duration::from_secs(60))
+        .start_attempt(task.id, "alive", Duration::from_secs(60), ATTEMPTS)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -216,7 +219,7 @@ async fn a_task_that_keeps_crashing_its_workers_is_given_up_on() {
     for worker in ["a", "b", "c"] {
         assert!(matches!(
             store
-                .start_attempt(task.id, worker, Duration::ZERO)
+                .start_attempt(task.id, worker, Duration::ZERO, ATTEMPTS)
                 .await
                 .unwrap(),
             StartOutcome::Started(_)
@@ -229,6 +232,7 @@ async fn a_task_that_keeps_crashing_its_workers_is_given_up_on() {
     let done = store.get(task.id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Failed);
     assert_eq!(done.error.as_deref(), Some("gave up after 3 attempts"));
+    assert_eq!(done.attempts, 3, "giving up is not an attempt");
 }
 
 #[tokio::test]
@@ -471,7 +475,10 @@ async fn an_evaluation_longer_than_its_lease_keeps_its_task() {
     let evaluating = tokio::spawn(async move { processor.process(&message, false).await });
 
     tokio::time::sleep(lease * 4).await;
-    let other = store.start_attempt(task.id, "w2", lease).await.unwrap();
+    let other = store
+        .start_attempt(task.id, "w2", lease, ATTEMPTS)
+        .await
+        .unwrap();
     assert!(
         matches!(other, StartOutcome::Busy(_)),
         "four leases into its evaluation the attempt still holds the task: {other:?}"
