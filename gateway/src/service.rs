@@ -19,7 +19,7 @@ use crate::{
     batch::Batch,
     convert::{stats_to_proto, status_filter, task_to_proto},
     tasks::{Submission, Tasks},
-    wait::{CallBudget, requested_timeout, requested_wait},
+    wait::{CallBudget, call_deadline, requested_timeout, requested_wait},
 };
 
 pub(crate) struct TaskServiceImpl {
@@ -68,6 +68,7 @@ impl TaskService for TaskServiceImpl {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let (metadata, _, request) = request.into_parts();
         let span = server_span("WatchTask", &caller_trace_context(&metadata));
+        let deadline = call_deadline(&metadata).map(|left| tokio::time::Instant::now() + left);
         let changes = async {
             let tenant = self.authenticate(&metadata)?;
             let id = parse_id(&request.id)?;
@@ -80,12 +81,17 @@ impl TaskService for TaskServiceImpl {
         .instrument(span.clone())
         .await
         .map_err(|err| record_error(&span, err))?;
-        let changes = changes.map(|task| {
-            Ok(WatchTaskResponse {
-                task: Some(task_to_proto(&task)),
+        let changes = changes
+            .map(|task| {
+                Ok(WatchTaskResponse {
+                    task: Some(task_to_proto(&task)),
+                })
             })
-        });
-        Ok(Response::new(changes.boxed()))
+            .boxed();
+        Ok(Response::new(match deadline {
+            Some(deadline) => until_deadline(changes, deadline),
+            None => changes,
+        }))
     }
 
     async fn list_tasks(
@@ -285,6 +291,26 @@ fn non_empty(text: String) -> Option<String> {
 
 /// A server stream of one RPC.
 type Stream<T> = futures::stream::BoxStream<'static, Result<T, Status>>;
+
+/// `items` until the call's `deadline`, which ends it with `DEADLINE_EXCEEDED` (tonic enforces
+/// a deadline only until a stream's first message, and a watch may then wait for hours).
+fn until_deadline<T: Send + 'static>(
+    items: Stream<T>,
+    deadline: tokio::time::Instant,
+) -> Stream<T> {
+    let timer = Box::pin(tokio::time::sleep_until(deadline));
+    futures::stream::unfold(Some((items, timer)), |state| async move {
+        let (mut items, mut timer) = state?;
+        tokio::select! {
+            item = items.next() => item.map(|item| (item, Some((items, timer)))),
+            () = &mut timer => {
+                let ended = Status::deadline_exceeded("the call's deadline passed");
+                Some((Err(ended), None))
+            }
+        }
+    })
+    .boxed()
+}
 
 /// The caller's W3C trace context (`traceparent`, `tracestate`), if it sent one.
 fn caller_trace_context(metadata: &MetadataMap) -> BTreeMap<String, String> {

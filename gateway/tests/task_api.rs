@@ -142,6 +142,26 @@ async fn watching_a_finished_task_shows_it_once_and_ends() {
     assert_eq!(only.status(), TaskStatus::Succeeded);
 }
 
+/// A watch ends at its call's deadline, with DEADLINE_EXCEEDED after what it showed (tonic
+/// enforces a deadline only until a stream's first message: a watch of a task that stayed
+/// PENDING went on for as long as the task did).
+#[tokio::test]
+async fn a_watch_ends_at_its_deadline() {
+    let mut stack = stack_without_workers().await;
+    let task = submit(&mut stack, request("1 + 1", false)).await;
+    let mut watch = tonic::Request::new(WatchTaskRequest { id: task.id });
+    watch.set_timeout(Duration::from_millis(500));
+    let changes = stack.client.watch_task(watch).await.unwrap().into_inner();
+    let changes: Vec<_> = tokio::time::timeout(Duration::from_secs(30), changes.collect())
+        .await
+        .expect("the watch ended");
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    let shown = changes[0].as_ref().unwrap().task.as_ref().unwrap();
+    assert_eq!(shown.status(), TaskStatus::Pending);
+    let ended = changes[1].as_ref().unwrap_err();
+    assert_eq!(ended.code(), Code::DeadlineExceeded, "{ended:?}");
+}
+
 #[tokio::test]
 async fn watching_an_unknown_or_malformed_id_fails() {
     let mut stack = stack_without_workers().await;

@@ -311,8 +311,8 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// How long to wait for the task to end (unset: the gateway's own default, 30s unless it
-    /// was changed); the call's gRPC deadline is this plus a few seconds. submit -f: how long
-    /// the whole run may take [default: 5m].
+    /// was changed); the call's gRPC deadline is this plus a few seconds. With submit -f: how
+    /// long the whole run may take (unset: 5m).
     #[arg(long)]
     pub timeout: Option<HumanDuration>,
 }
@@ -361,7 +361,8 @@ pub struct GetArgs {
 pub struct WatchArgs {
     /// The task id.
     pub id: String,
-    /// Stop watching after this long (default: until the task ends).
+    /// Stop watching after this long, showing the task as it stands (exit 0 if it is still
+    /// under way); unset: until the task ends.
     #[arg(long)]
     pub timeout: Option<HumanDuration>,
     #[command(flatten)]

@@ -17,6 +17,7 @@ use dalc_proto::v1::{
 use crate::{
     args::{CancelArgs, ConnectArgs, GetArgs, ListArgs, StatsArgs, SubmitArgs, WatchArgs},
     batch,
+    duration::HumanDuration,
     render::{self, render_change, render_json, render_text},
 };
 
@@ -84,26 +85,43 @@ pub async fn get(args: GetArgs) -> Result<u8> {
 /// until the stream ends; exits as `get` would on the last state.
 pub async fn watch(args: WatchArgs) -> Result<u8> {
     let mut client = connect(&args.connect).await?;
+    let timeout = args.timeout.map(|timeout| timeout.0);
     let mut request = tonic::Request::new(WatchTaskRequest { id: args.id });
-    if let Some(timeout) = args.timeout {
-        request.set_timeout(timeout.0);
+    if let Some(timeout) = timeout {
+        // The gateway ends the stream by then too (a backstop: the watch stops here first).
+        request.set_timeout(timeout.saturating_add(CALL_MARGIN));
     }
-    let mut stream = client
-        .watch_task(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
     let mut last: Option<Task> = None;
-    while let Some(message) = stream.message().await.map_err(status_error)? {
-        let Some(task) = message.task else {
-            continue;
-        };
-        if args.connect.json {
-            say!("{}", render_json(&task));
-        } else if last.as_ref().is_none_or(|l| l.status != task.status) {
-            say!("{}", render_change(&task));
+    let watching = async {
+        let mut stream = client
+            .watch_task(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        while let Some(message) = stream.message().await.map_err(status_error)? {
+            let Some(task) = message.task else {
+                continue;
+            };
+            if args.connect.json {
+                say!("{}", render_json(&task));
+            } else if last.as_ref().is_none_or(|l| l.status != task.status) {
+                say!("{}", render_change(&task));
+            }
+            last = Some(task);
         }
-        last = Some(task);
+        anyhow::Ok(())
+    };
+    match timeout {
+        // Out of time: the task as last shown, as `get --wait` answers one still under way.
+        Some(timeout) => match tokio::time::timeout(timeout, watching).await {
+            Ok(watched) => watched?,
+            Err(_) if last.is_some() => {}
+            Err(_) => anyhow::bail!(
+                "no answer from the gateway within {}",
+                HumanDuration(timeout)
+            ),
+        },
+        None => watching.await?,
     }
     let task = last.context("the watch ended without a task")?;
     Ok(exit_code(&task))
@@ -200,6 +218,15 @@ pub async fn connect(args: &ConnectArgs) -> Result<DalcClient> {
 
 /// `Code: message`, as every client command prints an RPC error.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    // tonic says CANCELLED "Timeout expired" of a call its own deadline ended.
+    if status.code() == tonic::Code::Cancelled
+        && status.message() == tonic::TimeoutExpired(()).to_string()
+    {
+        return anyhow::anyhow!(
+            "{:?}: no answer from the gateway before the call's deadline",
+            tonic::Code::DeadlineExceeded
+        );
+    }
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
@@ -234,5 +261,24 @@ pub fn to_proto_duration(duration: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_its_deadline_ended_is_said_to_be_out_of_time() {
+        let ended = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(
+            status_error(ended).to_string(),
+            "DeadlineExceeded: no answer from the gateway before the call's deadline"
+        );
+        let cancelled = tonic::Status::cancelled("the server went away");
+        assert_eq!(
+            status_error(cancelled).to_string(),
+            "Cancelled: the server went away"
+        );
     }
 }

@@ -162,3 +162,56 @@ fn the_cli_covers_the_task_api() {
     let table = text(&up.run(&["stats"], ""));
     assert!(table.contains("worker"), "{table}");
 }
+
+/// `dalc watch --timeout` stops then, showing the task as it stands (it hung for as long as the
+/// task stayed PENDING), and exits 0 like a `get --wait` that times out.
+#[test]
+fn a_watch_stops_at_its_timeout() {
+    let dir = std::env::temp_dir().join(format!("dalc-watch-{}", dalc_testkit::unique_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = ["up", "--listen", "127.0.0.1:0", "--http-listen", "off"];
+    let env = [
+        ("DALC_DATABASE_URL", "sqlite://dalc.db?mode=rwc"),
+        ("DALC_WORKERS", "0"),
+    ];
+    let up = DalcProcess::start_in("up-watch", dalc(), &args, &env, true, Some(&dir));
+    let submitted = Command::new(dalc())
+        .args([
+            "submit",
+            "--no-wait",
+            "--json",
+            "1 + 1",
+            "--addr",
+            &up.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(submitted.status.success());
+    let task: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    let id = task["id"].as_str().unwrap();
+
+    let mut watch = Command::new(dalc())
+        .args(["watch", id, "--timeout", "1s", "--addr", &up.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        watch.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        watch.kill().unwrap();
+    }
+    let watched = watch.wait_with_output().unwrap();
+    assert!(ended, "the watch stopped at its timeout");
+    assert_eq!(
+        watched.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    assert!(text(&watched).contains("PENDING"), "{}", text(&watched));
+    drop(up);
+    let _ = std::fs::remove_dir_all(&dir);
+}

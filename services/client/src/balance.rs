@@ -79,11 +79,22 @@ impl Balanced {
         Balanced {
             pool: Arc::new(Pool {
                 members: RwLock::new(members),
-                next: AtomicUsize::new(0),
+                next: AtomicUsize::new(first_turn()),
                 managed,
             }),
         }
     }
+}
+
+/// Where a new client's turns start: anywhere, so that one-call commands (each a process of its
+/// own, making one call) spread over the gateways instead of all calling the first one.
+fn first_turn() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    // Randomly keyed by the standard library, per process: no dependency for a random number.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    usize::try_from(random % 1024).unwrap_or(0)
 }
 
 impl Pool {
@@ -330,8 +341,8 @@ pub(crate) async fn connect(options: &ClientOptions) -> Result<(Balanced, ApiKey
     let balanced = Balanced::new(members, true);
     // The first check may include connecting: it gets the connect timeout.
     let first_wait = options.connect_timeout.max(options.health_timeout);
-    let results = probe_all(balanced.pool.snapshot(), &api_key, first_wait).await;
-    balanced.pool.apply(&results);
+    let results =
+        probe_until_one_serves(&balanced.pool, &api_key, first_wait, options.health_timeout).await;
     if balanced.healthy_gateways().is_empty() {
         failures.extend(
             results
@@ -426,6 +437,53 @@ async fn health_loop(
             None => return,
         }
     }
+}
+
+/// Checks every gateway at once, and returns once all have answered, or once one serves and
+/// `patience` has passed: a gateway that does not answer must not hold up a client that has
+/// another for longer than a health check may take. The checks still out go on meanwhile, and
+/// each gateway joins the turns once its own passes. The answers so far, by key.
+async fn probe_until_one_serves(
+    pool: &Arc<Pool>,
+    api_key: &ApiKey,
+    wait: Duration,
+    patience: Duration,
+) -> Vec<(String, Result<(), String>)> {
+    let patience = tokio::time::Instant::now() + patience;
+    let mut probes = tokio::task::JoinSet::new();
+    for (key, channel) in pool.snapshot() {
+        let api_key = api_key.clone();
+        probes.spawn(async move { (key, probe(channel, api_key, wait).await) });
+    }
+    let mut results: Vec<(String, Result<(), String>)> = Vec::new();
+    loop {
+        let serving = results.iter().any(|(_, result)| result.is_ok());
+        let next = match serving {
+            true => match tokio::time::timeout_at(patience, probes.join_next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            false => probes.join_next().await,
+        };
+        let Some(joined) = next else { break };
+        // A probe that panicked says nothing about its gateway: it stays as it was.
+        if let Ok(result) = joined {
+            pool.apply(std::slice::from_ref(&result));
+            results.push(result);
+        }
+    }
+    if !probes.is_empty() {
+        let pool = Arc::downgrade(pool);
+        tokio::spawn(async move {
+            while let Some(joined) = probes.join_next().await {
+                let Some(pool) = pool.upgrade() else { return };
+                if let Ok(result) = joined {
+                    pool.apply(&[result]);
+                }
+            }
+        });
+    }
+    results
 }
 
 /// Checks every gateway at once; each answer (or failure) by key.

@@ -321,3 +321,43 @@ async fn no_reachable_gateway_is_a_clear_error_naming_them() {
         .unwrap_err();
     assert!(err.to_string().contains("--ca-cert"), "{err}");
 }
+
+/// A listed gateway that accepts connections and never answers holds up a new client for one
+/// health check's time at most, not the connect timeout: the client starts with the gateways
+/// that answered, and the silent one gets no calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gateway_holds_up_a_new_client_no_longer_than_a_health_check() {
+    let a = start("a", any_port()).await;
+    // Connections complete in the kernel's backlog; nothing ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(20),
+        ..options(&[format!("http://{}", silent.local_addr().unwrap()), a.url()])
+    };
+    let connecting = std::time::Instant::now();
+    let mut client = dalc_client::connect(&options).await.unwrap();
+    let took = connecting.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "connected in {took:?}: the silent gateway's connect timeout was waited out"
+    );
+    assert_eq!(tally(&mut client, 6).await, counts(&[("a", 6)]));
+}
+
+/// Each new client starts its turns anywhere: commands that make one call each (a `dalc
+/// submit` per process) spread over the gateways instead of all calling the first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_clients_spread_over_the_gateways() {
+    let a = start("a", any_port()).await;
+    let b = start("b", any_port()).await;
+    let mut by_gateway = BTreeMap::new();
+    for _ in 0..24 {
+        let mut client = dalc_client::connect(&options(&[a.url(), b.url()]))
+            .await
+            .unwrap();
+        for (gateway, calls) in tally(&mut client, 1).await {
+            *by_gateway.entry(gateway).or_insert(0) += calls;
+        }
+    }
+    assert_eq!(by_gateway.len(), 2, "{by_gateway:?}");
+}
