@@ -179,15 +179,20 @@ pub async fn run(
         in_flight = in_flight.len(),
         "worker stopping; finishing held tasks"
     );
+    let grace_ends = tokio::time::Instant::now() + grace;
     let drain = async { while in_flight.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    if tokio::time::timeout_at(grace_ends, drain).await.is_err() {
         warn!(
             ?grace,
             "grace period over; unfinished tasks go back to the queue"
         );
     }
     figures_stop.cancel();
-    let _ = figures.await;
+    // The last figures get what is left of the grace period: a database that does not answer
+    // must not keep the worker past it (where Kubernetes kills it).
+    if tokio::time::timeout_at(grace_ends, figures).await.is_err() {
+        debug!("no time left in the grace period to store the worker's last figures");
+    }
     info!("worker stopped");
 }
 
