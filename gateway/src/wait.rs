@@ -25,12 +25,22 @@ pub(crate) fn requested_timeout(
     };
     if duration > maximum {
         return Err(ApiError::InvalidArgument(format!(
-            "timeout {}s exceeds this server's maximum of {}s",
-            duration.as_secs(),
-            maximum.as_secs()
+            "timeout {} exceeds this server's maximum of {}",
+            written(duration),
+            written(maximum)
         )));
     }
     Ok(Some(duration))
+}
+
+/// `duration` as proto3 JSON writes it (`86400.000000001s`): to the nanosecond, so a timeout
+/// just past the maximum never reads as equal to it.
+fn written(duration: Duration) -> String {
+    let duration = prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    };
+    dalc_proto::duration_json(&duration).unwrap_or_default()
 }
 
 /// A GetTask's `timeout` field as a [`Duration`]: `None` when unset or zero. Only a wait, which
@@ -225,6 +235,16 @@ mod tests {
         };
         assert!(requested_timeout(Some(extreme), max).is_err());
         assert_eq!(requested_timeout(Some(hours(24)), max).unwrap(), Some(max));
+        // Said to the nanosecond: it read "86400s exceeds ... of 86400s".
+        let just_past = prost_types::Duration {
+            seconds: 24 * 3600,
+            nanos: 1,
+        };
+        let refused = requested_timeout(Some(just_past), max).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "timeout 86400.000000001s exceeds this server's maximum of 86400s"
+        );
     }
 
     #[test]

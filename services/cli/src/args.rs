@@ -121,7 +121,7 @@ pub struct ApiArgs {
     pub max_task_ttl: HumanDuration,
     /// How often the recovery sweeper republishes tasks whose publish was never confirmed or
     /// whose worker vanished, expires tasks past their deadline and deletes old ones.
-    #[arg(long, env = "DALC_SWEEP_INTERVAL", default_value_t = HumanDuration(GatewayConfig::DEFAULT_SWEEP_INTERVAL))]
+    #[arg(long, env = "DALC_SWEEP_INTERVAL", default_value_t = HumanDuration(GatewayConfig::DEFAULT_SWEEP_INTERVAL), value_parser = parse_positive_duration)]
     pub sweep_interval: HumanDuration,
     /// How long a new task's gateway has to confirm its publish before the sweeper
     /// republishes it.
@@ -183,7 +183,7 @@ pub struct WorkArgs {
     /// How long a running attempt owns its task, renewed while its worker evaluates; a duplicate
     /// or redelivered message takes the task over only after this (its worker died). Bounds how
     /// late a dead worker's task ends.
-    #[arg(long, env = "DALC_LEASE", default_value_t = HumanDuration(WorkerConfig::DEFAULT_LEASE))]
+    #[arg(long, env = "DALC_LEASE", default_value_t = HumanDuration(WorkerConfig::DEFAULT_LEASE), value_parser = parse_positive_duration)]
     pub lease: HumanDuration,
     /// TEST ONLY: evaluation panics for expressions containing this text (proves that a
     /// poison task ends).
@@ -534,6 +534,16 @@ fn parse_queue_type(s: &str) -> Result<QueueType, String> {
     s.parse()
 }
 
+/// A period or a term that must pass between two things: zero would make a sweeper spin, or
+/// leases that end as they start.
+fn parse_positive_duration(text: &str) -> Result<HumanDuration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!("{text} must be longer than zero"));
+    }
+    Ok(HumanDuration(duration))
+}
+
 /// RabbitMQ refuses a message TTL above 2^32 - 1 ms (about 49.7 days).
 fn parse_max_task_ttl(text: &str) -> Result<HumanDuration, String> {
     let ttl = parse_duration(text)?;
@@ -646,6 +656,13 @@ mod tests {
         let shown = format!("{cli:?}");
         assert!(!shown.contains("s3cret-key"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn periods_and_leases_must_be_longer_than_zero() {
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("500ms").is_ok());
     }
 
     #[test]
