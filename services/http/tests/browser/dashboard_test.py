@@ -19,11 +19,13 @@ Installs Playwright's Python package from PyPI and Debian's chromium when missin
 `playwright install` (its browser download does not work here).
 """
 
+import fcntl
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,6 +41,16 @@ TIMEOUT_MS = 15_000
 
 
 def ensure_dependencies():
+    # Dashboard tests run side by side (the open gateway and the keyed one): one installs what
+    # is missing while the others wait, then finds it there (two apt-gets at once fail on
+    # dpkg's lock).
+    lock_path = os.path.join(tempfile.gettempdir(), "dalc-browser-test-dependencies.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        install_missing_dependencies()
+
+
+def install_missing_dependencies():
     if importlib.util.find_spec("playwright") is None:
         print("installing playwright from PyPI...", file=sys.stderr)
         pip = [sys.executable, "-m", "pip", "install", "-q", "playwright"]
