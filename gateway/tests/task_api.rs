@@ -150,7 +150,7 @@ async fn a_watch_ends_at_its_deadline() {
     let mut stack = stack_without_workers().await;
     let task = submit(&mut stack, request("1 + 1", false)).await;
     let mut watch = tonic::Request::new(WatchTaskRequest { id: task.id });
-    watch.set_timeout(Duration::from_millis(500));
+    watch.set_timeout(Duration::from_secs(2));
     let changes = stack.client.watch_task(watch).await.unwrap().into_inner();
     let changes: Vec<_> = tokio::time::timeout(Duration::from_secs(30), changes.collect())
         .await

@@ -99,8 +99,9 @@ fn trig(x: &Value, kind: Kind) -> Result<D34, CalcError> {
         }
     };
     // An integer of b bits comes within about 2^-b of a multiple of π/2 (the numerators of
-    // π's continued fraction do), so cancellation never needs more than about b extra bits;
-    // twice that, plus a margin, is a bound no accepted argument reaches.
+    // π's continued fraction do), so cancellation needs about b extra bits; twice that, plus a
+    // margin, is a bound we expect no argument to reach (π's known partial quotients are
+    // small), and reaching it is an error, never a wrong digit.
     let most_extra = int_bits.saturating_mul(2).saturating_add(4096);
     let mut extra = 0usize;
     while extra <= most_extra {

@@ -178,7 +178,7 @@ pub struct WorkArgs {
     #[arg(long, env = "DALC_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Attempts before a task is given up on (FAILED, dead-lettered).
-    #[arg(long, env = "DALC_MAX_ATTEMPTS", default_value_t = WorkerConfig::DEFAULT_MAX_ATTEMPTS)]
+    #[arg(long, env = "DALC_MAX_ATTEMPTS", default_value_t = WorkerConfig::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// How long a running attempt owns its task, renewed while its worker evaluates; a duplicate
     /// or redelivered message takes the task over only after this (its worker died). Bounds how

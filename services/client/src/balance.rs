@@ -441,23 +441,25 @@ async fn health_loop(
 
 /// Checks every gateway at once, and returns once all have answered, or once one serves and
 /// `patience` has passed: a gateway that does not answer must not hold up a client that has
-/// another for longer than a health check may take. The checks still out go on meanwhile, and
-/// each gateway joins the turns once its own passes. The answers so far, by key.
+/// another for longer than a health check may take. A check still out then is dropped: the
+/// health loop's next round asks that gateway again. The answers, in the gateways' order.
 async fn probe_until_one_serves(
-    pool: &Arc<Pool>,
+    pool: &Pool,
     api_key: &ApiKey,
     wait: Duration,
     patience: Duration,
 ) -> Vec<(String, Result<(), String>)> {
     let patience = tokio::time::Instant::now() + patience;
     let mut probes = tokio::task::JoinSet::new();
-    for (key, channel) in pool.snapshot() {
+    for (order, (key, channel)) in pool.snapshot().into_iter().enumerate() {
         let api_key = api_key.clone();
-        probes.spawn(async move { (key, probe(channel, api_key, wait).await) });
+        probes.spawn(async move { (order, key, probe(channel, api_key, wait).await) });
     }
-    let mut results: Vec<(String, Result<(), String>)> = Vec::new();
+    let mut results = Vec::new();
     loop {
-        let serving = results.iter().any(|(_, result)| result.is_ok());
+        let serving = results
+            .iter()
+            .any(|(_, _, result): &(_, _, Result<(), _>)| result.is_ok());
         let next = match serving {
             true => match tokio::time::timeout_at(patience, probes.join_next()).await {
                 Ok(next) => next,
@@ -468,21 +470,15 @@ async fn probe_until_one_serves(
         let Some(joined) = next else { break };
         // A probe that panicked says nothing about its gateway: it stays as it was.
         if let Ok(result) = joined {
-            pool.apply(std::slice::from_ref(&result));
             results.push(result);
         }
     }
-    if !probes.is_empty() {
-        let pool = Arc::downgrade(pool);
-        tokio::spawn(async move {
-            while let Some(joined) = probes.join_next().await {
-                let Some(pool) = pool.upgrade() else { return };
-                if let Ok(result) = joined {
-                    pool.apply(&[result]);
-                }
-            }
-        });
-    }
+    results.sort_by_key(|(order, _, _)| *order);
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|(_, key, result)| (key, result))
+        .collect();
+    pool.apply(&results);
     results
 }
 

@@ -189,7 +189,8 @@ struct Lane {
     role: Role,
     state: Mutex<LinkState>,
     /// Why the last connect failed, while none has succeeded since: the broker is known to be
-    /// down. Outside `state`, whose lock a connect holds for as long as it takes.
+    /// down. Outside `state`, whose lock a connect holds for as long as it takes. (Read for
+    /// the publishing lane only: calls are refused on what publishing can do.)
     down: std::sync::Mutex<Option<QueueError>>,
     /// Whether a reconnect that `ready_to_publish` started is under way.
     reconnecting: AtomicBool,
@@ -282,7 +283,15 @@ impl AmqpBroker {
             Some(link) if link.is_live() && link.connection.status().blocked() => {
                 Err(QueueError::Blocked)
             }
-            _ => Ok(()),
+            Some(link) if link.is_live() => Ok(()),
+            // Lost: reconnect on a task of its own as well, whose outcome is recorded even if
+            // every call that tries to publish meanwhile gives up on its own connect first (a
+            // call's deadline can be shorter than a connect's timeout).
+            _ => {
+                drop(state);
+                self.reconnect_in_background();
+                Ok(())
+            }
         }
     }
 
@@ -296,13 +305,19 @@ impl AmqpBroker {
         if self.publishing.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
+        /// Clears the lane's `reconnecting` however the attempt ends (a panic, a runtime
+        /// shutting down), so that a later call can start another.
+        struct Reconnecting(Arc<Lane>);
+        impl Drop for Reconnecting {
+            fn drop(&mut self) {
+                self.0.reconnecting.store(false, Ordering::Release);
+            }
+        }
+        let reconnecting = Reconnecting(self.publishing.clone());
         let broker = self.clone();
         runtime.spawn(async move {
             let _ = broker.link(&broker.publishing).await;
-            broker
-                .publishing
-                .reconnecting
-                .store(false, Ordering::Release);
+            drop(reconnecting);
         });
     }
 

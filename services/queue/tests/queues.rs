@@ -258,7 +258,7 @@ async fn a_broker_known_to_be_down_refuses_at_once_until_it_is_back() {
             matches!(ready, Err(QueueError::Unavailable(_))),
             "known to be down: {ready:?}"
         );
-        assert!(asked.elapsed() < Duration::from_millis(50), "at once");
+        assert!(asked.elapsed() < Duration::from_millis(200), "at once");
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
 

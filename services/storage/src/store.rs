@@ -609,7 +609,7 @@ impl TaskStore {
         let mut task = self.get(id).await?;
         if task
             .as_ref()
-            .is_some_and(|task| task.attempts >= max_attempts)
+            .is_some_and(|task| !task.is_terminal() && task.attempts >= max_attempts)
         {
             // Unless an attempt is live: a worker may be running the last one right now.
             let guard = Condition::all()

@@ -191,7 +191,7 @@ pub async fn run(
     // The last figures get what is left of the grace period: a database that does not answer
     // must not keep the worker past it (where Kubernetes kills it).
     if tokio::time::timeout_at(grace_ends, figures).await.is_err() {
-        debug!("no time left in the grace period to store the worker's last figures");
+        info!("no time left in the grace period to store the worker's last figures");
     }
     info!("worker stopped");
 }

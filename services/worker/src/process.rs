@@ -338,8 +338,11 @@ impl Processor {
         }
     }
 
-    /// Renews `task`'s lease every third of it, until the attempt no longer holds the task. A
-    /// failed renewal is tried again at the next turn (the lease has two more thirds to go).
+    /// Renews `task`'s lease every third of it, until the attempt no longer holds the task or
+    /// the task's deadline has passed: past it the lease runs out, and the sweeper ends the
+    /// task EXPIRED within the documented bound even if this evaluation never ends. A failed
+    /// renewal is tried again at the next turn (the lease has two more thirds to go). Not
+    /// group-committed: only evaluations longer than a third of a lease renew at all.
     async fn renew_lease(&self, task: &Task) {
         let lease = self.config.lease;
         let mut turns = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
@@ -348,6 +351,9 @@ impl Processor {
         turns.tick().await;
         loop {
             turns.tick().await;
+            if task.deadline.is_some_and(|deadline| Utc::now() >= deadline) {
+                return;
+            }
             match self.store.renew_lease(task.id, task.attempts, lease).await {
                 Ok(true) => {}
                 Ok(false) => return,

@@ -464,7 +464,7 @@ async fn a_delivery_in_hand_holds_little() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evaluation_longer_than_its_lease_keeps_its_task() {
     const STALL: &str = "4242424242";
-    let lease = Duration::from_millis(500);
+    let lease = Duration::from_millis(800);
     let mut config = WorkerConfig::new("w1");
     config.lease = lease;
     config.fault_stall_on = Some((STALL.into(), lease * 5));
@@ -494,6 +494,37 @@ async fn an_evaluation_longer_than_its_lease_keeps_its_task() {
         ),
         (TaskStatus::Succeeded, 1, Some("w1"), Some("7"))
     );
+}
+
+/// ...but only up to the task's deadline: past it the lease runs out, however long the
+/// evaluation goes on, so the task can be ended (EXPIRED by a sweeper) within its bound.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_not_renewed_past_the_tasks_deadline() {
+    const STALL: &str = "4242424242";
+    let lease = Duration::from_millis(400);
+    let mut config = WorkerConfig::new("w1");
+    config.lease = lease;
+    config.fault_stall_on = Some((STALL.into(), lease * 10));
+    let Setup {
+        store, processor, ..
+    } = setup_with(config).await;
+    let deadline = Utc::now() + chrono::Duration::milliseconds(800);
+    let task = Task::new(format!("{STALL} * 0 + 7"), Some(deadline));
+    store.insert(&task, Duration::ZERO).await.unwrap();
+    let message = TaskMessage::for_task(&task, None);
+    let evaluating = tokio::spawn(async move { processor.process(&message, false).await });
+
+    // Renewed up to the deadline, then left to run out.
+    let lapsed = dalc_testkit::eventually(lease * 8, async || {
+        matches!(
+            store.start_attempt(task.id, "w2", lease, ATTEMPTS).await,
+            Ok(StartOutcome::Started(_))
+        )
+    })
+    .await;
+    assert!(lapsed, "the lease ran out after the deadline");
+    evaluating.abort();
 }
 
 /// A worker told to stop exits within its grace period even when its database goes silent: the
