@@ -321,6 +321,40 @@ impl AmqpBroker {
         });
     }
 
+    /// A broker that let a publish wait a whole operation timeout for its confirm is not
+    /// answering (a connection the network blackholed stays open until heartbeats notice, 20 s
+    /// on): known to be down from now on, and its connection dropped, so that calls are refused
+    /// at once and the next connect, in the background, says when it is back.
+    fn forget_unresponsive(&self, link: &Link, err: &QueueError) {
+        if link.connection.status().blocked() {
+            // Answering, but holding publishes for an alarm: `ready_to_publish` refuses
+            // calls as Blocked for as long as it lasts, on this connection.
+            return;
+        }
+        *self
+            .publishing
+            .down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(err.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let broker = self.clone();
+        let connection = link.connection.clone();
+        runtime.spawn(async move {
+            let mut state = broker.publishing.state.lock().await;
+            let same = |current: &Link| Arc::ptr_eq(&current.connection, &connection);
+            if state.link.as_ref().is_some_and(same) {
+                state.link = None;
+            }
+            drop(state);
+            // lapin does not close a connection that is dropped; a silent peer never answers
+            // the close either.
+            let closing = connection.close(200, "the broker stopped answering".into());
+            let _ = tokio::time::timeout(broker.config.operation_timeout, closing).await;
+        });
+    }
+
     /// The lane's live connection, re-established (topology included) if it was lost.
     async fn link(&self, lane: &Lane) -> Result<Link, QueueError> {
         let mut state = lane.state.lock().await;
@@ -582,9 +616,11 @@ impl AmqpBroker {
             Ok(Ok(confirmation)) => confirmation,
             Ok(Err(err)) => return Err(err.into()),
             Err(_) => {
-                return Err(QueueError::Unavailable(
+                let err = QueueError::Unavailable(
                     "timed out waiting for the broker's publish confirm".into(),
-                ));
+                );
+                self.forget_unresponsive(&link, &err);
+                return Err(err);
             }
         };
         if confirmation.is_nack() {

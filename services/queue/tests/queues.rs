@@ -269,6 +269,40 @@ async fn a_broker_known_to_be_down_refuses_at_once_until_it_is_back() {
     broker.delete_topology().await.unwrap();
 }
 
+/// A broker that stops answering on an open connection (a network that blackholes it) is known
+/// to be down after one publish waits out its confirm, not once heartbeats notice 20 s on: calls
+/// are refused at once from then on, until the broker answers again.
+#[tokio::test]
+async fn a_broker_that_stops_answering_is_known_down_after_one_unconfirmed_publish() {
+    let (upstream, via_proxy) = rabbitmq_via_a_proxy();
+    let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
+    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
+    let mut config = AmqpConfig::new(via_proxy(proxy.addr()), names);
+    config.operation_timeout = Duration::from_secs(1);
+    let broker = AmqpBroker::connect(config)
+        .await
+        .expect("RabbitMQ is reachable through the proxy");
+    broker.publish_task(&message("1")).await.unwrap();
+
+    proxy.blackhole();
+    let unconfirmed = broker.publish_task(&message("2")).await;
+    assert!(
+        matches!(unconfirmed, Err(QueueError::Unavailable(_))),
+        "{unconfirmed:?}"
+    );
+    let ready = broker.ready();
+    assert!(
+        matches!(ready, Err(QueueError::Unavailable(_))),
+        "known to be down at once: {ready:?}"
+    );
+
+    proxy.restore();
+    let back = dalc_testkit::eventually(PATIENCE, async || broker.ready().is_ok()).await;
+    assert!(back, "reconnected without a publish");
+    broker.publish_task(&message("3")).await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
+
 /// How many publish confirms `metrics` (a scrape) timed: a count, so a whole number.
 fn confirms_timed(metrics: &str) -> u64 {
     dalc_testkit::metric(metrics, "dalc_publish_confirm_seconds_count") as u64
