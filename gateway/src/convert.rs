@@ -1,7 +1,5 @@
 //! Domain types to their `dalc.v1` wire form.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use dalc_domain::{Task, TaskStatus};
 use dalc_proto::v1;
@@ -90,16 +88,9 @@ fn worker_stats(worker_id: &str, figures: &WorkerFigures) -> v1::WorkerStats {
         succeeded: figures.succeeded,
         failed: figures.failed,
         total: figures.total,
-        mean_run_time: Some(duration(figures.run_times.mean())),
-        p99_run_time: Some(duration(figures.run_times.quantile(0.99))),
+        mean_run_time: Some(dalc_proto::duration_of(figures.run_times.mean())),
+        p99_run_time: Some(dalc_proto::duration_of(figures.run_times.quantile(0.99))),
         last_seen: None,
-    }
-}
-
-fn duration(value: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
     }
 }
 

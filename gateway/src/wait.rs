@@ -36,11 +36,7 @@ pub(crate) fn requested_timeout(
 /// `duration` as proto3 JSON writes it (`86400.000000001s`): to the nanosecond, so a timeout
 /// just past the maximum never reads as equal to it.
 fn written(duration: Duration) -> String {
-    let duration = prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
-    };
-    dalc_proto::duration_json(&duration).unwrap_or_default()
+    dalc_proto::duration_json(&dalc_proto::duration_of(duration)).unwrap_or_default()
 }
 
 /// A GetTask's `timeout` field as a [`Duration`]: `None` when unset or zero. Only a wait, which

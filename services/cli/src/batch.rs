@@ -37,7 +37,7 @@ use crate::{
         load::Counters,
         progress::{Goal, Progress},
     },
-    client::{CALL_MARGIN, EXIT_TASK_UNSUCCESSFUL, connect, to_proto_duration},
+    client::{CALL_MARGIN, EXIT_TASK_UNSUCCESSFUL, connect},
     render::{batch_json, is_terminal, short_status},
 };
 
@@ -292,7 +292,9 @@ impl Sender {
             }
             let mut request = tonic::Request::new(SubmitBatchRequest {
                 expressions: expressions.to_vec(),
-                timeout: Some(to_proto_duration(remaining.max(Duration::from_secs(1)))),
+                timeout: Some(dalc_proto::duration_of(
+                    remaining.max(Duration::from_secs(1)),
+                )),
                 priority: self.priority,
                 idempotency_key: key.clone(),
             });

@@ -414,10 +414,7 @@ impl Target {
             .deadline
             .saturating_sub(WAIT_MARGIN)
             .max(Duration::from_secs(1));
-        prost_types::Duration {
-            seconds: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(wait.subsec_nanos()).unwrap_or(0),
-        }
+        dalc_proto::duration_of(wait)
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {

@@ -55,7 +55,7 @@ pub async fn submit(args: SubmitArgs) -> Result<u8> {
     let request = SubmitTaskRequest {
         expression,
         wait,
-        timeout: timeout.map(to_proto_duration),
+        timeout: timeout.map(dalc_proto::duration_of),
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
         priority: args.priority,
     };
@@ -72,7 +72,7 @@ pub async fn get(args: GetArgs) -> Result<u8> {
     let request = GetTaskRequest {
         id: args.id,
         wait: args.wait,
-        timeout: timeout.map(to_proto_duration),
+        timeout: timeout.map(dalc_proto::duration_of),
     };
     let response = client
         .get_task(with_deadline(request, args.wait, timeout))
@@ -254,13 +254,6 @@ fn exit_code(task: &Task) -> u8 {
         EXIT_TASK_UNSUCCESSFUL
     } else {
         0
-    }
-}
-
-pub fn to_proto_duration(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
     }
 }
 

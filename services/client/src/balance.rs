@@ -341,8 +341,14 @@ pub(crate) async fn connect(options: &ClientOptions) -> Result<(Balanced, ApiKey
     let balanced = Balanced::new(members, true);
     // The first check may include connecting: it gets the connect timeout.
     let first_wait = options.connect_timeout.max(options.health_timeout);
-    let results =
-        probe_until_one_serves(&balanced.pool, &api_key, first_wait, options.health_timeout).await;
+    let results = probe_all(
+        balanced.pool.snapshot(),
+        &api_key,
+        first_wait,
+        Some(options.health_timeout),
+    )
+    .await;
+    balanced.pool.apply(&results);
     if balanced.healthy_gateways().is_empty() {
         failures.extend(
             results
@@ -431,7 +437,7 @@ async fn health_loop(
         let members = strong.snapshot();
         // Not held while probing: dropping the last client ends the loop at the next tick.
         drop(strong);
-        let results = probe_all(members, &api_key, options.health_timeout).await;
+        let results = probe_all(members, &api_key, options.health_timeout, None).await;
         match pool.upgrade() {
             Some(strong) => strong.apply(&results),
             None => return,
@@ -439,19 +445,19 @@ async fn health_loop(
     }
 }
 
-/// Checks every gateway at once, and returns once all have answered, or once one serves and
-/// `patience` has passed: a gateway that does not answer must not hold up a client that has
-/// another for longer than a health check may take. A check still out then is dropped: the
-/// health loop's next round asks that gateway again. The answers, in the gateways' order.
-async fn probe_until_one_serves(
-    pool: &Pool,
+/// Checks every gateway at once and returns their answers, in the gateways' order (so that
+/// reports list them as given): once all have answered, or, with a `patience`, once one serves
+/// and that long has passed. A new client must not wait on a gateway that does not answer when
+/// it has another; a check still out then is dropped, and the health loop asks again.
+async fn probe_all(
+    members: Vec<(String, Channel)>,
     api_key: &ApiKey,
     wait: Duration,
-    patience: Duration,
+    patience: Option<Duration>,
 ) -> Vec<(String, Result<(), String>)> {
-    let patience = tokio::time::Instant::now() + patience;
+    let patience = patience.map(|patience| tokio::time::Instant::now() + patience);
     let mut probes = tokio::task::JoinSet::new();
-    for (order, (key, channel)) in pool.snapshot().into_iter().enumerate() {
+    for (order, (key, channel)) in members.into_iter().enumerate() {
         let api_key = api_key.clone();
         probes.spawn(async move { (order, key, probe(channel, api_key, wait).await) });
     }
@@ -460,12 +466,12 @@ async fn probe_until_one_serves(
         let serving = results
             .iter()
             .any(|(_, _, result): &(_, _, Result<(), _>)| result.is_ok());
-        let next = match serving {
-            true => match tokio::time::timeout_at(patience, probes.join_next()).await {
+        let next = match patience.filter(|_| serving) {
+            Some(patience) => match tokio::time::timeout_at(patience, probes.join_next()).await {
                 Ok(next) => next,
                 Err(_) => break,
             },
-            false => probes.join_next().await,
+            None => probes.join_next().await,
         };
         let Some(joined) = next else { break };
         // A probe that panicked says nothing about its gateway: it stays as it was.
@@ -473,34 +479,6 @@ async fn probe_until_one_serves(
             results.push(result);
         }
     }
-    results.sort_by_key(|(order, _, _)| *order);
-    let results: Vec<_> = results
-        .into_iter()
-        .map(|(_, key, result)| (key, result))
-        .collect();
-    pool.apply(&results);
-    results
-}
-
-/// Checks every gateway at once; each answer (or failure) by key.
-async fn probe_all(
-    members: Vec<(String, Channel)>,
-    api_key: &ApiKey,
-    wait: Duration,
-) -> Vec<(String, Result<(), String>)> {
-    let mut probes = tokio::task::JoinSet::new();
-    for (order, (key, channel)) in members.into_iter().enumerate() {
-        let api_key = api_key.clone();
-        probes.spawn(async move { (order, key, probe(channel, api_key, wait).await) });
-    }
-    let mut results = Vec::new();
-    while let Some(joined) = probes.join_next().await {
-        // A probe that panicked says nothing about its gateway: it stays as it was.
-        if let Ok(result) = joined {
-            results.push(result);
-        }
-    }
-    // In the gateways' order, so that reports list them as given.
     results.sort_by_key(|(order, _, _)| *order);
     results
         .into_iter()

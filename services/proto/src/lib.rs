@@ -22,6 +22,14 @@ pub fn status_by_name(text: &str) -> Option<v1::TaskStatus> {
     v1::TaskStatus::from_str_name(&name)
 }
 
+/// `value` as a proto Duration (saturating at the largest, far past any duration dalc uses).
+pub fn duration_of(value: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// Whether `value` is a Duration proto3 allows: nanos under a second, with the sign of the
 /// seconds.
 pub fn duration_is_valid(value: &prost_types::Duration) -> bool {

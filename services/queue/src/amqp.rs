@@ -209,6 +209,10 @@ impl Lane {
     fn connected(&self, state: &mut LinkState, outcome: Result<&Link, &QueueError>) {
         let failure = outcome.err().cloned();
         state.last_failure = failure.clone().map(|err| (Instant::now(), err));
+        self.set_down(failure);
+    }
+
+    fn set_down(&self, failure: Option<QueueError>) {
         *self.down.lock().unwrap_or_else(PoisonError::into_inner) = failure;
     }
 }
@@ -331,11 +335,7 @@ impl AmqpBroker {
             // calls as Blocked for as long as it lasts, on this connection.
             return;
         }
-        *self
-            .publishing
-            .down
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(err.clone());
+        self.publishing.set_down(Some(err.clone()));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };

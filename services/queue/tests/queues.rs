@@ -190,12 +190,7 @@ async fn rabbitmq_dead_letters_rejected_tasks() {
 
 #[tokio::test]
 async fn rabbitmq_times_a_confirm_its_caller_stopped_waiting_for() {
-    let (upstream, via_proxy) = rabbitmq_via_a_proxy();
-    let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
-    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
-    let broker = AmqpBroker::connect(AmqpConfig::new(via_proxy(proxy.addr()), names))
-        .await
-        .expect("RabbitMQ is reachable through the proxy");
+    let (proxy, broker) = rabbitmq_through_a_proxy(AmqpConfig::DEFAULT_OPERATION_TIMEOUT).await;
     broker.publish_task(&message("1")).await.unwrap();
     let confirms = || confirms_timed(&broker.config().metrics.render());
     assert_eq!(confirms(), 1);
@@ -226,14 +221,7 @@ async fn rabbitmq_times_a_confirm_its_caller_stopped_waiting_for() {
 /// the broker is back finds it connected.
 #[tokio::test]
 async fn a_broker_known_to_be_down_refuses_at_once_until_it_is_back() {
-    let (upstream, via_proxy) = rabbitmq_via_a_proxy();
-    let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
-    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
-    let mut config = AmqpConfig::new(via_proxy(proxy.addr()), names);
-    config.operation_timeout = Duration::from_secs(1);
-    let broker = AmqpBroker::connect(config)
-        .await
-        .expect("RabbitMQ is reachable through the proxy");
+    let (proxy, broker) = rabbitmq_through_a_proxy(Duration::from_secs(1)).await;
     broker.publish_task(&message("1")).await.unwrap();
     assert!(broker.ready().is_ok());
 
@@ -263,10 +251,7 @@ async fn a_broker_known_to_be_down_refuses_at_once_until_it_is_back() {
     }
 
     proxy.restore();
-    let back = dalc_testkit::eventually(PATIENCE, async || broker.ready().is_ok()).await;
-    assert!(back, "reconnected without a publish");
-    broker.publish_task(&message("3")).await.unwrap();
-    broker.delete_topology().await.unwrap();
+    publishes_again_once_back(&broker).await;
 }
 
 /// A broker that stops answering on an open connection (a network that blackholes it) is known
@@ -274,14 +259,7 @@ async fn a_broker_known_to_be_down_refuses_at_once_until_it_is_back() {
 /// are refused at once from then on, until the broker answers again.
 #[tokio::test]
 async fn a_broker_that_stops_answering_is_known_down_after_one_unconfirmed_publish() {
-    let (upstream, via_proxy) = rabbitmq_via_a_proxy();
-    let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
-    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
-    let mut config = AmqpConfig::new(via_proxy(proxy.addr()), names);
-    config.operation_timeout = Duration::from_secs(1);
-    let broker = AmqpBroker::connect(config)
-        .await
-        .expect("RabbitMQ is reachable through the proxy");
+    let (proxy, broker) = rabbitmq_through_a_proxy(Duration::from_secs(1)).await;
     broker.publish_task(&message("1")).await.unwrap();
 
     proxy.blackhole();
@@ -297,15 +275,36 @@ async fn a_broker_that_stops_answering_is_known_down_after_one_unconfirmed_publi
     );
 
     proxy.restore();
-    let back = dalc_testkit::eventually(PATIENCE, async || broker.ready().is_ok()).await;
-    assert!(back, "reconnected without a publish");
-    broker.publish_task(&message("3")).await.unwrap();
-    broker.delete_topology().await.unwrap();
+    publishes_again_once_back(&broker).await;
 }
 
 /// How many publish confirms `metrics` (a scrape) timed: a count, so a whole number.
 fn confirms_timed(metrics: &str) -> u64 {
     dalc_testkit::metric(metrics, "dalc_publish_confirm_seconds_count") as u64
+}
+
+/// A broker (queues of its own) reaching RabbitMQ through a proxy the test can cut or blackhole.
+async fn rabbitmq_through_a_proxy(
+    operation_timeout: Duration,
+) -> (dalc_testkit::proxy::TcpProxy, AmqpBroker) {
+    let (upstream, via_proxy) = rabbitmq_via_a_proxy();
+    let proxy = dalc_testkit::proxy::TcpProxy::start_new(upstream).await;
+    let names = QueueNames::new(dalc_testkit::unique_queue_prefix());
+    let mut config = AmqpConfig::new(via_proxy(proxy.addr()), names);
+    config.operation_timeout = operation_timeout;
+    let broker = AmqpBroker::connect(config)
+        .await
+        .expect("RabbitMQ is reachable through the proxy");
+    (proxy, broker)
+}
+
+/// Once the broker answers again: ready again without a publish, then publishing; then its
+/// queues go.
+async fn publishes_again_once_back(broker: &AmqpBroker) {
+    let back = dalc_testkit::eventually(PATIENCE, async || broker.ready().is_ok()).await;
+    assert!(back, "reconnected without a publish");
+    broker.publish_task(&message("3")).await.unwrap();
+    broker.delete_topology().await.unwrap();
 }
 
 /// The test broker's address, and its URL for a proxy at another address.
