@@ -7,7 +7,13 @@
 # floor's, their ratio and the target. Figures only: nothing here fails on a timing. One more
 # row, for information: dalc against the same floor sending what a task message must carry
 # (`rpc_floor --task-messages`: a priority queue and a priority, a TTL, mandatory, a message
-# id, a header table).
+# id, a header table). And a second floor, for information too: the same echo paying for the
+# two durable writes dalc's guarantees put on every task (`rpc_floor --database`: each
+# request's row committed before it is published, its result before the reply, group
+# committed as dalc's writers commit), so that dalc's own cost shows apart from what any
+# implementation of its contract must pay on this machine. The 64-in-flight runs of both
+# floors and of dalc also report the CPU each process used per round trip
+# (benches/cpu_of.py): where the time goes.
 #
 # After the rounds, two more measurements of the gateway + 2 workers stack:
 #   memory: both workers are paused (SIGSTOP) while WAITING sync calls are made, so that the
@@ -139,6 +145,7 @@ FLOOR_ARGS=(--amqp-url "$AMQP" --workers 2 --prefetch "$WORKER_CONCURRENCY" --wa
 BENCH_ARGS=(bench --warmup "$WARMUP" --json)
 
 RESULTS=$WORK/results.jsonl
+CPU_RESULTS=$WORK/cpu.jsonl
 round=0
 step=
 record() { # scenario exit-status report : the report, one JSON line, into $RESULTS
@@ -156,12 +163,19 @@ measure() { # scenario command... : run it, record its report
   out=$("$@") || status=$?
   record "$scenario" "$status" "$out"
 }
+measure_cpu() { # scenario gateway-pids worker-pids command... : measure, with the CPU used
+  local scenario=$1 gateways=$2 workers=$3
+  shift 3
+  measure "$scenario" python3 "$ROOT/benches/cpu_of.py" "$WORK/cpu.json" "$gateways" "$workers" -- "$@"
+  printf '{"scenario":"%s","round":%d,"cpu":%s}\n' "$scenario" "$round" "$(cat "$WORK/cpu.json")" >>"$CPU_RESULTS"
+}
 
 STARTED=$SECONDS
 for round in $(seq 1 "$ROUNDS"); do
-  measure floor-64 "$FLOOR" --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
+  measure_cpu floor-64 "" "" "$FLOOR" --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
   measure floor-tasks-64 "$FLOOR" --task-messages --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
-  measure dalc-sync-64 "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 64 "${RUN[@]}"
+  measure_cpu floor-db-64 "" "" "$FLOOR" --database "$PG/$DB" --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
+  measure_cpu dalc-sync-64 "$GATEWAY" "$(IFS=,; echo "${WORKERS[*]}")" "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 64 "${RUN[@]}"
   measure dalc-sync-1 "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 1 "${RUN_SERIAL[@]}"
   measure floor-1 "$FLOOR" --concurrency 1 "${RUN_SERIAL[@]}" "${FLOOR_ARGS[@]}"
   measure up-sync-64 "$DALC" "${BENCH_ARGS[@]}" --addr "$UP_URL" --concurrency 64 "${RUN[@]}"
@@ -268,7 +282,7 @@ echo "everything shares the machine: the load tools, gateway, workers, dalc up, 
 echo
 env RSS="$RSS" TOTAL_ASYNC="$TOTAL_ASYNC" WAITING="$WAITING" SIZE_ROWS="$SIZE_ROWS" \
   MEM_HELD="${MEM_HELD:-0}" MEM_RSS="${MEM_RSS:-0}" MEM_HWM="${MEM_HWM:-0}" MEM_HWM_RESET="$MEM_HWM_RESET" \
-  python3 - "$RESULTS" <<'PY'
+  python3 - "$RESULTS" "$CPU_RESULTS" <<'PY'
 import json, math, os, statistics, sys
 
 env = os.environ
@@ -308,6 +322,12 @@ row("sync, 64 in flight: throughput", d, f, rate, f"{d / f:.0%}", "≥ 60 % of f
 d, f = median("dalc-sync-64", "throughput"), median("floor-tasks-64", "throughput")
 row("sync, 64 in flight: throughput against the floor sending task messages", d, f, rate,
     f"{d / f:.0%}", "—", None)
+d, f = median("dalc-sync-64", "throughput"), median("floor-db-64", "throughput")
+row("sync, 64 in flight: throughput against the floor with dalc's two durable writes", d, f,
+    rate, f"{d / f:.0%}", "—", None)
+d, f = median("floor-db-64", "throughput"), median("floor-64", "throughput")
+row("the floor with dalc's two durable writes, against the floor", d, f, rate, f"{d / f:.0%}",
+    "—", None)
 d, f = median("dalc-sync-64", "latency_ms", "p99"), median("floor-64", "latency_ms", "p99")
 row("sync, 64 in flight: p99", d, f, ms, f"{d / f:.2f}×", "≤ 2× floor", d / f <= 2)
 d, f = median("dalc-sync-1", "latency_ms", "p50"), median("floor-1", "latency_ms", "p50")
@@ -354,8 +374,50 @@ print("|" + "|".join("---" for _ in header) + "|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
 print()
-print("baseline: the floor (rpc_floor) for the round trips (`rpc_floor --task-messages` where the row says so);"
-      " the same stack on an empty table for the size rows")
+print("baseline: the floor (rpc_floor) for the round trips (`rpc_floor --task-messages` or `--database`"
+      " where the row says so); the same stack on an empty table for the size rows")
+
+# CPU per round trip at 64 in flight: each process's CPU over a run (its warm-up included)
+# divided by the round trips of that run, then the median over the rounds.
+cpu = {}
+with open(sys.argv[2]) as lines:
+    for line in lines:
+        run = json.loads(line)
+        cpu.setdefault(run["scenario"], {})[run["round"]] = run["cpu"]
+by_round = {}
+with open(sys.argv[1]) as lines:
+    for line in lines:
+        run = json.loads(line)
+        by_round.setdefault(run["scenario"], {})[run["round"]] = run["report"]
+def per_task_us(scenario, group):
+    values = []
+    for round_no, used in cpu.get(scenario, {}).items():
+        report = by_round.get(scenario, {}).get(round_no)
+        if report is None:
+            continue
+        calls = (report["warmup"] + report["ok"] + sum(report["errors"].values())
+                 + sum(report["expected_failures"].values()))
+        values.append(used.get(group, 0.0) * 1e6 / calls)
+    return statistics.median(values) if values else float("nan")
+columns = [("floor-64", "floor"), ("floor-db-64", "floor with durable writes"),
+           ("dalc-sync-64", "dalc")]
+groups = [("load", "load tool (the floor: both its sides)"), ("gateway", "gateway"),
+          ("workers", "workers (2)"), ("rabbitmq", "RabbitMQ"), ("postgres", "PostgreSQL")]
+print()
+print("CPU per round trip, 64 in flight (µs; medians of the rounds):")
+print()
+print("| process | " + " | ".join(label for _, label in columns) + " |")
+print("|---|" + "|".join("---" for _ in columns) + "|")
+for group, label in groups + [("total", "total")]:
+    cells = []
+    for scenario, _ in columns:
+        if group == "total":
+            value = sum(per_task_us(scenario, g) for g, _ in groups)
+        else:
+            value = per_task_us(scenario, group)
+        cells.append("—" if math.isnan(value) or (value == 0 and group in ("gateway", "workers"))
+                     else f"{value:.0f}")
+    print(f"| {label} | " + " | ".join(cells) + " |")
 
 errors = {}
 for scenario, reports in runs.items():

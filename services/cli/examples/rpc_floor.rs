@@ -15,6 +15,12 @@
 //! `task_message`): the floor of the same round trip once the contract's message features are
 //! paid for.
 //!
+//! With `--database URL` (PostgreSQL), each call also pays for the two durable writes that
+//! dalc's guarantees put on every task, group committed as dalc's writers do (see `durable`):
+//! the client side commits the request's row before publishing it, and the echo side commits
+//! its result before replying. No evaluation, no gRPC, no state machine: the floor of any
+//! implementation of dalc's contract on the same broker and database.
+//!
 //! It prints the report `dalc bench` prints, in the same JSON shape with `--json`:
 //!
 //! ```sh
@@ -23,7 +29,8 @@
 //!
 //! Queue names are unique per run and both queues are gone at the end (the request queue is
 //! deleted, the exclusive reply queue goes with its connection; a killed run's request queue
-//! expires after ten idle minutes).
+//! expires after ten idle minutes). So is the table of a run with `--database`
+//! (`rpc_floor_<run id>`: dropped at the end; a killed run's stays).
 
 // Shared with `dalc bench`, so that both tools load and report alike; not every item is used
 // by this example.
@@ -56,7 +63,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -106,6 +113,10 @@ struct Args {
     /// message id, a content type and a header table.
     #[arg(long)]
     task_messages: bool,
+    /// Also commit each request's row to this PostgreSQL database before publishing it, and
+    /// its result before replying: dalc's two durable writes per task, group committed.
+    #[arg(long)]
+    database: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -161,6 +172,151 @@ mod task_message {
     }
 }
 
+/// The two durable writes dalc's guarantees put on every task, made as dalc's group-commit
+/// writers make them (dalc_storage's `GroupCommit`: one writer per kind of write and process,
+/// on a connection of its own, writing everything queued so far, up to 256 rows, in one
+/// statement and one commit): a request's row before the request is published, so that an
+/// accepted task is never lost; its result before the reply, so that an answer is never
+/// forgotten. The rows are narrower than dalc's and have no other index than their key.
+mod durable {
+    use anyhow::{Context, Result};
+    use sea_orm::sqlx::{
+        self, AssertSqlSafe, ConnectOptions, Connection, PgConnection, postgres::PgConnectOptions,
+    };
+    use tokio::sync::{mpsc, oneshot};
+
+    /// The most rows one statement writes: dalc_storage's `MAX_BATCH`.
+    const MOST_PER_STATEMENT: usize = 256;
+
+    /// A row to write, and who waits for its commit.
+    type Job = (i64, String, oneshot::Sender<bool>);
+
+    /// The run's table.
+    pub(crate) struct Table {
+        url: String,
+        name: String,
+    }
+
+    impl Table {
+        pub(crate) async fn create(url: &str, run_id: &str) -> Result<Table> {
+            let name = format!("rpc_floor_{run_id}");
+            let mut connection = PgConnection::connect(url)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {name} (id bigint PRIMARY KEY, request text NOT NULL, \
+                 result text, created_at timestamptz NOT NULL DEFAULT now(), \
+                 finished_at timestamptz)"
+            )))
+            .execute(&mut connection)
+            .await
+            .context("create the floor's table")?;
+            let _ = connection.close().await;
+            Ok(Table {
+                url: url.to_owned(),
+                name,
+            })
+        }
+
+        /// A writer of requests' rows.
+        pub(crate) async fn inserts(&self) -> Result<Writer> {
+            let name = &self.name;
+            Writer::start(
+                &self.url,
+                format!(
+                    "INSERT INTO {name} (id, request) \
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[])"
+                ),
+            )
+            .await
+        }
+
+        /// A writer of results.
+        pub(crate) async fn results(&self) -> Result<Writer> {
+            let name = &self.name;
+            Writer::start(
+                &self.url,
+                format!(
+                    "UPDATE {name} SET result = done.result, finished_at = now() \
+                     FROM UNNEST($1::bigint[], $2::text[]) AS done(id, result) \
+                     WHERE {name}.id = done.id"
+                ),
+            )
+            .await
+        }
+
+        pub(crate) async fn drop_table(self) {
+            if let Ok(mut connection) = PgConnection::connect(&self.url).await {
+                let drop = format!("DROP TABLE IF EXISTS {}", self.name);
+                let _ = sqlx::query(AssertSqlSafe(drop))
+                    .execute(&mut connection)
+                    .await;
+                let _ = connection.close().await;
+            }
+        }
+    }
+
+    /// One group-commit writer: a task with its own connection, writing with one statement
+    /// that takes the ids and texts as two arrays.
+    #[derive(Clone)]
+    pub(crate) struct Writer {
+        jobs: mpsc::UnboundedSender<Job>,
+    }
+
+    impl Writer {
+        async fn start(url: &str, statement: String) -> Result<Writer> {
+            // The session settings of dalc's connections (dalc_storage's `TaskStore::connect`):
+            // above all, a plan made while the table was small must not scan it once it grew.
+            let options = url
+                .parse::<PgConnectOptions>()
+                .context("a PostgreSQL URL")?
+                .options([
+                    ("enable_seqscan", "off"),
+                    ("plan_cache_mode", "force_generic_plan"),
+                    ("jit", "off"),
+                ]);
+            let connection = options
+                .connect()
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            let (jobs, queue) = mpsc::unbounded_channel();
+            tokio::spawn(write_groups(connection, statement, queue));
+            Ok(Writer { jobs })
+        }
+
+        /// Whether the row was committed.
+        pub(crate) async fn write(&self, id: i64, text: String) -> bool {
+            let (done, committed) = oneshot::channel();
+            self.jobs.send((id, text, done)).is_ok() && committed.await.unwrap_or(false)
+        }
+    }
+
+    async fn write_groups(
+        mut connection: PgConnection,
+        statement: String,
+        mut queue: mpsc::UnboundedReceiver<Job>,
+    ) {
+        let mut group = Vec::with_capacity(MOST_PER_STATEMENT);
+        while queue.recv_many(&mut group, MOST_PER_STATEMENT).await > 0 {
+            let (ids, texts): (Vec<i64>, Vec<String>) = group
+                .iter_mut()
+                .map(|(id, text, _)| (*id, std::mem::take(text)))
+                .unzip();
+            let written = sqlx::query(AssertSqlSafe(statement.as_str()))
+                .bind(ids)
+                .bind(texts)
+                .execute(&mut connection)
+                .await;
+            if let Err(err) = &written {
+                eprintln!("rpc_floor: a group commit failed: {err}");
+            }
+            for (_, _, done) in group.drain(..) {
+                let _ = done.send(written.is_ok());
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Args::parse()).await {
@@ -194,6 +350,10 @@ async fn run(args: Args) -> Result<Finished> {
     let requests = format!("rpc-floor-{run_id}.requests");
     let replies = format!("rpc-floor-{run_id}.replies");
 
+    let table = match &args.database {
+        Some(url) => Some(durable::Table::create(url, &run_id).await?),
+        None => None,
+    };
     let echo_side = connect(&args.amqp_url, "rpc_floor echo").await?;
     let client_side = connect(&args.amqp_url, "rpc_floor client").await?;
 
@@ -233,10 +393,20 @@ async fn run(args: Args) -> Result<Finished> {
                 FieldTable::default(),
             )
             .await?;
-        tokio::spawn(echo(channel, consumer, args.task_messages));
+        // A writer per consumer, as each dalc worker process has its own.
+        let results = match &table {
+            Some(table) => Some(table.results().await?),
+            None => None,
+        };
+        tokio::spawn(echo(channel, consumer, args.task_messages, results));
     }
 
-    let client = Arc::new(Client::start(&client_side, requests.clone(), replies, &args).await?);
+    let inserts = match &table {
+        Some(table) => Some(table.inserts().await?),
+        None => None,
+    };
+    let client =
+        Arc::new(Client::start(&client_side, requests.clone(), replies, inserts, &args).await?);
 
     if args.warmup > 0 {
         let warmup = Load {
@@ -274,6 +444,9 @@ async fn run(args: Args) -> Result<Finished> {
         .await;
     let _ = client_side.close(200, "done".into()).await;
     let _ = echo_side.close(200, "done".into()).await;
+    if let Some(table) = table {
+        table.drop_table().await;
+    }
 
     let mut setup: Vec<(&'static str, serde_json::Value)> = vec![
         ("concurrency", args.concurrency.into()),
@@ -295,9 +468,16 @@ async fn run(args: Args) -> Result<Finished> {
         ("workers", args.workers.into()),
         ("prefetch", args.prefetch.into()),
         ("task_messages", args.task_messages.into()),
+        ("database", args.database.is_some().into()),
         (
             "latency_of",
-            "persistent publish + confirm, echo with confirm, reply".into(),
+            if args.database.is_some() {
+                "insert committed, persistent publish + confirm, echo with its result committed \
+                 and a confirm, reply"
+            } else {
+                "persistent publish + confirm, echo with confirm, reply"
+            }
+            .into(),
         ),
     ]);
     Ok(Finished {
@@ -322,12 +502,18 @@ async fn connect(url: &str, name: &str) -> Result<Connection> {
 
 /// One echo consumer. Each request is answered in a task of its own, so a consumer has up to
 /// its prefetch in progress at once, as a dalc worker does.
-async fn echo(channel: Channel, mut consumer: Consumer, task_messages: bool) {
+async fn echo(
+    channel: Channel,
+    mut consumer: Consumer,
+    task_messages: bool,
+    results: Option<durable::Writer>,
+) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let channel = channel.clone();
+        let results = results.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(&channel, delivery, task_messages).await {
-                eprintln!("rpc_floor: echo failed: {err}");
+            if let Err(err) = answer(&channel, delivery, task_messages, results.as_ref()).await {
+                eprintln!("rpc_floor: echo failed: {err:#}");
             }
         });
     }
@@ -337,8 +523,28 @@ async fn answer(
     channel: &Channel,
     delivery: Delivery,
     task_messages: bool,
-) -> Result<(), lapin::Error> {
+    results: Option<&durable::Writer>,
+) -> Result<()> {
     let request = &delivery.properties;
+    if let Some(results) = results {
+        let id = request
+            .correlation_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse::<i64>().ok());
+        let result = String::from_utf8_lossy(&delivery.data).into_owned();
+        let committed = match id {
+            Some(id) => results.write(id, result).await,
+            None => false,
+        };
+        if !committed {
+            // Dropped, not requeued: its call counts as an error once its deadline passes.
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await?;
+            bail!("the result of {id:?} was not committed");
+        }
+    }
     if let Some(reply_to) = request.reply_to() {
         let mut properties = BasicProperties::default()
             // Transient, as dalc's replies: the request is the durable part.
@@ -377,6 +583,8 @@ struct Client {
     payload: Vec<u8>,
     deadline: Duration,
     task_messages: bool,
+    /// With --database: where each request's row is committed before it is published.
+    inserts: Option<durable::Writer>,
 }
 
 impl Client {
@@ -384,6 +592,7 @@ impl Client {
         connection: &Connection,
         requests: String,
         replies: String,
+        inserts: Option<durable::Writer>,
         args: &Args,
     ) -> Result<Client> {
         let publish = connection.create_channel().await?;
@@ -426,6 +635,7 @@ impl Client {
             payload: args.payload.clone().into_bytes(),
             deadline: args.deadline,
             task_messages: args.task_messages,
+            inserts,
         })
     }
 
@@ -443,6 +653,16 @@ impl Client {
     }
 
     async fn round_trip(&self, id: u64, reply: oneshot::Receiver<Vec<u8>>) -> Outcome {
+        if let Some(inserts) = &self.inserts {
+            let request = String::from_utf8_lossy(&self.payload).into_owned();
+            let committed = match i64::try_from(id) {
+                Ok(id) => inserts.write(id, request).await,
+                Err(_) => false,
+            };
+            if !committed {
+                return Outcome::Error("insert failed".into());
+            }
+        }
         let id: ShortString = id.to_string().into();
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)

@@ -1,7 +1,7 @@
 //! The load tools, a few hundred calls a run, so that they cannot rot: `dalc bench` against a
 //! real `dalc up`, and the floor `benches/compare.sh` measures dalc against
-//! (`examples/rpc_floor.rs`) over the real RabbitMQ, plain and sending task messages. Counts
-//! only: no test here asserts a timing.
+//! (`examples/rpc_floor.rs`) over the real RabbitMQ, plain, sending task messages, and with
+//! its durable writes on the real PostgreSQL. Counts only: no test here asserts a timing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -10,6 +10,7 @@ use std::{
 };
 
 use dalc_testkit::process::DalcProcess;
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde_json::Value;
 
 fn dalc() -> &'static Path {
@@ -250,4 +251,41 @@ fn the_floor_echoes_every_request() {
 fn the_floor_echoes_every_request_sent_as_a_task_message() {
     let report = run_floor(&["--task-messages"]);
     assert_eq!(report["task_messages"], true, "{report}");
+}
+
+#[tokio::test]
+async fn the_floor_commits_every_request_and_its_result_with_a_database() {
+    let database = dalc_testkit::fresh_postgres_database().await;
+    let report = run_floor(&["--database", &database]);
+    assert_eq!(report["database"], true, "{report}");
+
+    // Every call (the warm-up's 20 and the 300 measured) wrote its row and then its result:
+    // counted by the server once the floor's connections ended with its process.
+    let db = Database::connect(&database).await.unwrap();
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move {
+            let row = db
+                .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    let written = dalc_testkit::eventually(std::time::Duration::from_secs(10), async || {
+        count("SELECT tup_inserted FROM pg_stat_database WHERE datname = current_database()").await
+            >= 320
+            && count("SELECT tup_updated FROM pg_stat_database WHERE datname = current_database()")
+                .await
+                >= 320
+    })
+    .await;
+    assert!(written, "the floor did not write its 320 rows and results");
+    // And its table is gone.
+    let tables =
+        count("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rpc\\_floor\\_%'").await;
+    assert_eq!(tables, 0);
+    db.close().await.ok();
+    dalc_testkit::drop_postgres_database(&database).await;
 }
