@@ -11,9 +11,12 @@
 # two durable writes dalc's guarantees put on every task (`rpc_floor --database`: each
 # request's row committed before it is published, its result before the reply, group
 # committed as dalc's writers commit), so that dalc's own cost shows apart from what any
-# implementation of its contract must pay on this machine. The 64-in-flight runs of both
-# floors and of dalc also report the CPU each process used per round trip
-# (benches/cpu_of.py): where the time goes.
+# implementation of its contract must pay on this machine. And the floor of the whole sync
+# path, loaded by `dalc bench` as dalc is: `rpc_floor --serve --database --task-messages`
+# answers dalc's SubmitTask over gRPC with one such round trip (a task message, its two
+# durable writes), in one process with nothing else of dalc's. The 64-in-flight runs of the
+# floors and of dalc also report the CPU each process used per round trip (benches/cpu_of.py):
+# where the time goes.
 #
 # After the rounds, two more measurements of the gateway + 2 workers stack:
 #   memory: both workers are paused (SIGSTOP) while WAITING sync calls are made, so that the
@@ -133,6 +136,12 @@ mkdir "$WORK/up"
 UP=$!
 PIDS+=("$UP")
 UP_URL="http://$(wait_for_line "$WORK/up/up.out" "dalc gateway listening on ")"
+log "starting the floor of the whole path (rpc_floor --serve)"
+"$FLOOR" --serve 127.0.0.1:0 --database "$PG/$DB" --task-messages --amqp-url "$AMQP" --workers 2 \
+  --prefetch "$WORKER_CONCURRENCY" >"$WORK/path.out" 2>"$WORK/path.err" &
+PATH_FLOOR=$!
+PIDS+=("$PATH_FLOOR")
+PATH_URL="http://$(wait_for_line "$WORK/path.out" "rpc_floor serving on ")"
 
 if [ -n "$DURATION" ]; then
   RUN=(--duration "$DURATION")
@@ -175,6 +184,7 @@ for round in $(seq 1 "$ROUNDS"); do
   measure_cpu floor-64 "" "" "$FLOOR" --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
   measure floor-tasks-64 "$FLOOR" --task-messages --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
   measure_cpu floor-db-64 "" "" "$FLOOR" --database "$PG/$DB" --concurrency 64 "${RUN[@]}" "${FLOOR_ARGS[@]}"
+  measure_cpu path-floor-64 "$PATH_FLOOR" "" "$DALC" "${BENCH_ARGS[@]}" --addr "$PATH_URL" --concurrency 64 "${RUN[@]}"
   measure_cpu dalc-sync-64 "$GATEWAY" "$(IFS=,; echo "${WORKERS[*]}")" "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 64 "${RUN[@]}"
   measure dalc-sync-1 "$DALC" "${BENCH_ARGS[@]}" --addr "$GATEWAY_URL" --concurrency 1 "${RUN_SERIAL[@]}"
   measure floor-1 "$FLOOR" --concurrency 1 "${RUN_SERIAL[@]}" "${FLOOR_ARGS[@]}"
@@ -328,6 +338,14 @@ row("sync, 64 in flight: throughput against the floor with dalc's two durable wr
 d, f = median("floor-db-64", "throughput"), median("floor-64", "throughput")
 row("the floor with dalc's two durable writes, against the floor", d, f, rate, f"{d / f:.0%}",
     "—", None)
+d, f = median("dalc-sync-64", "throughput"), median("path-floor-64", "throughput")
+row("sync, 64 in flight: throughput against the floor of the whole path", d, f, rate,
+    f"{d / f:.0%}", "—", None)
+d, f = median("path-floor-64", "throughput"), median("floor-64", "throughput")
+row("the floor of the whole path (gRPC in, a task message, two durable writes), against the floor",
+    d, f, rate, f"{d / f:.0%}", "—", None)
+d, f = median("path-floor-64", "latency_ms", "p99"), median("floor-64", "latency_ms", "p99")
+row("the floor of the whole path: p99, against the floor", d, f, ms, f"{d / f:.2f}×", "—", None)
 d, f = median("dalc-sync-64", "latency_ms", "p99"), median("floor-64", "latency_ms", "p99")
 row("sync, 64 in flight: p99", d, f, ms, f"{d / f:.2f}×", "≤ 2× floor", d / f <= 2)
 d, f = median("dalc-sync-1", "latency_ms", "p50"), median("floor-1", "latency_ms", "p50")
@@ -400,8 +418,9 @@ def per_task_us(scenario, group):
         values.append(used.get(group, 0.0) * 1e6 / calls)
     return statistics.median(values) if values else float("nan")
 columns = [("floor-64", "floor"), ("floor-db-64", "floor with durable writes"),
-           ("dalc-sync-64", "dalc")]
-groups = [("load", "load tool (the floor: both its sides)"), ("gateway", "gateway"),
+           ("path-floor-64", "floor of the whole path"), ("dalc-sync-64", "dalc")]
+groups = [("load", "load tool (the floors: both their sides)"),
+          ("gateway", "gateway (the whole path's floor: its one process)"),
           ("workers", "workers (2)"), ("rabbitmq", "RabbitMQ"), ("postgres", "PostgreSQL")]
 print()
 print("CPU per round trip, 64 in flight (µs; medians of the rounds):")

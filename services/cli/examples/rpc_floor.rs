@@ -21,6 +21,14 @@
 //! its result before replying. No evaluation, no gRPC, no state machine: the floor of any
 //! implementation of dalc's contract on the same broker and database.
 //!
+//! With `--serve ADDR`, it loads nothing itself: it serves dalc's gRPC API on ADDR, where each
+//! SubmitTask that waits (the only call it answers) makes one round trip with the call's
+//! expression, evaluated on the echo side, and returns the result as a task; `dalc bench`
+//! loads it as it loads a gateway. With `--database` too, that is the floor of dalc's whole
+//! sync path (a gRPC call in, two durable writes, a request and a reply over the broker), in
+//! one process with no state machine, leases, events or retries. It serves until SIGINT or
+//! SIGTERM, then cleans up as a run does.
+//!
 //! It prints the report `dalc bench` prints, in the same JSON shape with `--json`:
 //!
 //! ```sh
@@ -71,7 +79,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     load::{Counters, Load},
-    report::{Outcome, Report, WRONG_RESULT},
+    report::{Outcome, Report, Tally, WRONG_RESULT},
 };
 
 /// A broker-only request/reply echo: the floor for dalc's round trip.
@@ -117,6 +125,10 @@ struct Args {
     /// its result before replying: dalc's two durable writes per task, group committed.
     #[arg(long)]
     database: Option<String>,
+    /// Serve dalc's SubmitTask (sync only) on this address instead of loading; each call is
+    /// one round trip, its expression evaluated by the echo side.
+    #[arg(long)]
+    serve: Option<std::net::SocketAddr>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -317,10 +329,132 @@ mod durable {
     }
 }
 
+/// `--serve`: dalc's gRPC API in front of the floor's round trip.
+mod front {
+    use std::{pin::Pin, sync::Arc};
+
+    use dalc_proto::v1::{
+        CancelTaskRequest, CancelTaskResponse, GetStatsRequest, GetStatsResponse, GetTaskRequest,
+        GetTaskResponse, ListTasksRequest, ListTasksResponse, SubmitBatchRequest,
+        SubmitBatchResponse, SubmitTaskRequest, SubmitTaskResponse, Task, TaskStatus,
+        WatchTaskRequest, WatchTaskResponse,
+        task_service_server::{TaskService, TaskServiceServer},
+    };
+    use futures::Stream;
+    use tokio::net::TcpListener;
+    use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+
+    use crate::{Client, Reply};
+
+    type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    struct Front {
+        client: Arc<Client>,
+    }
+
+    /// Serves until `stop` resolves. Prints the address it listens on first.
+    pub(crate) async fn serve(
+        client: Arc<Client>,
+        addr: std::net::SocketAddr,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(addr).await?;
+        println!("rpc_floor serving on {}", listener.local_addr()?);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<TaskServiceServer<Front>>().await;
+        // As a gateway's connections: Nagle's algorithm off (see dalc_gateway's `no_delay`).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(TaskServiceServer::new(Front { client }))
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await?;
+        Ok(())
+    }
+
+    fn only_sync_submissions() -> Status {
+        Status::unimplemented("the floor answers only SubmitTask with wait")
+    }
+
+    #[tonic::async_trait]
+    impl TaskService for Front {
+        async fn submit_task(
+            &self,
+            request: Request<SubmitTaskRequest>,
+        ) -> Result<Response<SubmitTaskResponse>, Status> {
+            let request = request.into_inner();
+            if !request.wait {
+                return Err(only_sync_submissions());
+            }
+            let (status, result, error) = match self.client.call(request.expression.clone()).await {
+                Reply::Value(result) => (TaskStatus::Succeeded, result, String::new()),
+                Reply::Failed(reason) => (TaskStatus::Failed, String::new(), reason),
+                Reply::Lost(outcome) => return Err(Status::unavailable(outcome)),
+            };
+            Ok(Response::new(SubmitTaskResponse {
+                task: Some(Task {
+                    expression: request.expression,
+                    status: status.into(),
+                    result,
+                    error,
+                    ..Task::default()
+                }),
+            }))
+        }
+
+        async fn get_task(
+            &self,
+            _: Request<GetTaskRequest>,
+        ) -> Result<Response<GetTaskResponse>, Status> {
+            Err(only_sync_submissions())
+        }
+
+        type WatchTaskStream = Streamed<WatchTaskResponse>;
+
+        async fn watch_task(
+            &self,
+            _: Request<WatchTaskRequest>,
+        ) -> Result<Response<Self::WatchTaskStream>, Status> {
+            Err(only_sync_submissions())
+        }
+
+        async fn list_tasks(
+            &self,
+            _: Request<ListTasksRequest>,
+        ) -> Result<Response<ListTasksResponse>, Status> {
+            Err(only_sync_submissions())
+        }
+
+        async fn cancel_task(
+            &self,
+            _: Request<CancelTaskRequest>,
+        ) -> Result<Response<CancelTaskResponse>, Status> {
+            Err(only_sync_submissions())
+        }
+
+        type SubmitBatchStream = Streamed<SubmitBatchResponse>;
+
+        async fn submit_batch(
+            &self,
+            _: Request<SubmitBatchRequest>,
+        ) -> Result<Response<Self::SubmitBatchStream>, Status> {
+            Err(only_sync_submissions())
+        }
+
+        async fn get_stats(
+            &self,
+            _: Request<GetStatsRequest>,
+        ) -> Result<Response<GetStatsResponse>, Status> {
+            Err(only_sync_submissions())
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Args::parse()).await {
-        Ok(report) => {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(report)) => {
             if report.json {
                 println!("{}", report.report.to_json());
             } else {
@@ -340,7 +474,8 @@ struct Finished {
     json: bool,
 }
 
-async fn run(args: Args) -> Result<Finished> {
+/// Runs the load (or serves, with `--serve`), then cleans up; the report of a load.
+async fn run(args: Args) -> Result<Option<Finished>> {
     if let Some(rate) = args.rate
         && !(rate.is_finite() && rate > 0.0)
     {
@@ -398,7 +533,12 @@ async fn run(args: Args) -> Result<Finished> {
             Some(table) => Some(table.results().await?),
             None => None,
         };
-        tokio::spawn(echo(channel, consumer, args.task_messages, results));
+        let echoes = Echo {
+            task_messages: args.task_messages,
+            evaluate: args.serve.is_some(),
+            results,
+        };
+        tokio::spawn(echo(channel, consumer, echoes));
     }
 
     let inserts = match &table {
@@ -408,33 +548,15 @@ async fn run(args: Args) -> Result<Finished> {
     let client =
         Arc::new(Client::start(&client_side, requests.clone(), replies, inserts, &args).await?);
 
-    if args.warmup > 0 {
-        let warmup = Load {
-            total: args.warmup,
-            duration: None,
-            concurrency: args.concurrency,
-            rate: None,
-        };
-        let client = client.clone();
-        load::run(warmup, Arc::new(Counters::default()), move |_| {
-            let client = client.clone();
-            async move { client.call().await }
-        })
-        .await;
-    }
-    let load = Load {
-        total: args.total,
-        duration: args.duration,
-        concurrency: args.concurrency,
-        rate: args.rate,
-    };
-    let (tally, elapsed) = {
-        let client = client.clone();
-        load::run(load, Arc::new(Counters::default()), move |_| {
-            let client = client.clone();
-            async move { client.call().await }
-        })
-        .await
+    let measured = match args.serve {
+        Some(addr) => {
+            let served = front::serve(client.clone(), addr, stop_signal()).await;
+            if let Err(err) = served {
+                eprintln!("rpc_floor: serving failed: {err:#}");
+            }
+            None
+        }
+        None => Some(measure(&client, &args).await),
     };
 
     // Deleting the queue cancels the echo consumers; closing the client's connection removes
@@ -447,6 +569,9 @@ async fn run(args: Args) -> Result<Finished> {
     if let Some(table) = table {
         table.drop_table().await;
     }
+    let Some((tally, elapsed)) = measured else {
+        return Ok(None);
+    };
 
     let mut setup: Vec<(&'static str, serde_json::Value)> = vec![
         ("concurrency", args.concurrency.into()),
@@ -480,7 +605,7 @@ async fn run(args: Args) -> Result<Finished> {
             .into(),
         ),
     ]);
-    Ok(Finished {
+    Ok(Some(Finished {
         report: Report {
             tool: "rpc_floor",
             mode: "sync",
@@ -490,7 +615,55 @@ async fn run(args: Args) -> Result<Finished> {
             rates: Vec::new(),
         },
         json: args.json,
-    })
+    }))
+}
+
+/// The warm-up, then the measured load.
+async fn measure(client: &Arc<Client>, args: &Args) -> (Tally, Duration) {
+    if args.warmup > 0 {
+        let warmup = Load {
+            total: args.warmup,
+            duration: None,
+            concurrency: args.concurrency,
+            rate: None,
+        };
+        let client = client.clone();
+        load::run(warmup, Arc::new(Counters::default()), move |_| {
+            let client = client.clone();
+            async move { client.call_checked().await }
+        })
+        .await;
+    }
+    let load = Load {
+        total: args.total,
+        duration: args.duration,
+        concurrency: args.concurrency,
+        rate: args.rate,
+    };
+    {
+        let client = client.clone();
+        load::run(load, Arc::new(Counters::default()), move |_| {
+            let client = client.clone();
+            async move { client.call_checked().await }
+        })
+        .await
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = interrupt.await;
+        }
+    }
 }
 
 async fn connect(url: &str, name: &str) -> Result<Connection> {
@@ -502,72 +675,80 @@ async fn connect(url: &str, name: &str) -> Result<Connection> {
 
 /// One echo consumer. Each request is answered in a task of its own, so a consumer has up to
 /// its prefetch in progress at once, as a dalc worker does.
-async fn echo(
-    channel: Channel,
-    mut consumer: Consumer,
+/// What an echo consumer does with each request.
+#[derive(Clone)]
+struct Echo {
+    /// Replies as a worker replies to a task (see `task_message`).
     task_messages: bool,
+    /// Replies with the request evaluated (`--serve`) rather than the request itself.
+    evaluate: bool,
+    /// With --database: where each result is committed before its reply.
     results: Option<durable::Writer>,
-) {
+}
+
+async fn echo(channel: Channel, mut consumer: Consumer, echo: Echo) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let channel = channel.clone();
-        let results = results.clone();
+        let echo = echo.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(&channel, delivery, task_messages, results.as_ref()).await {
+            if let Err(err) = echo.answer(&channel, delivery).await {
                 eprintln!("rpc_floor: echo failed: {err:#}");
             }
         });
     }
 }
 
-async fn answer(
-    channel: &Channel,
-    delivery: Delivery,
-    task_messages: bool,
-    results: Option<&durable::Writer>,
-) -> Result<()> {
-    let request = &delivery.properties;
-    if let Some(results) = results {
-        let id = request
-            .correlation_id()
-            .as_ref()
-            .and_then(|id| id.as_str().parse::<i64>().ok());
-        let result = String::from_utf8_lossy(&delivery.data).into_owned();
-        let committed = match id {
-            Some(id) => results.write(id, result).await,
-            None => false,
+impl Echo {
+    async fn answer(&self, channel: &Channel, delivery: Delivery) -> Result<()> {
+        let request = &delivery.properties;
+        let body = if self.evaluate {
+            Reply::evaluate(&delivery.data)
+        } else {
+            delivery.data.clone()
         };
-        if !committed {
-            // Dropped, not requeued: its call counts as an error once its deadline passes.
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
+        if let Some(results) = &self.results {
+            let id = request
+                .correlation_id()
+                .as_ref()
+                .and_then(|id| id.as_str().parse::<i64>().ok());
+            let result = String::from_utf8_lossy(&body).into_owned();
+            let committed = match id {
+                Some(id) => results.write(id, result).await,
+                None => false,
+            };
+            if !committed {
+                // Dropped, not requeued: its call counts as an error once its deadline passes.
+                delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                bail!("the result of {id:?} was not committed");
+            }
+        }
+        if let Some(reply_to) = request.reply_to() {
+            let mut properties = BasicProperties::default()
+                // Transient, as dalc's replies: the request is the durable part.
+                .with_delivery_mode(1);
+            if self.task_messages {
+                properties = task_message::reply(properties);
+            }
+            if let Some(id) = request.correlation_id() {
+                properties = properties.with_correlation_id(id.clone());
+            }
+            channel
+                .basic_publish(
+                    ShortString::default(),
+                    reply_to.clone(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await?
                 .await?;
-            bail!("the result of {id:?} was not committed");
         }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
     }
-    if let Some(reply_to) = request.reply_to() {
-        let mut properties = BasicProperties::default()
-            // Transient, as dalc's replies: the request is the durable part.
-            .with_delivery_mode(1);
-        if task_messages {
-            properties = task_message::reply(properties);
-        }
-        if let Some(id) = request.correlation_id() {
-            properties = properties.with_correlation_id(id.clone());
-        }
-        channel
-            .basic_publish(
-                ShortString::default(),
-                reply_to.clone(),
-                BasicPublishOptions::default(),
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
-    }
-    delivery.acker.ack(BasicAckOptions::default()).await?;
-    Ok(())
 }
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
@@ -639,28 +820,50 @@ impl Client {
         })
     }
 
-    async fn call(&self) -> Outcome {
+    /// One checked round trip of the load's payload: its echo must come back unchanged.
+    async fn call_checked(&self) -> Outcome {
+        match self.round_trip(self.payload.clone()).await {
+            Ok(body) if body == self.payload => Outcome::Ok,
+            Ok(_) => Outcome::Error(WRONG_RESULT.into()),
+            Err(error) => Outcome::Error(error.into()),
+        }
+    }
+
+    /// One round trip of an expression that the echo side evaluates (`--serve`).
+    async fn call(&self, expression: String) -> Reply {
+        match self.round_trip(expression.into_bytes()).await {
+            Ok(body) => Reply::decode(&body),
+            Err(error) => Reply::Lost(error),
+        }
+    }
+
+    /// The reply's body, or why there was none, within the deadline.
+    async fn round_trip(&self, payload: Vec<u8>) -> Result<Vec<u8>, &'static str> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, reply) = oneshot::channel();
         // Registered before publishing: the reply can beat the confirm back.
         lock(&self.waiters).insert(id, sender);
-        let outcome = match tokio::time::timeout(self.deadline, self.round_trip(id, reply)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Error("DeadlineExceeded".into()),
-        };
+        let answer = tokio::time::timeout(self.deadline, self.publish_and_wait(id, payload, reply))
+            .await
+            .unwrap_or(Err("DeadlineExceeded"));
         lock(&self.waiters).remove(&id);
-        outcome
+        answer
     }
 
-    async fn round_trip(&self, id: u64, reply: oneshot::Receiver<Vec<u8>>) -> Outcome {
+    async fn publish_and_wait(
+        &self,
+        id: u64,
+        payload: Vec<u8>,
+        reply: oneshot::Receiver<Vec<u8>>,
+    ) -> Result<Vec<u8>, &'static str> {
         if let Some(inserts) = &self.inserts {
-            let request = String::from_utf8_lossy(&self.payload).into_owned();
+            let request = String::from_utf8_lossy(&payload).into_owned();
             let committed = match i64::try_from(id) {
                 Ok(id) => inserts.write(id, request).await,
                 Err(_) => false,
             };
             if !committed {
-                return Outcome::Error("insert failed".into());
+                return Err("insert failed");
             }
         }
         let id: ShortString = id.to_string().into();
@@ -674,29 +877,60 @@ impl Client {
             // As every task is published: a missing queue must not swallow it.
             options.mandatory = true;
         }
-        let published = self
+        let confirmed = self
             .publish
             .basic_publish(
                 ShortString::default(),
                 self.requests.clone(),
                 options,
-                &self.payload,
+                &payload,
                 properties,
             )
-            .await;
-        let confirmed = match published {
-            Ok(confirm) => confirm.await,
-            Err(err) => Err(err),
-        };
-        match confirmed {
-            Ok(confirmation) if confirmation.is_nack() => return Outcome::Error("nack".into()),
-            Ok(_) => {}
-            Err(_) => return Outcome::Error("publish failed".into()),
+            .await
+            .map_err(|_| "publish failed")?
+            .await
+            .map_err(|_| "publish failed")?;
+        if confirmed.is_nack() {
+            return Err("nack");
         }
-        match reply.await {
-            Ok(body) if body == self.payload => Outcome::Ok,
-            Ok(_) => Outcome::Error(WRONG_RESULT.into()),
-            Err(_) => Outcome::Error("reply lost".into()),
+        reply.await.map_err(|_| "reply lost")
+    }
+}
+
+/// What the echo side answers an expression with (`--serve`): its value, or why it has none.
+enum Reply {
+    Value(String),
+    Failed(String),
+    /// No answer: the round trip failed.
+    Lost(&'static str),
+}
+
+impl Reply {
+    const VALUE: u8 = b'=';
+    const FAILED: u8 = b'!';
+
+    fn evaluate(expression: &[u8]) -> Vec<u8> {
+        let evaluated = std::str::from_utf8(expression)
+            .map_err(|_| "the expression is not UTF-8".to_owned())
+            .and_then(|expression| {
+                dalc_calc::evaluate(expression, &dalc_calc::Limits::default())
+                    .map_err(|err| err.to_string())
+            });
+        let (mark, text) = match evaluated {
+            Ok(value) => (Self::VALUE, value.to_string()),
+            Err(reason) => (Self::FAILED, reason),
+        };
+        let mut body = vec![mark];
+        body.extend_from_slice(text.as_bytes());
+        body
+    }
+
+    fn decode(body: &[u8]) -> Reply {
+        let text = |rest: &[u8]| String::from_utf8_lossy(rest).into_owned();
+        match body.split_first() {
+            Some((&Self::VALUE, rest)) => Reply::Value(text(rest)),
+            Some((&Self::FAILED, rest)) => Reply::Failed(text(rest)),
+            _ => Reply::Lost("an undecodable reply"),
         }
     }
 }

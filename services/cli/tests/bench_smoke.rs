@@ -1,12 +1,14 @@
 //! The load tools, a few hundred calls a run, so that they cannot rot: `dalc bench` against a
 //! real `dalc up`, and the floor `benches/compare.sh` measures dalc against
-//! (`examples/rpc_floor.rs`) over the real RabbitMQ, plain, sending task messages, and with
-//! its durable writes on the real PostgreSQL. Counts only: no test here asserts a timing.
+//! (`examples/rpc_floor.rs`) over the real RabbitMQ, plain, sending task messages, with its
+//! durable writes on the real PostgreSQL, and serving dalc's SubmitTask to `dalc bench`.
+//! Counts only: no test here asserts a timing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
 };
 
 use dalc_testkit::process::DalcProcess;
@@ -282,10 +284,90 @@ async fn the_floor_commits_every_request_and_its_result_with_a_database() {
     })
     .await;
     assert!(written, "the floor did not write its 320 rows and results");
-    // And its table is gone.
-    let tables =
-        count("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rpc\\_floor\\_%'").await;
-    assert_eq!(tables, 0);
     db.close().await.ok();
+    assert_eq!(floor_tables_left(&database).await, 0);
+    dalc_testkit::drop_postgres_database(&database).await;
+}
+
+/// The floor's tables in `database`: none once a run ended.
+async fn floor_tables_left(database: &str) -> i64 {
+    let db = Database::connect(database).await.unwrap();
+    let sql = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rpc\\_floor\\_%'";
+    let tables = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    db.close().await.ok();
+    tables
+}
+
+/// A process killed when the test ends, whichever way it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_floor_serves_dalc_bench_the_whole_path() {
+    let database = dalc_testkit::fresh_postgres_database().await;
+    let amqp_url = dalc_testkit::amqp_url();
+    let mut floor = KillOnDrop(
+        Command::new(rpc_floor())
+            .args(["--amqp-url", &amqp_url, "--serve", "127.0.0.1:0"])
+            .args(["--database", &database, "--task-messages"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(floor.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .strip_prefix("rpc_floor serving on ")
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim()
+        .to_owned();
+
+    // Every answer is checked against a local evaluation: a value, and a failure.
+    let (code, report) = bench(&[
+        "--addr",
+        &format!("http://{addr}"),
+        "--total",
+        "300",
+        "--concurrency",
+        "8",
+        "--expr",
+        "2 * 21",
+        "--expr",
+        "1 / 0",
+    ]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["ok"], 150, "{report}");
+    assert_eq!(
+        report["expected_failures"],
+        serde_json::json!({"TASK_STATUS_FAILED": 150}),
+        "{report}"
+    );
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+
+    // SIGTERM ends it cleanly, its table dropped.
+    let pid = floor.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(floor.0.wait().unwrap().success());
+    assert_eq!(floor_tables_left(&database).await, 0);
     dalc_testkit::drop_postgres_database(&database).await;
 }
