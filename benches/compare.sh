@@ -399,7 +399,7 @@ print("|" + "|".join("---" for _ in header) + "|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
 print()
-print("baseline: the floor (rpc_floor) for the round trips (`rpc_floor --task-messages` or `--database`"
+print("baseline: the floor (rpc_floor) for the round trips (`rpc_floor --task-messages`, `--database` or `--serve`"
       " where the row says so); the same stack on an empty table for the size rows")
 
 # CPU per round trip at 64 in flight: each process's CPU over a run (its warm-up included)

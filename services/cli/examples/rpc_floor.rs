@@ -389,7 +389,7 @@ mod front {
             let (status, result, error) = match self.client.call(request.expression.clone()).await {
                 Reply::Value(result) => (TaskStatus::Succeeded, result, String::new()),
                 Reply::Failed(reason) => (TaskStatus::Failed, String::new(), reason),
-                Reply::Lost(outcome) => return Err(Status::unavailable(outcome)),
+                Reply::Lost(reason) => return Err(Status::unavailable(reason)),
             };
             Ok(Response::new(SubmitTaskResponse {
                 task: Some(Task {
@@ -485,10 +485,6 @@ async fn run(args: Args) -> Result<Option<Finished>> {
     let requests = format!("rpc-floor-{run_id}.requests");
     let replies = format!("rpc-floor-{run_id}.replies");
 
-    let table = match &args.database {
-        Some(url) => Some(durable::Table::create(url, &run_id).await?),
-        None => None,
-    };
     let echo_side = connect(&args.amqp_url, "rpc_floor echo").await?;
     let client_side = connect(&args.amqp_url, "rpc_floor client").await?;
 
@@ -510,6 +506,11 @@ async fn run(args: Args) -> Result<Option<Finished>> {
         )
         .await
         .context("declare the request queue")?;
+    // Made once the broker is there, so that a run that cannot reach it leaves no table.
+    let table = match &args.database {
+        Some(url) => Some(durable::Table::create(url, &run_id).await?),
+        None => None,
+    };
 
     for worker in 0..args.workers {
         let channel = echo_side.create_channel().await?;
