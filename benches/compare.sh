@@ -155,6 +155,7 @@ BENCH_ARGS=(bench --warmup "$WARMUP" --json)
 
 RESULTS=$WORK/results.jsonl
 CPU_RESULTS=$WORK/cpu.jsonl
+: >"$CPU_RESULTS"
 round=0
 step=
 record() { # scenario exit-status report : the report, one JSON line, into $RESULTS
@@ -175,8 +176,13 @@ measure() { # scenario command... : run it, record its report
 measure_cpu() { # scenario gateway-pids worker-pids command... : measure, with the CPU used
   local scenario=$1 gateways=$2 workers=$3
   shift 3
+  rm -f "$WORK/cpu.json"
   measure "$scenario" python3 "$ROOT/benches/cpu_of.py" "$WORK/cpu.json" "$gateways" "$workers" -- "$@"
-  printf '{"scenario":"%s","round":%d,"cpu":%s}\n' "$scenario" "$round" "$(cat "$WORK/cpu.json")" >>"$CPU_RESULTS"
+  if [ -s "$WORK/cpu.json" ]; then
+    printf '{"scenario":"%s","round":%d,"cpu":%s}\n' "$scenario" "$round" "$(cat "$WORK/cpu.json")" >>"$CPU_RESULTS"
+  else
+    log "$scenario: no CPU figures (benches/cpu_of.py failed); the CPU table leaves this run out"
+  fi
 }
 
 STARTED=$SECONDS
@@ -414,7 +420,8 @@ with open(sys.argv[1]) as lines:
     for line in lines:
         run = json.loads(line)
         by_round.setdefault(run["scenario"], {})[run["round"]] = run["report"]
-def per_task_us(scenario, group):
+def per_task_us(scenario, groups):
+    """The median over the rounds of the CPU that `groups` used per call in one run."""
     values = []
     for round_no, used in cpu.get(scenario, {}).items():
         report = by_round.get(scenario, {}).get(round_no)
@@ -422,25 +429,24 @@ def per_task_us(scenario, group):
             continue
         calls = (report["warmup"] + report["ok"] + sum(report["errors"].values())
                  + sum(report["expected_failures"].values()))
-        values.append(used.get(group, 0.0) * 1e6 / calls)
+        if calls:
+            values.append(sum(used.get(group, 0.0) for group in groups) * 1e6 / calls)
     return statistics.median(values) if values else float("nan")
 columns = [("floor-64", "floor"), ("floor-db-64", "floor with durable writes"),
            ("path-floor-64", "floor of the whole path"), ("dalc-sync-64", "dalc")]
-groups = [("load", "load tool (the floors: both their sides)"),
+groups = [("load", "load tool (`dalc bench`; for the first two floors, the floor itself)"),
           ("gateway", "gateway (the whole path's floor: its one process)"),
           ("workers", "workers (2)"), ("rabbitmq", "RabbitMQ"), ("postgres", "PostgreSQL")]
 print()
-print("CPU per round trip, 64 in flight (µs; medians of the rounds):")
+print("CPU per round trip, 64 in flight (µs; medians of the rounds; each floor at its own rate):")
 print()
 print("| process | " + " | ".join(label for _, label in columns) + " |")
 print("|---|" + "|".join("---" for _ in columns) + "|")
 for group, label in groups + [("total", "total")]:
     cells = []
     for scenario, _ in columns:
-        if group == "total":
-            value = sum(per_task_us(scenario, g) for g, _ in groups)
-        else:
-            value = per_task_us(scenario, group)
+        measured = [g for g, _ in groups] if group == "total" else [group]
+        value = per_task_us(scenario, measured)
         cells.append("—" if math.isnan(value) or (value == 0 and group in ("gateway", "workers"))
                      else f"{value:.0f}")
     print(f"| {label} | " + " | ".join(cells) + " |")

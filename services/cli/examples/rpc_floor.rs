@@ -55,6 +55,7 @@ mod report;
 use duration::parse_duration;
 use std::{
     collections::HashMap,
+    future::Future,
     process::ExitCode,
     sync::{
         Arc, Mutex,
@@ -75,7 +76,11 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
-use tokio::sync::oneshot;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::oneshot,
+};
 
 use crate::{
     load::{Counters, Load},
@@ -314,16 +319,29 @@ mod durable {
                 .iter_mut()
                 .map(|(id, text, _)| (*id, std::mem::take(text)))
                 .unzip();
-            let written = sqlx::query(AssertSqlSafe(statement.as_str()))
+            let rows = group.len() as u64;
+            let written = match sqlx::query(AssertSqlSafe(statement.as_str()))
                 .bind(ids)
                 .bind(texts)
                 .execute(&mut connection)
-                .await;
-            if let Err(err) = &written {
-                eprintln!("rpc_floor: a group commit failed: {err}");
-            }
+                .await
+            {
+                // Every row written: a result whose row is missing is not a round trip.
+                Ok(done) if done.rows_affected() == rows => true,
+                Ok(done) => {
+                    eprintln!(
+                        "rpc_floor: a group commit wrote {} of {rows} rows",
+                        done.rows_affected()
+                    );
+                    false
+                }
+                Err(err) => {
+                    eprintln!("rpc_floor: a group commit failed: {err}");
+                    false
+                }
+            };
             for (_, _, done) in group.drain(..) {
-                let _ = done.send(written.is_ok());
+                let _ = done.send(written);
             }
         }
     }
@@ -352,13 +370,12 @@ mod front {
         client: Arc<Client>,
     }
 
-    /// Serves until `stop` resolves. Prints the address it listens on first.
+    /// Serves on `listener` until `stop` resolves. Prints the address it listens on first.
     pub(crate) async fn serve(
         client: Arc<Client>,
-        addr: std::net::SocketAddr,
+        listener: TcpListener,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(addr).await?;
         println!("rpc_floor serving on {}", listener.local_addr()?);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TaskServiceServer<Front>>().await;
@@ -481,6 +498,17 @@ async fn run(args: Args) -> Result<Option<Finished>> {
     {
         bail!("--rate must be a positive number of calls per second");
     }
+    // Before anything is made: an address that cannot be bound fails the run before a queue
+    // or a table exists, and a signal during the set-up still ends it through its clean-up.
+    let serving = match args.serve {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            Some((listener, stop_signal()?))
+        }
+        None => None,
+    };
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let requests = format!("rpc-floor-{run_id}.requests");
     let replies = format!("rpc-floor-{run_id}.replies");
@@ -506,62 +534,32 @@ async fn run(args: Args) -> Result<Option<Finished>> {
         )
         .await
         .context("declare the request queue")?;
-    // Made once the broker is there, so that a run that cannot reach it leaves no table.
     let table = match &args.database {
-        Some(url) => Some(durable::Table::create(url, &run_id).await?),
-        None => None,
-    };
-
-    for worker in 0..args.workers {
-        let channel = echo_side.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .basic_qos(args.prefetch.max(1), BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                requests.as_str().into(),
-                format!("echo-{worker}").into(),
-                // Manual acks: a request leaves the queue only once its reply is confirmed.
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        // A writer per consumer, as each dalc worker process has its own.
-        let results = match &table {
-            Some(table) => Some(table.results().await?),
-            None => None,
-        };
-        let echoes = Echo {
-            task_messages: args.task_messages,
-            evaluate: args.serve.is_some(),
-            results,
-        };
-        tokio::spawn(echo(channel, consumer, echoes));
-    }
-
-    let inserts = match &table {
-        Some(table) => Some(table.inserts().await?),
-        None => None,
-    };
-    let client =
-        Arc::new(Client::start(&client_side, requests.clone(), replies, inserts, &args).await?);
-
-    let measured = match args.serve {
-        Some(addr) => {
-            let served = front::serve(client.clone(), addr, stop_signal()).await;
-            if let Err(err) = served {
-                eprintln!("rpc_floor: serving failed: {err:#}");
+        Some(url) => match durable::Table::create(url, &run_id).await {
+            Ok(table) => Some(table),
+            Err(err) => {
+                let _ = setup
+                    .queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+                return Err(err);
             }
-            None
-        }
-        None => Some(measure(&client, &args).await),
+        },
+        None => None,
     };
 
-    // Deleting the queue cancels the echo consumers; closing the client's connection removes
-    // its exclusive reply queue.
+    let measured = drive(
+        &args,
+        &echo_side,
+        &client_side,
+        &requests,
+        replies,
+        table.as_ref(),
+        serving,
+    )
+    .await;
+
+    // Whatever happened: deleting the queue cancels the echo consumers; closing the client's
+    // connection removes its exclusive reply queue.
     let _ = setup
         .queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
         .await;
@@ -570,6 +568,7 @@ async fn run(args: Args) -> Result<Option<Finished>> {
     if let Some(table) = table {
         table.drop_table().await;
     }
+    let measured = measured?;
     let Some((tally, elapsed)) = measured else {
         return Ok(None);
     };
@@ -619,6 +618,62 @@ async fn run(args: Args) -> Result<Option<Finished>> {
     }))
 }
 
+/// What a run does between its set-up and its clean-up: the echo consumers and the calling
+/// side, then the load (its figures) or, with `serving`, the service until it is stopped.
+async fn drive(
+    args: &Args,
+    echo_side: &Connection,
+    client_side: &Connection,
+    requests: &str,
+    replies: String,
+    table: Option<&durable::Table>,
+    serving: Option<(TcpListener, impl Future<Output = ()>)>,
+) -> Result<Option<(Tally, Duration)>> {
+    for worker in 0..args.workers {
+        let channel = echo_side.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(args.prefetch.max(1), BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                requests.into(),
+                format!("echo-{worker}").into(),
+                // Manual acks: a request leaves the queue only once its reply is confirmed.
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        // A writer per consumer, as each dalc worker process has its own.
+        let results = match table {
+            Some(table) => Some(table.results().await?),
+            None => None,
+        };
+        let echoes = Echo {
+            task_messages: args.task_messages,
+            evaluate: serving.is_some(),
+            results,
+        };
+        tokio::spawn(echo(channel, consumer, echoes));
+    }
+
+    let inserts = match table {
+        Some(table) => Some(table.inserts().await?),
+        None => None,
+    };
+    let client =
+        Arc::new(Client::start(client_side, requests.to_owned(), replies, inserts, args).await?);
+    match serving {
+        Some((listener, stop)) => {
+            front::serve(client, listener, stop).await?;
+            Ok(None)
+        }
+        None => Ok(Some(measure(&client, args).await)),
+    }
+}
+
 /// The warm-up, then the measured load.
 async fn measure(client: &Arc<Client>, args: &Args) -> (Tally, Duration) {
     if args.warmup > 0 {
@@ -651,20 +706,16 @@ async fn measure(client: &Arc<Client>, args: &Args) -> (Tally, Duration) {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn stop_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
+/// SIGINT or SIGTERM, caught from the moment this returns.
+fn stop_signal() -> Result<impl Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        Err(_) => {
-            let _ = interrupt.await;
-        }
-    }
+    })
 }
 
 async fn connect(url: &str, name: &str) -> Result<Connection> {
