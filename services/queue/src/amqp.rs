@@ -821,6 +821,11 @@ impl AmqpBroker {
     ) -> Result<(Channel, lapin::Consumer), QueueError> {
         let link = self.link(&self.consuming).await?;
         let channel = link.connection.create_channel().await?;
+        // Declared again at every subscription, not only when the connection was made: a
+        // queue deleted under its consumers (by an operator, or lost with a node) ends their
+        // streams, and they subscribe again to a queue that is back, not to NOT_FOUND every
+        // few seconds until another process happens to declare it.
+        self.declare_topology(&channel).await?;
         channel
             .basic_qos(prefetch.max(1), BasicQosOptions::default())
             .await?;

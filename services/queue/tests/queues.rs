@@ -475,6 +475,42 @@ async fn the_update_stream_ends_when_either_consumer_is_cancelled() {
     a.delete_topology().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_consumer_whose_queues_were_deleted_declares_them_again() {
+    use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
+    let (a, b) = amqp_pair().await;
+    let mut deliveries = b.consume_tasks(4).await.unwrap();
+    let mut dead = b.consume_dead_letters(4).await.unwrap();
+    // An operator (or a lost node) deletes the queues under their consumers...
+    let connection =
+        Connection::connect(&dalc_testkit::amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let names = &a.config().names;
+    for queue in [names.tasks(), names.dead_letters()] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    // ...so the broker ends both streams...
+    let ended = tokio::time::timeout(PATIENCE, deliveries.next()).await;
+    assert!(matches!(ended, Ok(None)), "the task stream ends");
+    let ended = tokio::time::timeout(PATIENCE, dead.next()).await;
+    assert!(matches!(ended, Ok(None)), "the dead-letter stream ends");
+    // ...and subscribing again brings the queues back, rather than failing with NOT_FOUND
+    // until some other process declares them.
+    let mut deliveries = b.consume_tasks(4).await.unwrap();
+    let _dead = b.consume_dead_letters(4).await.unwrap();
+    a.publish_task(&message("3 * 3")).await.unwrap();
+    let delivery = next_delivery(&mut deliveries).await;
+    assert_eq!(delivery.message.as_ref().unwrap().expression, "3 * 3");
+    delivery.ack().await.unwrap();
+    connection.close(200, "done".into()).await.ok();
+    a.delete_topology().await.unwrap();
+}
+
 /// Messages of `priority`, `count` of them, on `broker`.
 async fn publish_with_priority(broker: &impl TaskPublisher, count: usize, priority: u32) {
     for n in 0..count {
