@@ -676,34 +676,29 @@ async fn drive(
 
 /// The warm-up, then the measured load.
 async fn measure(client: &Arc<Client>, args: &Args) -> (Tally, Duration) {
-    if args.warmup > 0 {
-        let warmup = Load {
-            total: args.warmup,
-            duration: None,
-            concurrency: args.concurrency,
-            rate: None,
-        };
-        let client = client.clone();
-        load::run(warmup, Arc::new(Counters::default()), move |_| {
-            let client = client.clone();
-            async move { client.call_checked().await }
-        })
-        .await;
-    }
-    let load = Load {
-        total: args.total,
-        duration: args.duration,
-        concurrency: args.concurrency,
-        rate: args.rate,
-    };
-    {
+    let checked = |load| {
         let client = client.clone();
         load::run(load, Arc::new(Counters::default()), move |_| {
             let client = client.clone();
             async move { client.call_checked().await }
         })
-        .await
+    };
+    if args.warmup > 0 {
+        checked(Load {
+            total: args.warmup,
+            duration: None,
+            concurrency: args.concurrency,
+            rate: None,
+        })
+        .await;
     }
+    checked(Load {
+        total: args.total,
+        duration: args.duration,
+        concurrency: args.concurrency,
+        rate: args.rate,
+    })
+    .await
 }
 
 /// SIGINT or SIGTERM, caught from the moment this returns.

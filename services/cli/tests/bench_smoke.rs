@@ -263,37 +263,32 @@ async fn the_floor_commits_every_request_and_its_result_with_a_database() {
 
     // Every call (the warm-up's 20 and the 300 measured) wrote its row and then its result:
     // counted by the server once the floor's connections ended with its process.
-    let db = Database::connect(&database).await.unwrap();
-    let count = |sql: &'static str| {
-        let db = &db;
-        async move {
-            let row = db
-                .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-                .await
-                .unwrap()
-                .unwrap();
-            row.try_get_by_index::<i64>(0).unwrap()
-        }
+    let rows_of = |column: &str| {
+        format!("SELECT {column} FROM pg_stat_database WHERE datname = current_database()")
     };
     let written = dalc_testkit::eventually(std::time::Duration::from_secs(10), async || {
-        count("SELECT tup_inserted FROM pg_stat_database WHERE datname = current_database()").await
-            >= 320
-            && count("SELECT tup_updated FROM pg_stat_database WHERE datname = current_database()")
-                .await
-                >= 320
+        number_from(&database, &rows_of("tup_inserted")).await >= 320
+            && number_from(&database, &rows_of("tup_updated")).await >= 320
     })
     .await;
     assert!(written, "the floor did not write its 320 rows and results");
-    db.close().await.ok();
     assert_eq!(floor_tables_left(&database).await, 0);
     dalc_testkit::drop_postgres_database(&database).await;
 }
 
 /// The floor's tables in `database`: none once a run ended.
 async fn floor_tables_left(database: &str) -> i64 {
+    number_from(
+        database,
+        "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rpc\\_floor\\_%'",
+    )
+    .await
+}
+
+/// The one number `sql` answers in `database`.
+async fn number_from(database: &str, sql: &str) -> i64 {
     let db = Database::connect(database).await.unwrap();
-    let sql = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rpc\\_floor\\_%'";
-    let tables = db
+    let number = db
         .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
         .await
         .unwrap()
@@ -301,7 +296,7 @@ async fn floor_tables_left(database: &str) -> i64 {
         .try_get_by_index::<i64>(0)
         .unwrap();
     db.close().await.ok();
-    tables
+    number
 }
 
 /// A process killed when the test ends, whichever way it ends.
